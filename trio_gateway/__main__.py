@@ -1,0 +1,5 @@
+"""``python -m trio_gateway`` is the ``epiloop`` command."""
+
+from .cli import main
+
+main()

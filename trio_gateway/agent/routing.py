@@ -1,0 +1,109 @@
+"""Which agent and which session a request goes to. Pure functions, no I/O.
+
+Agent: the ``x-epiloop-agent-id`` header wins; else a ``model`` of the form ``epiloop:<id>``,
+``epiloop/<id>`` or ``agent:<id>``; any other model string (``epiloop``, ``gpt-4o``, ...) means
+the default agent. An id that is not configured is an error listing the configured ones.
+
+Session: ``x-epiloop-session-key`` is used as is; else an OpenAI ``user`` derives a stable key
+scoped to the agent (hashed, so any value is safe); else the request gets a fresh key and is
+stateless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+
+from ..config import AgentConfig, Config
+from ..config.schema import AGENT_ID_RE
+from ..errors import InvalidRequestError, ModelNotFoundError
+
+__all__ = [
+    "MAX_SESSION_KEY_LENGTH",
+    "RunTarget",
+    "agent_id_from_model",
+    "default_agent",
+    "resolve_target",
+    "select_agent",
+]
+
+MAX_SESSION_KEY_LENGTH = 256
+_MODEL_PREFIXES = ("epiloop:", "epiloop/", "agent:")
+
+
+@dataclass(frozen=True, slots=True)
+class RunTarget:
+    agent: AgentConfig
+    session_key: str
+    #: ``True`` when the session key was made up for this request alone.
+    stateless: bool
+
+
+def default_agent(config: Config) -> AgentConfig:
+    """The agent marked ``default: true``, else the first one."""
+    agents = config.agents.entries
+    if not agents:
+        raise ModelNotFoundError("No agents are configured (agents.list is empty).", param="model")
+    return next((agent for agent in agents if agent.default), agents[0])
+
+
+def agent_id_from_model(model: str) -> str | None:
+    """The agent id a model string names, or ``None`` for "the default agent"."""
+    lowered = model.lower()
+    for prefix in _MODEL_PREFIXES:
+        if lowered.startswith(prefix):
+            return model[len(prefix) :]
+    return None
+
+
+def select_agent(config: Config, *, header_agent_id: str | None, model: str) -> AgentConfig:
+    if header_agent_id is not None:
+        wanted, param = header_agent_id.strip(), "x-epiloop-agent-id"
+    else:
+        named = agent_id_from_model(model)
+        if named is None:
+            return default_agent(config)
+        wanted, param = named, "model"
+    if not AGENT_ID_RE.match(wanted):
+        raise InvalidRequestError(
+            f"Invalid agent id {wanted!r}: expected 1-64 characters of letters, digits, '_' and "
+            "'-', starting with a letter or digit.",
+            param=param,
+        )
+    for agent in config.agents.entries:
+        if agent.id.lower() == wanted.lower():
+            return agent
+    available = ", ".join(f"epiloop:{agent.id}" for agent in config.agents.entries) or "none"
+    raise ModelNotFoundError(
+        f"The model 'epiloop:{wanted}' does not exist: no agent {wanted!r} is configured. "
+        f"Available: {available}.",
+        param=param,
+    )
+
+
+def resolve_target(
+    config: Config,
+    *,
+    header_agent_id: str | None,
+    header_session_key: str | None,
+    model: str,
+    user: str | None,
+) -> RunTarget:
+    agent = select_agent(config, header_agent_id=header_agent_id, model=model)
+    if header_session_key is not None:
+        return RunTarget(agent, _checked_session_key(header_session_key), stateless=False)
+    if user:
+        digest = hashlib.sha256(user.encode("utf-8")).hexdigest()[:32]
+        return RunTarget(agent, f"agent:{agent.id.lower()}:user:{digest}", stateless=False)
+    return RunTarget(agent, f"agent:{agent.id.lower()}:run:{uuid.uuid4().hex}", stateless=True)
+
+
+def _checked_session_key(key: str) -> str:
+    if not key or len(key) > MAX_SESSION_KEY_LENGTH or not key.isprintable() or not key.isascii():
+        raise InvalidRequestError(
+            "Invalid 'x-epiloop-session-key': expected 1 to "
+            f"{MAX_SESSION_KEY_LENGTH} printable ASCII characters.",
+            param="x-epiloop-session-key",
+        )
+    return key

@@ -1,0 +1,267 @@
+"""Finding, reading and validating the JSON5 config file, and the environment overrides.
+
+The file is ``$EPILOOP_CONFIG_PATH``, else ``$EPILOOP_STATE_DIR/epiloop.json``, else
+``~/.epiloop/epiloop.json``. When the default path does not exist the embedded default applies
+(everything at its default: the offline ``echo`` provider, one ``main`` agent, the chat
+completions endpoint off). A path named by ``EPILOOP_CONFIG_PATH`` must exist.
+
+Errors name the file, the dotted key and, for a misspelled key, the closest valid one. json5 is
+only ever used here: it is far too slow for the request path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import json5
+import msgspec
+import msgspec.inspect as mi
+
+from ..errors import ConfigError
+from .schema import Config, check_config
+
+__all__ = [
+    "EMBEDDED_SOURCE",
+    "LoadedConfig",
+    "config_path",
+    "load_config",
+    "parse_config",
+    "state_dir",
+]
+
+EMBEDDED_SOURCE = "<embedded default>"
+
+_SECRET_ENV = {"token": "EPILOOP_GATEWAY_TOKEN", "password": "EPILOOP_GATEWAY_PASSWORD"}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A validated config and where it came from."""
+
+    config: Config
+    source: str
+    #: For each secret (``"token"``/``"password"``) that is set: ``"config"`` or the env var name.
+    secret_sources: Mapping[str, str]
+
+
+def state_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """The state directory: ``$EPILOOP_STATE_DIR`` or ``~/.epiloop``."""
+    configured = env.get("EPILOOP_STATE_DIR")
+    return Path(configured).expanduser() if configured else Path.home() / ".epiloop"
+
+
+def config_path(env: Mapping[str, str] = os.environ) -> Path:
+    """The config file path (which need not exist)."""
+    configured = env.get("EPILOOP_CONFIG_PATH")
+    if configured:
+        return Path(configured).expanduser()
+    return state_dir(env) / "epiloop.json"
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] = os.environ) -> LoadedConfig:
+    """Load, validate and apply environment overrides. Raises :class:`ConfigError`."""
+    explicit = path is not None or bool(env.get("EPILOOP_CONFIG_PATH"))
+    file = path if path is not None else config_path(env)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        if explicit:
+            raise ConfigError("config file not found", source=str(file)) from exc
+        return _apply_env(Config(), EMBEDDED_SOURCE, env)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the config file ({exc})", source=str(file)) from exc
+    return _apply_env(parse_config(text, source=str(file)), str(file), env)
+
+
+def parse_config(text: str, *, source: str = "<string>") -> Config:
+    """Parse JSON5 text into a validated :class:`Config`."""
+    try:
+        raw: object = json5.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"not valid JSON5: {exc}", source=source) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the top level must be an object, got {_json_type(raw)}", source=source)
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise _translate(str(exc), raw, source) from exc
+    try:
+        check_config(config)
+    except ConfigError as exc:
+        exc.source = source
+        raise
+    return config
+
+
+def _apply_env(config: Config, source: str, env: Mapping[str, str]) -> LoadedConfig:
+    """Fill unset secrets from the environment (a secret in the config file wins)."""
+    auth = config.gateway.auth
+    sources: dict[str, str] = {}
+    updates: dict[str, str] = {}
+    for field, variable in _SECRET_ENV.items():
+        if getattr(auth, field):
+            sources[field] = "config"
+        elif env.get(variable):
+            updates[field] = env[variable]
+            sources[field] = variable
+    if updates:
+        new_auth = msgspec.structs.replace(auth, **updates)
+        gateway = msgspec.structs.replace(config.gateway, auth=new_auth)
+        config = msgspec.structs.replace(config, gateway=gateway)
+    return LoadedConfig(config=config, source=source, secret_sources=sources)
+
+
+_LOCATION = re.compile(r"^(?P<detail>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
+_TYPE = re.compile(r"^Expected `(?P<expected>[^`]+)`, got `[^`]+`$")
+_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+_ANY_KEY = "[...]"
+
+
+def _translate(text: str, raw: object, source: str) -> ConfigError:
+    match = _LOCATION.match(text)
+    assert match is not None  # the pattern matches any string
+    detail, path = match["detail"], (match["path"] or "")
+    segments = _resolve_dict_keys(_segments(path), raw)
+    dotted = _dotted(segments)
+    if unknown := _UNKNOWN.match(detail):
+        name = unknown["field"]
+        key = f"{dotted}.{name}" if dotted else name
+        message = "unknown key"
+        close = difflib.get_close_matches(name, _keys_at(segments), n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+        return ConfigError(message, source=source, path=key)
+    if missing := _MISSING.match(detail):
+        name = missing["field"]
+        return ConfigError(
+            "required key is missing", source=source, path=f"{dotted}.{name}" if dotted else name
+        )
+    if expected := _TYPE.match(detail):
+        got = _value_at(raw, segments)
+        return ConfigError(
+            f"expected {expected['expected']}, got {_render(got)}", source=source, path=dotted
+        )
+    got = _value_at(raw, segments)
+    choices = _type_at(segments)
+    if isinstance(choices, mi.LiteralType):
+        allowed = ", ".join(_render(value) for value in choices.values)
+        return ConfigError(
+            f"expected one of {allowed}, got {_render(got)}", source=source, path=dotted
+        )
+    return ConfigError(f"{_lower_first(detail)} (got {_render(got)})", source=source, path=dotted)
+
+
+def _segments(path: str) -> list[str | int]:
+    return [
+        name if name else _ANY_KEY if index == "..." else int(index)
+        for name, index in _SEGMENT.findall(path)
+    ]
+
+
+def _resolve_dict_keys(segments: list[str | int], raw: object) -> list[str | int]:
+    """msgspec reports a dict value's position as ``[...]``: find which key it was.
+
+    The culprit is the first entry of that dict that does not convert to the value type.
+    """
+    resolved: list[str | int] = []
+    for segment in segments:
+        if segment == _ANY_KEY:
+            container = _value_at(raw, resolved)
+            value_type = _type_at(resolved)
+            if isinstance(container, dict) and isinstance(value_type, mi.DictType):
+                target = _unwrap(value_type.value_type)
+                if isinstance(target, mi.StructType):
+                    for key, value in container.items():
+                        try:
+                            msgspec.convert(value, target.cls)
+                        except msgspec.ValidationError:
+                            segment = str(key)
+                            break
+        resolved.append(segment)
+    return resolved
+
+
+def _dotted(segments: list[str | int]) -> str:
+    out = ""
+    for segment in segments:
+        if isinstance(segment, int):
+            out += f"[{segment}]"
+        else:
+            out += f".{segment}" if out else segment
+    return out
+
+
+def _value_at(raw: object, segments: list[str | int]) -> object:
+    value = raw
+    for segment in segments:
+        if isinstance(value, list) and isinstance(segment, int) and segment < len(value):
+            value = value[segment]
+            continue
+        if not (isinstance(value, dict) and segment in value):
+            return None
+        value = value[segment]
+    return value
+
+
+def _type_at(segments: list[str | int]) -> mi.Type | None:
+    """The schema type found by following ``segments`` from :class:`Config`."""
+    info: mi.Type = mi.type_info(Config)
+    for segment in segments:
+        info = _unwrap(info)
+        if isinstance(segment, int) and isinstance(info, mi.ListType):
+            info = info.item_type
+        elif isinstance(info, mi.DictType):
+            info = info.value_type
+        elif isinstance(segment, str) and isinstance(info, mi.StructType):
+            by_name = {field.encode_name: field.type for field in info.fields}
+            if segment not in by_name:
+                return None
+            info = by_name[segment]
+        else:
+            return None
+    return _unwrap(info)
+
+
+def _keys_at(segments: list[str | int]) -> list[str]:
+    """The valid keys of the struct at ``segments`` (for "did you mean" suggestions)."""
+    info = _type_at(segments)
+    if isinstance(info, mi.StructType):
+        return [field.encode_name for field in info.fields]
+    return []
+
+
+def _unwrap(info: mi.Type) -> mi.Type:
+    if isinstance(info, mi.UnionType):
+        for member in info.types:
+            if not isinstance(member, mi.NoneType):
+                return member
+    return info
+
+
+def _render(value: object) -> str:
+    if isinstance(value, str):
+        return msgspec.json.encode(value).decode()
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if value is None:
+        return "null"
+    return msgspec.json.encode(value).decode()
+
+
+def _json_type(value: object) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]

@@ -1,0 +1,54 @@
+"""The starter config ``epiloop config init`` writes; the redacted view ``config show`` prints."""
+
+from __future__ import annotations
+
+import msgspec
+
+from .schema import Config
+
+__all__ = ["REDACTED", "redacted", "starter_config"]
+
+REDACTED = "<redacted>"
+
+
+def starter_config(*, token: str, port: int = 18789) -> str:
+    """A commented JSON5 config: token auth with ``token``, the chat completions endpoint on."""
+    token_json = msgspec.json.encode(token).decode()
+    return f"""\
+// Epiloop Gateway configuration (JSON5: comments and trailing commas are fine).
+// Reference: docs/configuration.md
+{{
+  gateway: {{
+    port: {port},
+    bind: "loopback",            // "loopback" | "lan" | an explicit host address
+    auth: {{
+      mode: "token",             // "token" | "password" | "none" (loopback only)
+      token: {token_json},
+    }},
+    http: {{
+      endpoints: {{ chatCompletions: {{ enabled: true }} }},
+    }},
+  }},
+  models: {{
+    // The embedded offline provider: it streams your last message back word by word.
+    providers: {{ local: {{ api: "echo", paceMs: 20 }} }},
+  }},
+  agents: {{
+    defaults: {{ model: "local/echo", timeoutSeconds: 600 }},
+    list: [
+      {{ id: "main", default: true, systemPrompt: "You are a helpful assistant." }},
+    ],
+  }},
+}}
+"""
+
+
+def redacted(config: Config) -> dict[str, object]:
+    """The config as plain JSON data, with every secret replaced by :data:`REDACTED`."""
+    data = msgspec.to_builtins(config)
+    assert isinstance(data, dict)
+    auth = data["gateway"]["auth"]
+    for key in ("token", "password"):
+        if auth.get(key) is not None:
+            auth[key] = REDACTED
+    return data

@@ -1,0 +1,156 @@
+"""The one exception tree of Epiloop Gateway.
+
+Every error the gateway raises on purpose is a :class:`GatewayError`. Each class knows the HTTP
+status it maps to and the OpenAI error ``type`` and ``code`` it is reported with, so the HTTP
+edge, the streaming edge and (later) the WebSocket control plane render errors the same way.
+Foreign exceptions (json5, OSError, msgspec, ``trio.TooSlowError``, httpx) are translated into
+this tree once, at the boundary where they are caught, with ``raise X(...) from exc``.
+
+::
+
+    GatewayError                      500 server_error
+    ├── ConfigError                   the config file is missing, malformed or invalid
+    ├── RequestError                  400 invalid_request_error   (the client's fault)
+    │   ├── InvalidRequestError       400  a field is wrong; ``param`` names it
+    │   ├── AuthenticationError       401  missing or wrong bearer credential
+    │   ├── NotFoundError             404  no such route
+    │   │   ├── EndpointDisabledError 404  the endpoint is switched off in config
+    │   │   └── ModelNotFoundError    404  model_not_found: no such agent
+    │   ├── MethodNotAllowedError     405  carries the allowed methods
+    │   └── PayloadTooLargeError      413  the request body is over the limit
+    └── RunError                      500  an agent run failed
+        ├── ProviderError             502 upstream_error: the model provider failed
+        └── RunTimeoutError           504 timeout: the run passed its deadline
+
+This module imports nothing from the rest of the package: everything else imports it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "EndpointDisabledError",
+    "GatewayError",
+    "InvalidRequestError",
+    "MethodNotAllowedError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "ProviderError",
+    "RequestError",
+    "RunError",
+    "RunTimeoutError",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose.
+
+    ``message`` is safe to show to the client: it never contains secrets.
+    """
+
+    http_status: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(GatewayError):
+    """The configuration could not be loaded or is invalid.
+
+    ``source`` names the file (or ``"<embedded default>"``); ``path`` the dotted key, if any.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.path = path
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        key = f"{self.path}: " if self.path else ""
+        return f"{where}{key}{self.message}"
+
+
+class RequestError(GatewayError):
+    """The request is at fault; the client should not retry it unchanged."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidRequestError(RequestError):
+    """A request field is missing, of the wrong type or out of range (``param`` names it)."""
+
+
+class AuthenticationError(RequestError):
+    """No bearer credential, or the wrong one."""
+
+    http_status = 401
+    code = "invalid_api_key"
+
+
+class NotFoundError(RequestError):
+    """No route at this path."""
+
+    http_status = 404
+    code = "not_found"
+
+
+class EndpointDisabledError(NotFoundError):
+    """The route exists but is switched off in the configuration."""
+
+    code = "endpoint_disabled"
+
+
+class ModelNotFoundError(NotFoundError):
+    """The requested agent (the OpenAI ``model``) is not configured."""
+
+    code = "model_not_found"
+
+
+class MethodNotAllowedError(RequestError):
+    """The path exists but not for this method; ``allowed`` lists the methods it accepts."""
+
+    http_status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
+class PayloadTooLargeError(RequestError):
+    """The request body is larger than ``gateway.http.maxBodyBytes``."""
+
+    http_status = 413
+    code = "payload_too_large"
+
+
+class RunError(GatewayError):
+    """An agent run failed after it was accepted."""
+
+    code = "run_failed"
+
+
+class ProviderError(RunError):
+    """The model provider failed (upstream error, bad answer, connection lost)."""
+
+    http_status = 502
+    error_type = "upstream_error"
+    code = "provider_error"
+
+
+class RunTimeoutError(RunError):
+    """The run did not finish within its deadline (``timeoutSeconds``)."""
+
+    http_status = 504
+    error_type = "timeout"
+    code = "run_timeout"

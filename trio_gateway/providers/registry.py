@@ -1,0 +1,21 @@
+"""Building the configured providers."""
+
+from __future__ import annotations
+
+from ..config import Config, ProviderConfig
+from .base import Provider
+from .echo import EchoProvider
+
+__all__ = ["build_provider", "build_providers"]
+
+
+def build_provider(config: ProviderConfig) -> Provider:
+    """One provider from its config entry (``api`` selects the implementation)."""
+    if config.api == "echo":
+        return EchoProvider(pace_seconds=config.pace_ms / 1000)
+    raise AssertionError(f"unhandled provider api {config.api!r}")  # the schema forbids it
+
+
+def build_providers(config: Config) -> dict[str, Provider]:
+    """Every provider under ``models.providers``, by name."""
+    return {name: build_provider(entry) for name, entry in config.models.providers.items()}

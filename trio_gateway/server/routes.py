@@ -1,0 +1,107 @@
+"""HTTP routes. Thin: check, parse, hand over to the agent runtime, encode.
+
+``POST /v1/chat/completions`` and ``GET /v1/models`` exist only while
+``gateway.http.endpoints.chatCompletions.enabled`` is true; both need the bearer credential.
+Everything that can fail is checked before the first byte of the answer, so those failures are
+real HTTP errors; what fails later is reported inside the stream.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from ..agent import AgentRuntime, RunEvent
+from ..auth import check_authorization
+from ..errors import EndpointDisabledError
+from ..wire.chat import parse_chat_request
+from ..wire.chunks import Usage, encode_completion
+from .streaming import ChatStreamBody
+
+__all__ = ["register_routes"]
+
+_ENABLE_KEY = "gateway.http.endpoints.chatCompletions.enabled"
+_SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+class _Model(msgspec.Struct, frozen=True):
+    id: str
+    created: int
+    owned_by: str = "epiloop"
+    object: str = "model"
+
+
+class _ModelList(msgspec.Struct, frozen=True):
+    data: list[_Model]
+    object: str = "list"
+
+
+async def _discard(event: RunEvent) -> None:
+    """A non-streaming answer needs only the run's result, not its events."""
+
+
+def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
+    config = runtime.config
+    http = config.gateway.http
+    started = int(time.time())
+
+    def check_enabled_and_authorized() -> None:
+        if not http.endpoints.chat_completions.enabled:
+            raise EndpointDisabledError(
+                "The OpenAI-compatible chat completions endpoint is disabled. "
+                f"Enable it with {_ENABLE_KEY}: true in the gateway config."
+            )
+        check_authorization(config.gateway.auth, request.headers.get("Authorization"))
+
+    @app.route("/v1/chat/completions", methods=["POST"], provide_automatic_options=False)
+    async def chat_completions() -> Response:
+        check_enabled_and_authorized()
+        body = await request.get_data(as_text=False)
+        assert isinstance(body, bytes)
+        chat = parse_chat_request(body)
+        prepared = await runtime.prepare(
+            chat,
+            header_agent_id=request.headers.get("x-epiloop-agent-id"),
+            header_session_key=request.headers.get("x-epiloop-session-key"),
+        )
+        if chat.stream:
+            stream = ChatStreamBody(
+                runtime,
+                prepared,
+                model=chat.model,
+                include_usage=chat.include_usage,
+                keep_alive_seconds=http.keep_alive_seconds,
+                buffer_events=http.stream_buffer_events,
+            )
+            response = Response(stream, status=200, content_type="text/event-stream")
+            response.headers.update(_SSE_HEADERS)
+            response.timeout = None  # the run deadline bounds the stream, not quart
+            return response
+        result = await runtime.run(prepared, _discard)
+        if result.error is not None:
+            raise result.error
+        assert result.finish_reason is not None
+        usage = result.usage
+        payload = encode_completion(
+            completion_id=prepared.run_id,
+            created=prepared.created,
+            model=chat.model,
+            content=result.text,
+            finish_reason=result.finish_reason,
+            usage=Usage.of(usage.prompt_tokens, usage.completion_tokens),
+        )
+        return Response(payload, status=200, content_type="application/json")
+
+    @app.route("/v1/models", methods=["GET"], provide_automatic_options=False)
+    async def list_models() -> Response:
+        check_enabled_and_authorized()
+        models = _ModelList(
+            [_Model(f"epiloop:{agent.id}", started) for agent in config.agents.entries]
+        )
+        return Response(msgspec.json.encode(models), status=200, content_type="application/json")

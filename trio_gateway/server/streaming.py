@@ -1,0 +1,158 @@
+"""The SSE response body of a streaming chat completion.
+
+Quart sends a response body as ``async with body: async for chunk in body: await send(chunk)``.
+:class:`ChatStreamBody` opens the per-request nursery in ``__aenter__`` and closes it in
+``__aexit__``, so the agent run (the producer) lives exactly as long as the send loop: when the
+client disconnects, quart-trio cancels the send loop, ``__aexit__`` sees the exception and
+cancels the run. (A nursery held across a ``yield`` of a response generator is unsound under
+middleware; this shape is the one measured to be clean, see the stack notes.)
+
+Between the two, a bounded trio memory channel carries the run's events: a client that reads
+slowly makes the run wait instead of growing a buffer. Text deltas that are already queued when
+the writer comes round are coalesced into one chunk, so a client that falls behind costs fewer
+writes, not more. While the run is silent a ``: keep-alive`` comment goes out every
+``keep_alive_seconds``. ``[DONE]`` is sent only after a run really finished; a failure becomes
+an in-band ``data: {"error": ...}`` event and the stream then ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+import trio
+from quart.wrappers.response import ResponseBody
+
+from ..agent import AgentRuntime, PreparedRun, RunEvent, RunFailed, RunFinished
+from ..errors import RunError
+from ..providers.base import TextDelta
+from ..wire.chunks import ChunkEncoder, Usage
+from ..wire.error_body import encode_error_event
+from ..wire.sse import DONE, KEEP_ALIVE
+
+__all__ = ["ChatStreamBody"]
+
+logger = logging.getLogger(__name__)
+
+_LOST = RunFailed(RunError("The agent run ended unexpectedly; the answer is incomplete."))
+
+
+class ChatStreamBody(ResponseBody):
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        prepared: PreparedRun,
+        *,
+        model: str,
+        include_usage: bool,
+        keep_alive_seconds: float,
+        buffer_events: int,
+    ) -> None:
+        self._runtime = runtime
+        self._prepared = prepared
+        self._encoder = ChunkEncoder(
+            completion_id=prepared.run_id, created=prepared.created, model=model
+        )
+        self._include_usage = include_usage
+        self._keep_alive_seconds = keep_alive_seconds
+        self._buffer_events = buffer_events
+        self._stack = AsyncExitStack()
+        self._nursery: trio.Nursery | None = None
+        self._receive: trio.MemoryReceiveChannel[RunEvent] | None = None
+
+    async def __aenter__(self) -> ChatStreamBody:
+        nursery = await self._stack.enter_async_context(trio.open_nursery())
+        send, receive = trio.open_memory_channel[RunEvent](self._buffer_events)
+        self._nursery, self._receive = nursery, receive
+        nursery.start_soon(self._produce, send)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._nursery is not None
+        assert self._receive is not None
+        self._receive.close()
+        if exc_type is not None:
+            # The send loop failed or was cancelled (typically: the client went away).
+            self._nursery.cancel_scope.cancel(reason="the response stream was abandoned")
+        await self._stack.__aexit__(exc_type, exc_value, tb)
+
+    async def _produce(self, send: trio.MemorySendChannel[RunEvent]) -> None:
+        with send:
+            try:
+                await self._runtime.run(self._prepared, send.send)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The writer stopped reading; it is already ending the response.
+                pass
+            except Exception:
+                # A bug below the runtime's own error handling. The writer sees the channel end
+                # without a final event and reports an in-band error; the details stay here.
+                logger.exception("stream.producer.failed run_id=%s", self._prepared.run_id)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        assert self._receive is not None
+        receive = self._receive
+        encoder = self._encoder
+        yield encoder.role()
+        while True:
+            try:
+                event = receive.receive_nowait()
+            except trio.WouldBlock:
+                waited = await self._wait_for_event(receive)
+                if waited is None:
+                    yield KEEP_ALIVE
+                    continue
+                event = waited
+            except trio.EndOfChannel:
+                event = _LOST
+            if type(event) is TextDelta:
+                texts = [event.text]
+                pending: RunEvent | None = None
+                while True:  # coalesce what is already queued
+                    try:
+                        queued = receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    if type(queued) is TextDelta:
+                        texts.append(queued.text)
+                    else:
+                        pending = queued
+                        break
+                yield encoder.content(texts[0] if len(texts) == 1 else "".join(texts))
+                if pending is None:
+                    continue
+                event = pending
+            if isinstance(event, RunFinished):
+                yield self._ending(event)
+                return
+            if isinstance(event, RunFailed):
+                yield encode_error_event(event.error)
+                return
+            # RunStarted carries nothing the OpenAI stream shows.
+
+    async def _wait_for_event(
+        self, receive: trio.MemoryReceiveChannel[RunEvent]
+    ) -> RunEvent | None:
+        """The next event, or ``None`` when a keep-alive is due first."""
+        with trio.move_on_after(self._keep_alive_seconds):
+            try:
+                return await receive.receive()
+            except trio.EndOfChannel:
+                return _LOST
+        return None
+
+    def _ending(self, finished: RunFinished) -> bytes:
+        ending = self._encoder.finish(finished.finish_reason)
+        if self._include_usage:
+            usage = finished.usage
+            ending += self._encoder.usage(Usage.of(usage.prompt_tokens, usage.completion_tokens))
+        return ending + DONE

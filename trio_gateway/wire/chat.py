@@ -1,0 +1,229 @@
+"""Parsing and validating an OpenAI ``POST /v1/chat/completions`` request body.
+
+``parse_chat_request(body)`` turns raw bytes into a typed :class:`ChatRequest` or raises
+:class:`~trio_gateway.errors.InvalidRequestError` whose ``param`` names the offending field, the
+way OpenAI does. msgspec does the decoding and type checks in one pass (strictly: ``"true"`` is
+not a boolean); the few rules a schema cannot say are checked afterwards. Unknown top-level fields
+are ignored, as OpenAI-compatible servers do, so stock clients that send extra options still work.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+from ..errors import InvalidRequestError
+
+__all__ = [
+    "AssistantMessage",
+    "ChatRequest",
+    "ContentPart",
+    "DeveloperMessage",
+    "FunctionCall",
+    "FunctionDefinition",
+    "Message",
+    "StreamOptions",
+    "SystemMessage",
+    "Tool",
+    "ToolCall",
+    "ToolMessage",
+    "UserMessage",
+    "message_text",
+    "parse_chat_request",
+]
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class ContentPart(msgspec.Struct, frozen=True):
+    """One element of an array ``content``. Only ``{"type": "text", "text": ...}`` is accepted."""
+
+    type: str
+    text: str | None = None
+
+
+Content = str | list[ContentPart]
+
+
+class FunctionCall(msgspec.Struct, frozen=True):
+    name: str
+    arguments: str
+
+
+class ToolCall(msgspec.Struct, frozen=True):
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
+class SystemMessage(msgspec.Struct, frozen=True, tag="system", tag_field="role"):
+    content: Content
+    name: str | None = None
+
+
+class DeveloperMessage(msgspec.Struct, frozen=True, tag="developer", tag_field="role"):
+    content: Content
+    name: str | None = None
+
+
+class UserMessage(msgspec.Struct, frozen=True, tag="user", tag_field="role"):
+    content: Content
+    name: str | None = None
+
+
+class AssistantMessage(msgspec.Struct, frozen=True, tag="assistant", tag_field="role"):
+    content: Content | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class ToolMessage(msgspec.Struct, frozen=True, tag="tool", tag_field="role"):
+    content: Content
+    tool_call_id: str
+
+
+Message = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage
+
+
+class StreamOptions(msgspec.Struct, frozen=True):
+    include_usage: bool = False
+
+
+class FunctionDefinition(msgspec.Struct, frozen=True):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, object] | None = None
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct, frozen=True):
+    function: FunctionDefinition
+    type: Literal["function"] = "function"
+
+
+Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ChatRequest(msgspec.Struct, frozen=True):
+    """A validated chat completion request (only the fields the gateway acts on)."""
+
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    model: str = "epiloop"
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    n: PositiveInt | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
+    seed: int | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, object] | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def token_limit(self) -> int | None:
+        """``max_completion_tokens`` (the current name) or ``max_tokens`` (the legacy one)."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
+
+
+_decoder = msgspec.json.Decoder(ChatRequest)
+_LOCATION = re.compile(r"^(?P<detail>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    """Decode and validate a request body; raise :class:`InvalidRequestError` on any fault."""
+    if not body.strip():
+        raise InvalidRequestError(
+            "The request body is empty: expected a JSON object with 'messages'.", param=None
+        )
+    try:
+        request = _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _translate_validation_error(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(
+            f"The request body is not valid JSON ({exc}).", code="invalid_json"
+        ) from exc
+    _check_rules(request)
+    return request
+
+
+def _translate_validation_error(text: str) -> InvalidRequestError:
+    match = _LOCATION.match(text)
+    assert match is not None  # the pattern matches any string
+    detail, path = match["detail"], (match["path"] or "").lstrip(".")
+    missing = _MISSING.match(detail)
+    if missing:
+        param = f"{path}.{missing['field']}" if path else missing["field"]
+        return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param)
+    if path == "":
+        # The whole body is of the wrong shape (an array, a string, ...).
+        return InvalidRequestError(
+            f"The request body must be a JSON object: {_lower_first(detail)}.", param=None
+        )
+    if path.endswith(".role") and detail.startswith("Invalid value"):
+        detail += "; expected one of 'system', 'developer', 'user', 'assistant', 'tool'"
+    return InvalidRequestError(f"Invalid value for '{path}': {_lower_first(detail)}.", param=path)
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _check_rules(request: ChatRequest) -> None:
+    if request.stream_options is not None and not request.stream:
+        raise InvalidRequestError(
+            "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
+        )
+    if request.n is not None and request.n != 1:
+        raise InvalidRequestError(
+            "Only one choice is supported: 'n' must be 1.", param="n", code="unsupported_value"
+        )
+    for index, message in enumerate(request.messages):
+        content = message.content
+        if isinstance(content, list):
+            for part_index, part in enumerate(content):
+                param = f"messages[{index}].content[{part_index}]"
+                if part.type != "text":
+                    raise InvalidRequestError(
+                        f"Unsupported content part type {part.type!r} at '{param}.type': "
+                        "this gateway accepts only 'text' parts.",
+                        param=f"{param}.type",
+                        code="unsupported_value",
+                    )
+                if part.text is None:
+                    raise InvalidRequestError(
+                        f"Missing required parameter: '{param}.text'.", param=f"{param}.text"
+                    )
+        elif content is None and not (isinstance(message, AssistantMessage) and message.tool_calls):
+            raise InvalidRequestError(
+                f"Invalid value for 'messages[{index}].content': an assistant message without "
+                "'tool_calls' must have content.",
+                param=f"messages[{index}].content",
+            )
+
+
+def message_text(message: Message) -> str:
+    """The message's text: a string content as is, text parts joined with newlines."""
+    content = message.content
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.text or "" for part in content)
