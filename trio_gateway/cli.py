@@ -47,7 +47,8 @@ def main() -> None:
     "--config",
     "config_file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Config file (default: $EPILOOP_CONFIG_PATH or ~/.epiloop/epiloop.json).",
+    help="Config file (default: $EPILOOP_CONFIG_PATH, else epiloop.json in $EPILOOP_STATE_DIR "
+    "or ~/.epiloop).",
 )
 @click.option(
     "--log-level",
@@ -56,7 +57,7 @@ def main() -> None:
     show_default=True,
 )
 def gateway(port: int | None, bind: str | None, config_file: Path | None, log_level: str) -> None:
-    """Run the gateway (HTTP and WebSocket on one port) until Ctrl-C or SIGTERM."""
+    """Run the gateway until Ctrl-C or SIGTERM."""
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -168,9 +169,9 @@ def config_validate(config_file: Path | None) -> None:
 @config.command("show")
 @click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False))
 def config_show(config_file: Path | None) -> None:
-    """Print the effective config as JSON, secrets redacted."""
+    """Print the effective config as JSON (secrets redacted); where it came from on stderr."""
     loaded = _load(config_file)
-    click.echo(f"// source: {loaded.source}")
+    click.echo(f"source: {loaded.source}", err=True)
     for name, source in sorted(loaded.secret_sources.items()):
-        click.echo(f"// gateway.auth.{name} from {source}")
+        click.echo(f"gateway.auth.{name} from {source}", err=True)
     click.echo(msgspec.json.format(msgspec.json.encode(redacted(loaded.config)), indent=2))

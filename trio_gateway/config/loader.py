@@ -12,6 +12,7 @@ only ever used here: it is far too slow for the request path.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -83,7 +84,9 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     try:
         raw: object = json5.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"not valid JSON5: {exc}", source=source) from exc
+        # json5 names the input "<string>"; the source is already named in front.
+        detail = str(exc).replace("<string>:", "line ")
+        raise ConfigError(f"not valid JSON5: {detail}", source=source) from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"the top level must be an object, got {_json_type(raw)}", source=source)
     try:
@@ -149,6 +152,13 @@ def _translate(text: str, raw: object, source: str) -> ConfigError:
             f"expected {expected['expected']}, got {_render(got)}", source=source, path=dotted
         )
     got = _value_at(raw, segments)
+    if "matching regex" in detail and segments and segments[-1] == "id":
+        return ConfigError(
+            "expected 1-64 letters, digits, '_' or '-', starting with a letter or digit, "
+            f"got {_render(got)}",
+            source=source,
+            path=dotted,
+        )
     choices = _type_at(segments)
     if isinstance(choices, mi.LiteralType):
         allowed = ", ".join(_render(value) for value in choices.values)
@@ -246,6 +256,9 @@ def _unwrap(info: mi.Type) -> mi.Type:
 
 
 def _render(value: object) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON5 allows these; JSON (and so msgspec) would render them as null.
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, str):
         return msgspec.json.encode(value).decode()
     if isinstance(value, dict):

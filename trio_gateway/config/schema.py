@@ -29,7 +29,7 @@ __all__ = [
     "check_config",
 ]
 
-AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z"  # \Z: "$" would accept a trailing newline
 AGENT_ID_RE = re.compile(AGENT_ID_PATTERN)
 
 
@@ -147,6 +147,8 @@ def check_config(config: Config) -> None:
         defaults += agent.default
         if agent.model is not None:
             _check_model_ref(config, agent.model, f"agents.list[{index}].model")
+    if not config.agents.entries:
+        raise ConfigError("at least one agent must be configured", path="agents.list")
     if defaults > 1:
         raise ConfigError("at most one agent may have default: true", path="agents.list")
     _check_model_ref(config, config.agents.defaults.model, "agents.defaults.model")

@@ -1,6 +1,6 @@
 """HTTP routes. Thin: check, parse, hand over to the agent runtime, encode.
 
-``POST /v1/chat/completions`` and ``GET /v1/models`` exist only while
+``POST /v1/chat/completions`` and ``GET /v1/models[/<model>]`` exist only while
 ``gateway.http.endpoints.chatCompletions.enabled`` is true; both need the bearer credential.
 Everything that can fail is checked before the first byte of the answer, so those failures are
 real HTTP errors; what fails later is reported inside the stream.
@@ -15,8 +15,9 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from ..agent import AgentRuntime, RunEvent
+from ..agent.routing import agent_id_from_model, select_agent
 from ..auth import check_authorization
-from ..errors import EndpointDisabledError
+from ..errors import EndpointDisabledError, ModelNotFoundError
 from ..wire.chat import parse_chat_request
 from ..wire.chunks import Usage, encode_completion
 from .streaming import ChatStreamBody
@@ -105,3 +106,13 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
             [_Model(f"epiloop:{agent.id}", started) for agent in config.agents.entries]
         )
         return Response(msgspec.json.encode(models), status=200, content_type="application/json")
+
+    @app.route("/v1/models/<path:model>", methods=["GET"], provide_automatic_options=False)
+    async def get_model(model: str) -> Response:
+        check_enabled_and_authorized()
+        if agent_id_from_model(model) is None and model.lower() != "epiloop":
+            # Chat requests send any other name to the default agent; a lookup is exact.
+            raise ModelNotFoundError(f"The model {model!r} does not exist.", param="model")
+        agent = select_agent(config, header_agent_id=None, model=model)
+        found = _Model(f"epiloop:{agent.id}", started)
+        return Response(msgspec.json.encode(found), status=200, content_type="application/json")

@@ -38,8 +38,8 @@ def check_exposure(host: str, auth: AuthConfig) -> None:
     if auth.mode == "none":
         raise ConfigError(
             f'refusing to bind {host}: gateway.auth.mode is "none", which is allowed on '
-            "loopback only. Set a token (gateway.auth.token or EPILOOP_GATEWAY_TOKEN) or bind "
-            '"loopback".',
+            'loopback only. Use mode "token" with a token (gateway.auth.token or '
+            'EPILOOP_GATEWAY_TOKEN), or bind "loopback".',
             path="gateway.bind",
         )
     if needs_secret(auth):

@@ -92,7 +92,7 @@ class StreamOptions(msgspec.Struct, frozen=True):
 
 
 class FunctionDefinition(msgspec.Struct, frozen=True):
-    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")]
     description: str | None = None
     parameters: dict[str, object] | None = None
     strict: bool | None = None
@@ -114,7 +114,8 @@ class ChatRequest(msgspec.Struct, frozen=True):
 
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
     model: str = "epiloop"
-    stream: bool = False
+    #: ``null`` is accepted and means ``false``, as in the OpenAI API.
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
     max_tokens: PositiveInt | None = None

@@ -43,37 +43,45 @@ class SSEDecoder:
         self._id: str | None = None
         self._retry: int | None = None
         self._first_line = True
+        #: The last line ended with CR: an LF right after it belongs to that line ending.
+        self._after_cr = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         self._buffer += chunk
         events: list[SSEEvent] = []
-        while True:
-            line, found = self._next_line()
-            if not found:
-                return events
+        while (line := self._next_line()) is not None:
             event = self._process_line(line)
             if event is not None:
                 events.append(event)
+        return events
 
-    def _next_line(self) -> tuple[str, bool]:
+    def _next_line(self) -> str | None:
         buffer = self._buffer
+        if self._after_cr and buffer:
+            self._after_cr = False
+            if buffer[:1] == b"\n":
+                buffer = buffer[1:]
         cr = buffer.find(b"\r")
         lf = buffer.find(b"\n")
         if cr == -1 and lf == -1:
-            return "", False
-        if cr != -1 and (lf == -1 or cr < lf):
-            if cr == len(buffer) - 1:
-                # A lone CR at the end may be the first half of CRLF: wait for more bytes.
-                return "", False
-            end, skip = cr, 2 if buffer[cr + 1 : cr + 2] == b"\n" else 1
+            self._buffer = buffer
+            return None
+        end = cr if cr != -1 and (lf == -1 or cr < lf) else lf
+        if end == cr:
+            if buffer[cr + 1 : cr + 2] == b"\n":
+                skip = 2
+            else:
+                skip = 1
+                # A CR that ends the buffer: a following LF would be part of this line ending.
+                self._after_cr = cr == len(buffer) - 1
         else:
-            end, skip = lf, 1
+            skip = 1
         raw = buffer[:end]
         self._buffer = buffer[end + skip :]
         if self._first_line:
             self._first_line = False
             raw = raw.removeprefix(b"\xef\xbb\xbf")
-        return raw.decode("utf-8", errors="replace"), True
+        return raw.decode("utf-8", errors="replace")
 
     def _process_line(self, line: str) -> SSEEvent | None:
         if not line:
@@ -90,7 +98,7 @@ class SSEDecoder:
         elif name == "id":
             if "\0" not in value:
                 self._id = value
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit():
             self._retry = int(value)
         return None
 

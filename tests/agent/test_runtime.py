@@ -1,0 +1,196 @@
+"""The agent run, driven directly (the same function every transport calls)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+from gateway_harness import make_config
+
+from trio_gateway.agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunStarted
+from trio_gateway.errors import InvalidRequestError, ProviderError, RunTimeoutError
+from trio_gateway.providers import TextDelta
+from trio_gateway.providers.scripted import Fail, Hang, Say, ScriptedProvider
+from trio_gateway.wire.chat import ChatRequest
+
+
+def chat(*messages: dict[str, Any], **fields: Any) -> ChatRequest:
+    return msgspec.convert({"messages": list(messages), **fields}, ChatRequest)
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[RunEvent] = []
+
+    async def __call__(self, event: RunEvent) -> None:
+        self.events.append(event)
+
+
+async def test_runtime_builds_structured_model_input_in_order() -> None:
+    provider = ScriptedProvider([Say("ok")])
+    runtime = AgentRuntime(make_config(), providers={"local": provider})
+    request = chat(
+        user("earlier question"),
+        {"role": "system", "content": "Answer in French."},
+        {"role": "assistant", "content": "earlier answer"},
+        {"role": "developer", "content": [{"type": "text", "text": "Be terse."}]},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+    )
+    prepared = await runtime.prepare(request)
+    await runtime.run(prepared, Recorder())
+    sent = provider.calls[0].request
+    assert [(m.role, m.content) for m in sent.messages] == [
+        ("system", "You are a helpful assistant."),
+        ("system", "Answer in French."),
+        ("developer", "Be terse."),
+        ("user", "earlier question"),
+        ("assistant", "earlier answer"),
+        ("user", "a\nb"),
+    ]
+    assert sent.model == "echo"
+
+
+async def test_runtime_passes_sampling_options_to_the_provider() -> None:
+    provider = ScriptedProvider([])
+    runtime = AgentRuntime(make_config(), providers={"local": provider})
+    request = chat(user("x"), max_tokens=9, max_completion_tokens=7, temperature=0.5, stop="END")
+    await runtime.run(await runtime.prepare(request), Recorder())
+    sent = provider.calls[0].request
+    assert (sent.max_tokens, sent.temperature, sent.stop) == (7, 0.5, ("END",))
+
+
+async def test_runtime_emits_started_deltas_and_finished() -> None:
+    provider = ScriptedProvider([Say("a"), Say("b")])
+    runtime = AgentRuntime(make_config(), providers={"local": provider})
+    recorder = Recorder()
+    prepared = await runtime.prepare(chat(user("one two")), header_agent_id="helper")
+    result = await runtime.run(prepared, recorder)
+    started, *deltas, finished = recorder.events
+    assert isinstance(started, RunStarted)
+    assert (started.run_id, started.agent_id, started.model) == (
+        prepared.run_id,
+        "helper",
+        "local/echo",
+    )
+    assert deltas == [TextDelta("a"), TextDelta("b")]
+    assert isinstance(finished, RunFinished)
+    assert finished.finish_reason == "stop"
+    assert (result.status, result.text, result.finish_reason) == ("completed", "ab", "stop")
+    assert result.usage.completion_tokens == 2
+
+
+async def test_runtime_failure_emits_run_failed_and_returns_the_error() -> None:
+    error = ProviderError("nope")
+    provider = ScriptedProvider([Say("x"), Fail(error)])
+    runtime = AgentRuntime(make_config(), providers={"local": provider})
+    recorder = Recorder()
+    result = await runtime.run(await runtime.prepare(chat(user("q"))), recorder)
+    assert recorder.events[-1] == RunFailed(error)
+    assert (result.status, result.text, result.error) == ("failed", "x", error)
+
+
+async def test_runtime_deadline_becomes_run_timeout_error(autojump_clock: trio.abc.Clock) -> None:
+    provider = ScriptedProvider([Hang()])
+    config = make_config({"agents": {"defaults": {"timeoutSeconds": 42}}})
+    runtime = AgentRuntime(config, providers={"local": provider})
+    start = trio.current_time()
+    result = await runtime.run(await runtime.prepare(chat(user("q"))), Recorder())
+    assert isinstance(result.error, RunTimeoutError)
+    assert trio.current_time() - start == pytest.approx(42)
+    assert provider.calls[0].outcome == "cancelled"
+
+
+async def test_runtime_stateless_request_leaves_no_session() -> None:
+    runtime = AgentRuntime(make_config())
+    prepared = await runtime.prepare(chat(user("q")))
+    assert prepared.target.stateless
+    await runtime.run(prepared, Recorder())
+    assert await runtime.sessions.get(prepared.target.session_key) is None
+
+
+async def test_runtime_user_session_records_each_turn_without_duplicates() -> None:
+    runtime = AgentRuntime(make_config())
+    first = await runtime.prepare(chat(user("hello there"), user="alice@example.com"))
+    await runtime.run(first, Recorder())
+    second = await runtime.prepare(
+        chat(
+            {"role": "system", "content": "sys"},
+            user("hello there"),
+            {"role": "assistant", "content": "hello there"},
+            user("again"),
+            user="alice@example.com",
+        )
+    )
+    assert second.target.session_key == first.target.session_key
+    await runtime.run(second, Recorder())
+    session = await runtime.sessions.get(first.target.session_key)
+    assert session is not None
+    assert [(e.role, e.content) for e in session.transcript] == [
+        ("user", "hello there"),
+        ("assistant", "hello there"),
+        ("user", "again"),
+        ("assistant", "again"),
+    ]
+    assert session.agent_id == "main"
+    assert session.completion_tokens == 3
+
+
+async def test_runtime_failed_turn_is_recorded_as_failed() -> None:
+    provider = ScriptedProvider([Say("par"), Fail(ProviderError("x"))])
+    runtime = AgentRuntime(make_config(), providers={"local": provider})
+    prepared = await runtime.prepare(chat(user("q")), header_session_key="s-1")
+    await runtime.run(prepared, Recorder())
+    session = await runtime.sessions.get("s-1")
+    assert session is not None
+    assert session.last_status == "failed"
+    assert session.transcript[-1].content == "par"
+    assert session.transcript[-1].status == "failed"
+
+
+async def test_runtime_cancelled_turn_is_recorded_as_aborted() -> None:
+    provider = ScriptedProvider([Say("so far"), Hang()])
+    runtime = AgentRuntime(make_config(), providers={"local": provider})
+    prepared = await runtime.prepare(chat(user("q")), header_session_key="s-2")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runtime.run, prepared, Recorder())
+        await provider.call_started.wait()
+        await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    session = await runtime.sessions.get("s-2")
+    assert session is not None
+    assert session.last_status == "aborted"
+    assert (session.transcript[-1].content, session.transcript[-1].status) == ("so far", "aborted")
+    assert provider.calls[0].outcome == "cancelled"
+
+
+async def test_runtime_session_key_of_another_agent_is_refused() -> None:
+    runtime = AgentRuntime(make_config())
+    await runtime.run(await runtime.prepare(chat(user("q")), header_session_key="k"), Recorder())
+    with pytest.raises(InvalidRequestError) as caught:
+        await runtime.prepare(chat(user("q")), header_session_key="k", header_agent_id="helper")
+    assert caught.value.code == "session_agent_mismatch"
+
+
+async def test_runtime_agent_model_and_system_prompt_fall_back_to_defaults() -> None:
+    provider = ScriptedProvider([])
+    config = make_config(
+        {
+            "models": {"providers": {"other": {"api": "echo"}}},
+            "agents": {
+                "defaults": {"model": "other/big", "systemPrompt": "Default prompt."},
+                "list": [{"id": "bare"}, {"id": "own", "model": "local/small"}],
+            },
+        }
+    )
+    runtime = AgentRuntime(config, providers={"local": provider, "other": provider})
+    bare = await runtime.prepare(chat(user("x")))
+    assert (bare.model_ref, bare.request.model) == ("other/big", "big")
+    assert bare.request.messages[0].content == "Default prompt."
+    own = await runtime.prepare(chat(user("x")), header_agent_id="own")
+    assert own.model_ref == "local/small"

@@ -1,0 +1,141 @@
+"""A client that goes away cancels its agent run: streaming or not, through trio cancellation.
+
+Each test asserts what happened to the provider's call (``outcome == "cancelled"``), not just
+that the response ended.
+"""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import trio
+from gateway_harness import TOKEN, start_gateway
+
+from trio_gateway.providers.scripted import Hang, Say, ScriptedProvider
+
+BOUND = 5  # seconds: a generous upper bound; the benchmarks measure the real latency
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def test_disconnect_during_stream_cancels_the_run(nursery: trio.Nursery) -> None:
+    provider = ScriptedProvider([Say("first"), Hang()])
+    gateway = await start_gateway(nursery, providers={"local": provider})
+    async with (
+        httpx.AsyncClient() as client,
+        client.stream(
+            "POST",
+            f"{gateway.api_url}/chat/completions",
+            json={"stream": True, "messages": MESSAGES},
+            headers=gateway.headers,
+        ) as response,
+    ):
+        async for line in response.aiter_lines():
+            if '"content":"first"' in line:
+                break
+    # Leaving the block closed the connection mid-stream.
+    with trio.fail_after(BOUND):
+        await provider.call_ended.wait()
+    assert provider.calls[0].outcome == "cancelled"
+
+
+async def test_sdk_stream_close_cancels_the_run(nursery: trio.Nursery) -> None:
+    provider = ScriptedProvider([Say("a"), Say("b"), Hang()])
+    gateway = await start_gateway(nursery, providers={"local": provider})
+    async with openai.AsyncOpenAI(base_url=gateway.api_url, api_key=TOKEN, max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="epiloop", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        received = ""
+        async for chunk in stream:  # queued deltas may arrive coalesced ("ab")
+            received += chunk.choices[0].delta.content or "" if chunk.choices else ""
+            if "b" in received:
+                break
+        await stream.close()
+    with trio.fail_after(BOUND):
+        await provider.call_ended.wait()
+    assert provider.calls[0].outcome == "cancelled"
+
+
+async def test_disconnect_while_waiting_for_a_non_streaming_answer_cancels_the_run(
+    nursery: trio.Nursery,
+) -> None:
+    provider = ScriptedProvider([Hang()])
+    gateway = await start_gateway(nursery, providers={"local": provider})
+    async with httpx.AsyncClient() as client, trio.open_nursery() as requests:
+        requests.start_soon(
+            lambda: client.post(
+                f"{gateway.api_url}/chat/completions",
+                json={"messages": MESSAGES},
+                headers=gateway.headers,
+            )
+        )
+        with trio.fail_after(BOUND):
+            await provider.call_started.wait()
+        requests.cancel_scope.cancel()  # the client gives up and closes its connection
+    with trio.fail_after(BOUND):
+        await provider.call_ended.wait()
+    assert provider.calls[0].outcome == "cancelled"
+
+
+async def test_cancelled_run_of_a_stable_session_is_recorded_as_aborted(
+    nursery: trio.Nursery,
+) -> None:
+    provider = ScriptedProvider([Say("half an "), Say("answer"), Hang()])
+    gateway = await start_gateway(nursery, providers={"local": provider})
+    headers = {**gateway.headers, "x-epiloop-session-key": "desk-42"}
+    async with (
+        httpx.AsyncClient() as client,
+        client.stream(
+            "POST",
+            f"{gateway.api_url}/chat/completions",
+            json={"stream": True, "messages": [{"role": "user", "content": "question"}]},
+            headers=headers,
+        ) as response,
+    ):
+        async for line in response.aiter_lines():
+            if "answer" in line:  # alone or coalesced with "half an "
+                break
+    with trio.fail_after(BOUND):
+        await provider.call_ended.wait()
+        session = await gateway.runtime.sessions.get("desk-42")
+        while session is None or session.last_status == "completed":
+            await trio.sleep(0.01)
+            session = await gateway.runtime.sessions.get("desk-42")
+    assert session.last_status == "aborted"
+    assert [(e.role, e.content, e.status) for e in session.transcript] == [
+        ("user", "question", "completed"),
+        ("assistant", "half an answer", "aborted"),
+    ]
+
+
+async def test_slow_reader_applies_backpressure_to_the_run(nursery: trio.Nursery) -> None:
+    """A client that stops reading makes the run wait on the bounded channel."""
+    piece = "x" * 4096
+    total = 20_000  # 80 MB if nothing pushed back
+    provider = ScriptedProvider([Say(piece)] * total + [Hang()])
+    gateway = await start_gateway(
+        nursery,
+        {"gateway": {"http": {"streamBufferEvents": 4}}},
+        providers={"local": provider},
+    )
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    body = b'{"stream": true, "messages": [{"role": "user", "content": "x"}]}'
+    request = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(request)
+        await stream.receive_some(1024)  # the headers arrived; now stop reading
+        with trio.fail_after(BOUND * 2):
+            await provider.call_started.wait()
+            settled = -1
+            while settled != len(provider.calls[0].emitted):
+                settled = len(provider.calls[0].emitted)
+                await trio.sleep(0.3)
+        assert settled < total // 2
+    # Closing the connection ends the stalled run too.
+    with trio.fail_after(BOUND):
+        await provider.call_ended.wait()
+    assert provider.calls[0].outcome == "cancelled"

@@ -1,0 +1,80 @@
+"""Running a real gateway in a test: hypercorn on 127.0.0.1 port 0, in the test's nursery."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import msgspec
+import trio
+
+from trio_gateway.agent import AgentRuntime
+from trio_gateway.config import Config
+from trio_gateway.config.schema import check_config
+from trio_gateway.providers import Provider
+from trio_gateway.server import serve_gateway
+from trio_gateway.sessions import SessionStore
+
+TOKEN = "test-token-0123456789"
+
+BASE_CONFIG: dict[str, Any] = {
+    "gateway": {
+        "auth": {"mode": "token", "token": TOKEN},
+        "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+    },
+    "models": {"providers": {"local": {"api": "echo", "paceMs": 0}}},
+    "agents": {
+        "defaults": {"model": "local/echo", "timeoutSeconds": 30},
+        "list": [
+            {"id": "main", "default": True, "systemPrompt": "You are a helpful assistant."},
+            {"id": "helper", "systemPrompt": "You help."},
+        ],
+    },
+}
+
+
+def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``override`` merged in (dicts merge, the rest replaces)."""
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def make_config(override: Mapping[str, Any] | None = None) -> Config:
+    config = msgspec.convert(merge(BASE_CONFIG, override or {}), Config)
+    check_config(config)
+    return config
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    runtime: AgentRuntime
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def start_gateway(
+    nursery: trio.Nursery,
+    override: Mapping[str, Any] | None = None,
+    *,
+    providers: Mapping[str, Provider] | None = None,
+    sessions: SessionStore | None = None,
+) -> RunningGateway:
+    """Serve a gateway on 127.0.0.1 port 0 until ``nursery`` is cancelled."""
+    runtime = AgentRuntime(make_config(override), providers=providers, sessions=sessions)
+    urls = await nursery.start(partial(serve_gateway, runtime, host="127.0.0.1", port=0))
+    return RunningGateway(url=urls[0], runtime=runtime)

@@ -1,0 +1,173 @@
+"""The ``epiloop`` command, run as a user runs it: in a subprocess, with its own state dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+BOUND = 20  # seconds: every subprocess step is bounded
+
+
+def env_for(state: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("EPILOOP_")  # the developer's own settings must not leak in
+    }
+    env["EPILOOP_STATE_DIR"] = str(state)
+    return env
+
+
+def epiloop(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trio_gateway", *args],
+        env=env_for(state),
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        check=False,
+    )
+
+
+def test_cli_config_init_writes_a_private_config_with_a_token(tmp_path: Path) -> None:
+    done = epiloop(tmp_path, "config", "init")
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "epiloop.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    token = re.search(r"Gateway token: (\S+)", done.stdout)
+    assert token is not None
+    assert f'token: "{token[1]}"' in path.read_text()
+    assert "curl" in done.stdout
+    assert epiloop(tmp_path, "config", "validate").returncode == 0
+
+
+def test_cli_config_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    assert epiloop(tmp_path, "config", "init").returncode == 0
+    before = (tmp_path / "epiloop.json").read_text()
+    again = epiloop(tmp_path, "config", "init")
+    assert again.returncode == 1
+    assert "already exists" in again.stderr
+    assert (tmp_path / "epiloop.json").read_text() == before
+    forced = epiloop(tmp_path, "config", "init", "--force")
+    assert forced.returncode == 0
+    assert (tmp_path / "epiloop.json").read_text() != before
+
+
+def test_cli_config_validate_names_the_file_and_key(tmp_path: Path) -> None:
+    (tmp_path / "epiloop.json").write_text(
+        "{ gateway: { http: { endpoints: { chatCompletions: { enabled: 'yes' } } } } }"
+    )
+    done = epiloop(tmp_path, "config", "validate")
+    assert done.returncode == 1
+    assert str(tmp_path / "epiloop.json") in done.stderr
+    assert 'gateway.http.endpoints.chatCompletions.enabled: expected bool, got "yes"' in (
+        done.stderr
+    )
+
+
+def test_cli_config_validate_without_a_file_uses_the_embedded_default(tmp_path: Path) -> None:
+    done = epiloop(tmp_path, "config", "validate")
+    assert done.returncode == 0
+    assert "<embedded default>" in done.stdout
+
+
+def test_cli_config_show_redacts_secrets(tmp_path: Path) -> None:
+    assert epiloop(tmp_path, "config", "init").returncode == 0
+    token = re.search(r'token: "([^"]+)"', (tmp_path / "epiloop.json").read_text())
+    assert token is not None
+    done = epiloop(tmp_path, "config", "show")
+    assert done.returncode == 0
+    assert token[1] not in done.stdout
+    shown = json.loads(done.stdout)
+    assert shown["gateway"]["auth"]["token"] == "<redacted>"
+    assert shown["gateway"]["http"]["endpoints"]["chatCompletions"]["enabled"] is True
+
+
+def test_cli_gateway_refuses_invalid_config(tmp_path: Path) -> None:
+    (tmp_path / "epiloop.json").write_text("{ agents: { defaults: { modle: 'x' } } }")
+    done = epiloop(tmp_path, "gateway", "--port", "0")
+    assert done.returncode == 1
+    assert "agents.defaults.modle: unknown key; did you mean 'model'?" in done.stderr
+
+
+def test_cli_gateway_refuses_lan_without_auth(tmp_path: Path) -> None:
+    (tmp_path / "epiloop.json").write_text("{ gateway: { auth: { mode: 'none' } } }")
+    done = epiloop(tmp_path, "gateway", "--port", "0", "--bind", "lan")
+    assert done.returncode == 1
+    assert "refusing to bind 0.0.0.0" in done.stderr
+    no_secret = tmp_path / "other"
+    no_secret.mkdir()
+    done = epiloop(no_secret, "gateway", "--port", "0", "--bind", "lan")
+    assert done.returncode == 1
+    assert "no token is set" in done.stderr
+
+
+async def start_cli_gateway(state: Path) -> tuple[trio.Process, str, list[str]]:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_gateway", "gateway", "--port", "0"],
+        env=env_for(state),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    output = ""
+    with trio.fail_after(BOUND):
+        while (found := re.search(r"Listening on (http://\S+)", output)) is None:
+            chunk = await process.stdout.receive_some()
+            assert chunk, f"the gateway exited early: {output}"
+            output += chunk.decode()
+    return process, found[1], output.splitlines()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+async def test_cli_gateway_serves_the_quickstart_and_stops_cleanly(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    init = epiloop(tmp_path, "config", "init")
+    token = re.search(r"Gateway token: (\S+)", init.stdout)
+    assert token is not None
+    process, url, _ = await start_cli_gateway(tmp_path)
+    try:
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {token[1]}"},
+                json={"messages": [{"role": "user", "content": "quick start"}]},
+            )
+        assert response.json()["choices"][0]["message"]["content"] == "quick start"
+        process.send_signal(stop_signal)
+        with trio.fail_after(BOUND):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_cli_gateway_without_secret_prints_a_run_token(tmp_path: Path) -> None:
+    (tmp_path / "epiloop.json").write_text(
+        "{ gateway: { http: { endpoints: { chatCompletions: { enabled: true } } } } }"
+    )
+    process, url, lines = await start_cli_gateway(tmp_path)
+    try:
+        printed = next(line for line in lines if "generated one for this run only" in line)
+        token = printed.rsplit(" ", 1)[1]
+        async with httpx.AsyncClient() as client:
+            ok = await client.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {token}"})
+            refused = await client.get(f"{url}/v1/models")
+        assert ok.status_code == 200
+        assert refused.status_code == 401
+    finally:
+        process.terminate()
+        with trio.fail_after(BOUND):
+            await process.wait()
