@@ -17,10 +17,17 @@ this tree once, at the boundary where they are caught, with ``raise X(...) from 
     │   │   ├── EndpointDisabledError 404  the endpoint is switched off in config
     │   │   └── ModelNotFoundError    404  model_not_found: no such agent
     │   ├── MethodNotAllowedError     405  carries the allowed methods
-    │   └── PayloadTooLargeError      413  the request body is over the limit
-    └── RunError                      500  an agent run failed
-        ├── ProviderError             502 upstream_error: the model provider failed
-        └── RunTimeoutError           504 timeout: the run passed its deadline
+    │   ├── SessionBusyError          409  session_busy: the session's lane stayed busy
+    │   ├── PayloadTooLargeError      413  the request body is over the limit
+    │   └── OverloadedError           429  gateway_overloaded: run cap and queue are full
+    ├── RunError                      500  an agent run failed
+    │   ├── ProviderError             502 upstream_error: the model provider failed
+    │   │   └── UpstreamError         502  the upstream answered with an error or broke off
+    │   └── RunTimeoutError           504 timeout: the run passed its deadline
+    └── ToolError                     a tool failed; its message goes back to the model
+
+Errors that tell the client when to come back carry ``retry_after`` (seconds), sent as the
+``Retry-After`` header.
 
 This module imports nothing from the rest of the package: everything else imports it.
 """
@@ -36,11 +43,15 @@ __all__ = [
     "MethodNotAllowedError",
     "ModelNotFoundError",
     "NotFoundError",
+    "OverloadedError",
     "PayloadTooLargeError",
     "ProviderError",
     "RequestError",
     "RunError",
     "RunTimeoutError",
+    "SessionBusyError",
+    "ToolError",
+    "UpstreamError",
 ]
 
 
@@ -54,12 +65,24 @@ class GatewayError(Exception):
     error_type: str = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    #: Seconds after which a retry may succeed (sent as ``Retry-After``), if known.
+    retry_after: float | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class ConfigError(GatewayError):
@@ -127,6 +150,21 @@ class MethodNotAllowedError(RequestError):
         self.allowed = allowed
 
 
+class SessionBusyError(RequestError):
+    """Another run of the same session held its lane past ``session.queueTimeoutSeconds``."""
+
+    http_status = 409
+    code = "session_busy"
+
+
+class OverloadedError(RequestError):
+    """The gateway-wide run cap and its wait queue are both full."""
+
+    http_status = 429
+    error_type = "rate_limit_error"
+    code = "gateway_overloaded"
+
+
 class PayloadTooLargeError(RequestError):
     """The request body is larger than ``gateway.http.maxBodyBytes``."""
 
@@ -148,9 +186,36 @@ class ProviderError(RunError):
     code = "provider_error"
 
 
+class UpstreamError(ProviderError):
+    """The upstream model server answered with an error, or the exchange broke off.
+
+    ``status`` is the upstream HTTP status (``None`` for connection faults); ``retryable`` says
+    whether the same request may succeed later (429, 5xx, connection errors, timeouts).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, retry_after=retry_after)
+        self.status = status
+        self.retryable = retryable
+
+
 class RunTimeoutError(RunError):
     """The run did not finish within its deadline (``timeoutSeconds``)."""
 
     http_status = 504
     error_type = "timeout"
     code = "run_timeout"
+
+
+class ToolError(GatewayError):
+    """A tool could not do what was asked. The run goes on: the message is the tool result."""
+
+    code = "tool_error"

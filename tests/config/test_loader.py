@@ -7,6 +7,7 @@ never read the real environment or home directory.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,6 @@ from trio_gateway.config import (
     EMBEDDED_SOURCE,
     AgentConfig,
     Config,
-    ProviderConfig,
     config_path,
     load_config,
     parse_config,
@@ -22,6 +22,7 @@ from trio_gateway.config import (
     starter_config,
     state_dir,
 )
+from trio_gateway.config.schema import EchoProviderConfig
 from trio_gateway.config.starter import REDACTED
 from trio_gateway.errors import ConfigError
 
@@ -47,7 +48,7 @@ def test_parse_config_starter_config() -> None:
     assert config.gateway.auth.password is None
     assert config.gateway.auth.secret == "s3cret-token"
     assert config.gateway.http.endpoints.chat_completions.enabled is True
-    assert config.models.providers == {"local": ProviderConfig(api="echo", pace_ms=20.0)}
+    assert config.models.providers == {"local": EchoProviderConfig(pace_ms=20.0)}
     assert config.agents.defaults.model == "local/echo"
     assert config.agents.defaults.timeout_seconds == 600.0
     assert config.agents.entries == [
@@ -173,8 +174,13 @@ def test_parse_config_error_inside_a_dict_valued_section() -> None:
     error = config_error('{models: {providers: {local: {api: "echo"}, x: {api: "openai"}}}}')
 
     assert error.path == "models.providers.x.api"
-    assert error.message == 'expected one of "echo", got "openai"'
-    assert str(error) == f'{SOURCE}: models.providers.x.api: expected one of "echo", got "openai"'
+    assert (
+        error.message == 'expected one of "echo", "openai-chat", "anthropic-messages", got "openai"'
+    )
+    allowed = '"echo", "openai-chat", "anthropic-messages"'
+    assert (
+        str(error) == f'{SOURCE}: models.providers.x.api: expected one of {allowed}, got "openai"'
+    )
 
 
 def test_parse_config_error_inside_a_dict_value_names_the_right_key() -> None:
@@ -520,9 +526,9 @@ def test_redacted_leaves_unset_secrets_null() -> None:
 
 
 def test_redacted_uses_the_file_key_names() -> None:
-    data = redacted(parse_config(starter_config(token="abc")))
+    data: dict[str, Any] = redacted(parse_config(starter_config(token="abc")))
 
-    assert data == {
+    assert {"gateway": data["gateway"]} == {
         "gateway": {
             "port": 18789,
             "bind": "loopback",
@@ -535,18 +541,16 @@ def test_redacted_uses_the_file_key_names() -> None:
             },
             "shutdownGraceSeconds": 30.0,
         },
-        "models": {"providers": {"local": {"api": "echo", "paceMs": 20.0}}},
-        "agents": {
-            "defaults": {"model": "local/echo", "timeoutSeconds": 600.0, "systemPrompt": None},
-            "list": [
-                {
-                    "id": "main",
-                    "default": True,
-                    "name": None,
-                    "systemPrompt": "You are a helpful assistant.",
-                    "model": None,
-                    "timeoutSeconds": None,
-                }
-            ],
-        },
     }
+    assert data["models"]["providers"]["local"]["api"] == "echo"
+    assert data["models"]["providers"]["local"]["paceMs"] == 20.0
+    assert data["agents"]["list"][0]["systemPrompt"] == "You are a helpful assistant."
+
+    def keys(value: object) -> list[str]:
+        if isinstance(value, dict):
+            return [name for key, item in value.items() for name in (key, *keys(item))]
+        if isinstance(value, list):
+            return [k for item in value for k in keys(item)]
+        return []
+
+    assert all("_" not in key for key in keys(data))

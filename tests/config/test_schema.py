@@ -9,8 +9,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from trio_gateway.config import AgentConfig, AuthConfig, Config, ProviderConfig, parse_config
-from trio_gateway.config.schema import AGENT_ID_RE, check_config
+from trio_gateway.config import AgentConfig, AuthConfig, Config, parse_config
+from trio_gateway.config.schema import AGENT_ID_RE, EchoProviderConfig, check_config
 from trio_gateway.errors import ConfigError
 
 
@@ -35,7 +35,7 @@ def test_parse_config_empty_object_gives_defaults() -> None:
     assert config.gateway.http.keep_alive_seconds == 15.0
     assert config.gateway.http.stream_buffer_events == 64
     assert config.gateway.shutdown_grace_seconds == 30.0
-    assert config.models.providers == {"local": ProviderConfig(api="echo", pace_ms=20.0)}
+    assert config.models.providers == {"local": EchoProviderConfig(pace_ms=20.0)}
     assert config.agents.defaults.model == "local/echo"
     assert config.agents.defaults.timeout_seconds == 600.0
     assert config.agents.defaults.system_prompt is None
@@ -75,7 +75,7 @@ def test_parse_config_camel_case_keys() -> None:
     assert config.gateway.http.keep_alive_seconds == 0.5
     assert config.gateway.http.stream_buffer_events == 1
     assert config.gateway.http.endpoints.chat_completions.enabled is True
-    assert config.models.providers == {"fast": ProviderConfig(api="echo", pace_ms=0.0)}
+    assert config.models.providers == {"fast": EchoProviderConfig(pace_ms=0.0)}
     assert config.agents.defaults.model == "fast/echo"
     assert config.agents.defaults.timeout_seconds == 30.0
     assert config.agents.defaults.system_prompt == "Be terse."

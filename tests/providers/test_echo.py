@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import trio
 
-from trio_gateway.providers import Completion, EchoProvider, ModelMessage, ModelRequest, TextDelta
+from trio_gateway.providers import (
+    Completion,
+    EchoProvider,
+    ModelEvent,
+    ModelMessage,
+    ModelRequest,
+    TextDelta,
+)
 
 
 async def collect(provider: EchoProvider, request: ModelRequest) -> tuple[list[str], Completion]:
     pieces: list[str] = []
 
-    async def emit(delta: TextDelta) -> None:
+    async def emit(delta: ModelEvent) -> None:
+        assert isinstance(delta, TextDelta)
         pieces.append(delta.text)
 
     completion = await provider.stream(request, emit)
@@ -65,7 +73,8 @@ async def test_echo_paces_words(autojump_clock: trio.abc.Clock) -> None:
 async def test_echo_stops_when_cancelled(autojump_clock: trio.abc.Clock) -> None:
     pieces: list[str] = []
 
-    async def emit(delta: TextDelta) -> None:
+    async def emit(delta: ModelEvent) -> None:
+        assert isinstance(delta, TextDelta)
         pieces.append(delta.text)
 
     with trio.move_on_after(1.2):

@@ -32,6 +32,7 @@ from ..providers import build_providers
 from ..providers.base import (
     Completion,
     FinishReason,
+    ModelEvent,
     ModelRequest,
     Provider,
     TextDelta,
@@ -136,7 +137,6 @@ class AgentRuntime:
             temperature=chat.temperature,
             top_p=chat.top_p,
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-            tools=tuple(chat.tools or ()),
         )
         return PreparedRun(
             run_id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -154,9 +154,10 @@ class AgentRuntime:
         target = prepared.target
         parts: list[str] = []
 
-        async def emit_delta(delta: TextDelta) -> None:
-            parts.append(delta.text)
-            await emit(delta)
+        async def emit_delta(delta: ModelEvent) -> None:
+            if isinstance(delta, TextDelta):
+                parts.append(delta.text)
+                await emit(delta)
 
         logger.debug(
             "run.started run_id=%s agent=%s model=%s",
@@ -210,7 +211,7 @@ class AgentRuntime:
         return RunResult("completed", text, completion.finish_reason, completion.usage)
 
     async def _call_provider(
-        self, prepared: PreparedRun, emit_delta: Callable[[TextDelta], Awaitable[None]]
+        self, prepared: PreparedRun, emit_delta: Callable[[ModelEvent], Awaitable[None]]
     ) -> Completion:
         """The provider call under the run deadline, with foreign errors translated."""
         try:
@@ -238,8 +239,7 @@ class AgentRuntime:
             run_id=prepared.run_id,
             agent_id=prepared.target.agent.id,
             model=prepared.model_ref,
-            messages=prepared.new_messages,
-            reply=TranscriptEntry("assistant", text, status),
+            entries=(*prepared.new_messages, TranscriptEntry("assistant", text, status)),
             status=status,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,

@@ -12,6 +12,7 @@ from .loader import state_dir as state_dir
 from .schema import AgentConfig as AgentConfig
 from .schema import AuthConfig as AuthConfig
 from .schema import Config as Config
+from .schema import EchoProviderConfig as EchoProviderConfig
 from .schema import ProviderConfig as ProviderConfig
 from .starter import redacted as redacted
 from .starter import starter_config as starter_config

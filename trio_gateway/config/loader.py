@@ -137,7 +137,7 @@ def _translate(text: str, raw: object, source: str) -> ConfigError:
         name = unknown["field"]
         key = f"{dotted}.{name}" if dotted else name
         message = "unknown key"
-        close = difflib.get_close_matches(name, _keys_at(segments), n=1)
+        close = difflib.get_close_matches(name, _keys_at(segments, raw), n=1)
         if close:
             message += f"; did you mean {close[0]!r}?"
         return ConfigError(message, source=source, path=key)
@@ -159,7 +159,13 @@ def _translate(text: str, raw: object, source: str) -> ConfigError:
             source=source,
             path=dotted,
         )
-    choices = _type_at(segments)
+    tags = _tags_at(segments)
+    if tags:
+        allowed = ", ".join(_render(tag) for tag in tags)
+        return ConfigError(
+            f"expected one of {allowed}, got {_render(got)}", source=source, path=dotted
+        )
+    choices = _type_at(segments, raw)
     if isinstance(choices, mi.LiteralType):
         allowed = ", ".join(_render(value) for value in choices.values)
         return ConfigError(
@@ -178,24 +184,35 @@ def _segments(path: str) -> list[str | int]:
 def _resolve_dict_keys(segments: list[str | int], raw: object) -> list[str | int]:
     """msgspec reports a dict value's position as ``[...]``: find which key it was.
 
-    The culprit is the first entry of that dict that does not convert to the value type.
+    The culprit is the first entry that still fails when the dict holds that entry alone.
     """
     resolved: list[str | int] = []
     for segment in segments:
         if segment == _ANY_KEY:
             container = _value_at(raw, resolved)
-            value_type = _type_at(resolved)
-            if isinstance(container, dict) and isinstance(value_type, mi.DictType):
-                target = _unwrap(value_type.value_type)
-                if isinstance(target, mi.StructType):
-                    for key, value in container.items():
-                        try:
-                            msgspec.convert(value, target.cls)
-                        except msgspec.ValidationError:
-                            segment = str(key)
-                            break
+            if isinstance(container, dict):
+                for key in container:
+                    try:
+                        msgspec.convert(_replaced(raw, resolved, {key: container[key]}), Config)
+                    except msgspec.ValidationError:
+                        segment = str(key)
+                        break
         resolved.append(segment)
     return resolved
+
+
+def _replaced(raw: object, segments: list[str | int], value: object) -> object:
+    """A copy of ``raw`` with the value at ``segments`` replaced by ``value``."""
+    if not segments:
+        return value
+    head, rest = segments[0], segments[1:]
+    if isinstance(raw, dict) and isinstance(head, str):
+        return {**raw, head: _replaced(raw[head], rest, value)}
+    if isinstance(raw, list) and isinstance(head, int):
+        copy = list(raw)
+        copy[head] = _replaced(raw[head], rest, value)
+        return copy
+    return raw
 
 
 def _dotted(segments: list[str | int]) -> str:
@@ -220,11 +237,20 @@ def _value_at(raw: object, segments: list[str | int]) -> object:
     return value
 
 
-def _type_at(segments: list[str | int]) -> mi.Type | None:
-    """The schema type found by following ``segments`` from :class:`Config`."""
+def _type_at(segments: list[str | int], raw: object = None) -> mi.Type | None:
+    """The schema type found by following ``segments`` from :class:`Config`.
+
+    ``raw`` (the parsed file) picks the member of a tagged union, such as a provider's ``api``.
+    """
+    info = _declared_type_at(segments, raw)
+    return None if info is None else _unwrap(info, _value_at(raw, segments))
+
+
+def _declared_type_at(segments: list[str | int], raw: object = None) -> mi.Type | None:
+    """Like :func:`_type_at`, but a union at the end is returned as the union."""
     info: mi.Type = mi.type_info(Config)
-    for segment in segments:
-        info = _unwrap(info)
+    for depth, segment in enumerate(segments):
+        info = _unwrap(info, _value_at(raw, segments[:depth]))
         if isinstance(segment, int) and isinstance(info, mi.ListType):
             info = info.item_type
         elif isinstance(info, mi.DictType):
@@ -236,23 +262,46 @@ def _type_at(segments: list[str | int]) -> mi.Type | None:
             info = by_name[segment]
         else:
             return None
-    return _unwrap(info)
+    return info
 
 
-def _keys_at(segments: list[str | int]) -> list[str]:
+def _keys_at(segments: list[str | int], raw: object) -> list[str]:
     """The valid keys of the struct at ``segments`` (for "did you mean" suggestions)."""
-    info = _type_at(segments)
+    info = _type_at(segments, raw)
     if isinstance(info, mi.StructType):
         return [field.encode_name for field in info.fields]
     return []
 
 
-def _unwrap(info: mi.Type) -> mi.Type:
-    if isinstance(info, mi.UnionType):
-        for member in info.types:
-            if not isinstance(member, mi.NoneType):
-                return member
-    return info
+def _unwrap(info: mi.Type, value: object = None) -> mi.Type:
+    """The member of a union that applies: a tagged struct matching ``value``'s tag, else the
+    first member that is not ``None``."""
+    if not isinstance(info, mi.UnionType):
+        return info
+    members = [member for member in info.types if not isinstance(member, mi.NoneType)]
+    for member in members:
+        if (
+            isinstance(member, mi.StructType)
+            and member.tag_field is not None
+            and isinstance(value, dict)
+            and value.get(member.tag_field) == member.tag
+        ):
+            return member
+    return members[0] if members else info
+
+
+def _tags_at(segments: list[str | int]) -> list[str]:
+    """The allowed values when ``segments`` ends at the tag field of a tagged union."""
+    if not segments:
+        return []
+    union = _declared_type_at(segments[:-1])
+    if not isinstance(union, mi.UnionType):
+        return []
+    return [
+        str(member.tag)
+        for member in union.types
+        if isinstance(member, mi.StructType) and member.tag_field == segments[-1]
+    ]
 
 
 def _render(value: object) -> str:

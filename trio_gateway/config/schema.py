@@ -15,17 +15,27 @@ import msgspec
 from ..errors import ConfigError
 
 __all__ = [
+    "DEFAULT_TOOL_ALLOW",
     "AgentConfig",
     "AgentDefaults",
     "AgentsConfig",
+    "AnthropicProviderConfig",
     "AuthConfig",
     "ChatCompletionsEndpoint",
     "Config",
+    "EchoProviderConfig",
     "EndpointsConfig",
+    "ExecToolConfig",
     "GatewayConfig",
     "HttpConfig",
+    "HttpFetchToolConfig",
     "ModelsConfig",
+    "OpenAIChatProviderConfig",
     "ProviderConfig",
+    "SessionConfig",
+    "ToolPolicy",
+    "ToolsConfig",
+    "UpstreamProviderConfig",
     "check_config",
 ]
 
@@ -82,27 +92,101 @@ class GatewayConfig(_Section, frozen=True):
     shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
 
 
-class ProviderConfig(_Section, frozen=True):
-    """A model provider. Only the offline ``echo`` provider exists so far."""
+class EchoProviderConfig(_Section, frozen=True, tag="echo", tag_field="api"):
+    """The offline provider: it answers with the last user message, word by word."""
 
-    api: Literal["echo"]
-    #: Delay between two streamed words of the echo provider, in milliseconds.
+    #: Delay between two streamed words, in milliseconds.
     pace_ms: Annotated[float, msgspec.Meta(ge=0, le=60_000)] = 20.0
+    #: The model names it serves; empty: any.
+    models: list[str] = msgspec.field(default_factory=list)
+
+
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
+
+
+class _UpstreamProviderConfig(_Section, frozen=True):
+    """Settings every HTTP upstream provider shares."""
+
+    base_url: str = ""
+    #: The API key (prefer ``apiKeyEnv``, so the secret stays out of the file).
+    api_key: str | None = None
+    #: The environment variable holding the API key, e.g. ``"OPENAI_API_KEY"``.
+    api_key_env: str | None = None
+    #: Extra request headers sent upstream.
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    #: The model names it serves; empty: any.
+    models: list[str] = msgspec.field(default_factory=list)
+    #: Deadline for opening the connection (each attempt).
+    connect_timeout_seconds: Seconds = 10.0
+    #: Deadline from sending the request to the first streamed token (each attempt).
+    first_token_timeout_seconds: Seconds = 120.0
+    #: Longest silence allowed between two streamed events once the answer started.
+    idle_timeout_seconds: Seconds = 120.0
+    #: Retries of a retryable failure (429, 5xx, connection error) before the first token.
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    #: First retry delay; doubled at each retry, capped at ``retryMaxDelaySeconds``.
+    retry_delay_seconds: Annotated[float, msgspec.Meta(ge=0, le=600)] = 0.5
+    retry_max_delay_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 20.0
+
+
+class OpenAIChatProviderConfig(
+    _UpstreamProviderConfig, frozen=True, tag="openai-chat", tag_field="api"
+):
+    """Any OpenAI-compatible Chat Completions server (OpenAI, vLLM, Ollama, llama.cpp, ...)."""
+
+    base_url: str = "https://api.openai.com/v1"
+
+
+class AnthropicProviderConfig(
+    _UpstreamProviderConfig, frozen=True, tag="anthropic-messages", tag_field="api"
+):
+    """Anthropic's Messages API."""
+
+    base_url: str = "https://api.anthropic.com"
+    anthropic_version: str = "2023-06-01"
+    #: Anthropic requires ``max_tokens``; used when the request sets none.
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 4096
+
+
+ProviderConfig = EchoProviderConfig | OpenAIChatProviderConfig | AnthropicProviderConfig
+UpstreamProviderConfig = OpenAIChatProviderConfig | AnthropicProviderConfig
 
 
 def _default_providers() -> dict[str, ProviderConfig]:
-    return {"local": ProviderConfig(api="echo")}
+    return {"local": EchoProviderConfig()}
 
 
 class ModelsConfig(_Section, frozen=True):
     providers: dict[str, ProviderConfig] = msgspec.field(default_factory=_default_providers)
 
 
+#: The built-in tools an agent may use unless its policy says otherwise. ``http_fetch`` and
+#: ``exec`` reach outside the workspace: they are off unless a policy allows them.
+DEFAULT_TOOL_ALLOW = ("current_time", "read_file", "list_files", "write_file")
+
+
+class ToolPolicy(_Section, frozen=True):
+    """Which tools an agent may use: names or ``*`` patterns; ``deny`` wins over ``allow``."""
+
+    allow: list[str] | None = None
+    deny: list[str] = msgspec.field(default_factory=list)
+
+
 class AgentDefaults(_Section, frozen=True):
     #: ``"<provider>/<model>"``.
     model: str = "local/echo"
-    timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 600.0
+    #: Models tried in order when the model fails before its first token.
+    fallbacks: list[str] = msgspec.field(default_factory=list)
+    timeout_seconds: Seconds = 600.0
     system_prompt: str | None = None
+    tools: ToolPolicy = msgspec.field(default_factory=ToolPolicy)
+    #: Model calls a run may make to use tools before it is stopped.
+    max_tool_iterations: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    #: Runs at once across the gateway; more wait in a queue of ``maxQueued``.
+    max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 64
+    max_queued: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 256
+    #: Where file and exec tools work; default: ``<state dir>/workspaces/<agent id>``.
+    workspace: str | None = None
 
 
 class AgentConfig(_Section, frozen=True):
@@ -111,7 +195,11 @@ class AgentConfig(_Section, frozen=True):
     name: str | None = None
     system_prompt: str | None = None
     model: str | None = None
-    timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] | None = None
+    fallbacks: list[str] | None = None
+    timeout_seconds: Seconds | None = None
+    tools: ToolPolicy | None = None
+    max_tool_iterations: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
+    workspace: str | None = None
 
 
 def _default_agents() -> list[AgentConfig]:
@@ -124,12 +212,44 @@ class AgentsConfig(_Section, frozen=True):
     entries: list[AgentConfig] = msgspec.field(default_factory=_default_agents, name="list")
 
 
+class SessionConfig(_Section, frozen=True):
+    #: ``"sqlite"`` (durable, in the state directory) or ``"memory"`` (lost on exit).
+    store: Literal["sqlite", "memory"] = "sqlite"
+    #: The SQLite file; default ``<state dir>/sessions.sqlite``.
+    path: str | None = None
+    #: Record stateless requests too (off: one-off calls leave no sessions behind).
+    persist_stateless: bool = False
+    #: How long a request waits for its session's previous run before a 409 ``session_busy``.
+    queue_timeout_seconds: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 30.0
+
+
+class HttpFetchToolConfig(_Section, frozen=True):
+    #: Hosts ``http_fetch`` may reach (``*.example.com`` patterns); empty: none.
+    allow_hosts: list[str] = msgspec.field(default_factory=list)
+    max_bytes: Annotated[int, msgspec.Meta(ge=1, le=64 * 1024 * 1024)] = 1024 * 1024
+    timeout_seconds: Seconds = 20.0
+
+
+class ExecToolConfig(_Section, frozen=True):
+    timeout_seconds: Seconds = 60.0
+    max_output_bytes: Annotated[int, msgspec.Meta(ge=1, le=64 * 1024 * 1024)] = 64 * 1024
+
+
+class ToolsConfig(_Section, frozen=True):
+    #: Deadline of one tool call (a tool's own deadline may be shorter).
+    timeout_seconds: Seconds = 120.0
+    http_fetch: HttpFetchToolConfig = msgspec.field(default_factory=HttpFetchToolConfig)
+    exec: ExecToolConfig = msgspec.field(default_factory=ExecToolConfig)
+
+
 class Config(_Section, frozen=True):
     """The whole configuration file."""
 
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     models: ModelsConfig = msgspec.field(default_factory=ModelsConfig)
     agents: AgentsConfig = msgspec.field(default_factory=AgentsConfig)
+    session: SessionConfig = msgspec.field(default_factory=SessionConfig)
+    tools: ToolsConfig = msgspec.field(default_factory=ToolsConfig)
 
 
 def check_config(config: Config) -> None:
@@ -147,11 +267,23 @@ def check_config(config: Config) -> None:
         defaults += agent.default
         if agent.model is not None:
             _check_model_ref(config, agent.model, f"agents.list[{index}].model")
+        for position, ref in enumerate(agent.fallbacks or ()):
+            _check_model_ref(config, ref, f"agents.list[{index}].fallbacks[{position}]")
     if not config.agents.entries:
         raise ConfigError("at least one agent must be configured", path="agents.list")
     if defaults > 1:
         raise ConfigError("at most one agent may have default: true", path="agents.list")
     _check_model_ref(config, config.agents.defaults.model, "agents.defaults.model")
+    for position, ref in enumerate(config.agents.defaults.fallbacks):
+        _check_model_ref(config, ref, f"agents.defaults.fallbacks[{position}]")
+    for name, provider in config.models.providers.items():
+        if isinstance(provider, EchoProviderConfig):
+            continue
+        if not provider.base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"expected an http:// or https:// URL, got {provider.base_url!r}",
+                path=f"models.providers.{name}.baseUrl",
+            )
     auth = config.gateway.auth
     if auth.mode in ("token", "password") and getattr(auth, auth.mode) == "":
         raise ConfigError("must not be empty", path=f"gateway.auth.{auth.mode}")
@@ -165,5 +297,12 @@ def _check_model_ref(config: Config, ref: str, path: str) -> None:
         known = ", ".join(sorted(config.models.providers)) or "none"
         raise ConfigError(
             f"unknown provider {provider!r} (configured under models.providers: {known})",
+            path=path,
+        )
+    served = config.models.providers[provider].models
+    if served and model not in served:
+        raise ConfigError(
+            f"provider {provider!r} does not list model {model!r} (its models: "
+            f"{', '.join(served)})",
             path=path,
         )

@@ -8,11 +8,14 @@ provider's work: nothing here runs outside the caller's task tree.
 
 from .base import Completion as Completion
 from .base import Emit as Emit
+from .base import ModelEvent as ModelEvent
 from .base import ModelMessage as ModelMessage
 from .base import ModelRequest as ModelRequest
 from .base import Provider as Provider
+from .base import ReasoningDelta as ReasoningDelta
 from .base import TextDelta as TextDelta
 from .base import TokenUsage as TokenUsage
+from .base import ToolCallDelta as ToolCallDelta
 from .echo import EchoProvider as EchoProvider
 from .registry import build_providers as build_providers
 from .scripted import ScriptedProvider as ScriptedProvider

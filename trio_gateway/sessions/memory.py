@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import trio
 
-from .store import Session, Turn
+from .store import Session, SessionInfo, Turn
 
 __all__ = ["MemorySessionStore"]
 
@@ -20,8 +21,9 @@ class MemorySessionStore:
         session = self._sessions.get(key)
         return copy.deepcopy(session) if session is not None else None
 
-    async def record_turn(self, key: str, turn: Turn) -> Session:
+    async def record_turn(self, key: str, turn: Turn) -> SessionInfo:
         await trio.lowlevel.checkpoint()
+        # Everything below is synchronous, so the turn lands whole.
         session = self._sessions.get(key)
         if session is None:
             session = Session(
@@ -31,17 +33,53 @@ class MemorySessionStore:
                 updated_at=turn.at,
                 model=turn.model,
                 last_status=turn.status,
+                last_run_id=turn.run_id,
             )
             self._sessions[key] = session
-        # Everything below is synchronous, so the turn lands whole.
-        session.transcript.extend(turn.messages)
-        session.transcript.append(turn.reply)
+        if turn.keep is not None:
+            del session.transcript[turn.keep :]
+        session.transcript.extend(turn.entries)
         session.updated_at = turn.at
         session.model = turn.model
         session.last_status = turn.status
+        session.last_run_id = turn.run_id
         session.prompt_tokens += turn.prompt_tokens
         session.completion_tokens += turn.completion_tokens
-        return copy.deepcopy(session)
+        session.message_count = len(session.transcript)
+        return _info(session)
+
+    async def list_sessions(
+        self, *, agent_id: str | None = None, limit: int = 100
+    ) -> list[SessionInfo]:
+        await trio.lowlevel.checkpoint()
+        sessions = [
+            s
+            for s in self._sessions.values()
+            if agent_id is None or s.agent_id.lower() == agent_id.lower()
+        ]
+        sessions.sort(key=lambda s: s.updated_at, reverse=True)
+        return [_info(s) for s in sessions[:limit]]
+
+    async def reset(self, key: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        session = self._sessions.get(key)
+        if session is None:
+            return False
+        session.transcript.clear()
+        session.prompt_tokens = session.completion_tokens = session.message_count = 0
+        return True
+
+    async def delete(self, key: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self._sessions.pop(key, None) is not None
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+def _info(session: Session) -> SessionInfo:
+    fields = {f.name: getattr(session, f.name) for f in dataclasses.fields(SessionInfo)}
+    return SessionInfo(**fields)

@@ -6,45 +6,91 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-__all__ = ["RunStatus", "Session", "SessionStore", "TranscriptEntry", "Turn"]
+from ..messages import Message, Role, ToolCall
+
+__all__ = ["RunStatus", "Session", "SessionInfo", "SessionStore", "TranscriptEntry", "Turn"]
 
 RunStatus = Literal["completed", "failed", "aborted"]
 
 
 @dataclass(frozen=True, slots=True)
 class TranscriptEntry:
-    """One message of a session's transcript. ``status`` marks a partial assistant reply."""
+    """One message of a session's transcript.
 
-    role: str
+    ``status`` marks a partial assistant reply (``aborted``: the client went away; ``failed``:
+    the run failed). ``internal`` marks the gateway's own tool traffic (assistant messages that
+    call agent tools, and their results), which an OpenAI client never sees and never resends.
+    """
+
+    role: Role
     content: str
     status: RunStatus = "completed"
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+    internal: bool = False
+
+    def to_message(self) -> Message:
+        return Message(
+            self.role,
+            self.content,
+            name=self.name,
+            tool_call_id=self.tool_call_id,
+            tool_calls=self.tool_calls,
+        )
+
+    @classmethod
+    def of(
+        cls, message: Message, *, status: RunStatus = "completed", internal: bool = False
+    ) -> TranscriptEntry:
+        return cls(
+            message.role,
+            message.content,
+            status=status,
+            tool_calls=message.tool_calls,
+            tool_call_id=message.tool_call_id,
+            name=message.name,
+            internal=internal,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """What one run adds to a session: the new input messages and the reply (possibly partial)."""
+    """What one run adds to a session, written atomically.
+
+    ``keep``: keep only the first ``keep`` stored entries before appending (the client re-based
+    the conversation on an edited message); ``None`` keeps them all. ``entries`` are the turn's
+    new input messages followed by everything the run produced (tool calls and results, the
+    reply, possibly partial).
+    """
 
     run_id: str
     agent_id: str
     model: str
-    messages: Sequence[TranscriptEntry]
-    reply: TranscriptEntry
+    entries: Sequence[TranscriptEntry]
     status: RunStatus
     prompt_tokens: int
     completion_tokens: int
     at: float
+    keep: int | None = None
 
 
 @dataclass
-class Session:
+class SessionInfo:
     key: str
     agent_id: str
     created_at: float
     updated_at: float
     model: str
     last_status: RunStatus
+    last_run_id: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    message_count: int = 0
+
+
+@dataclass
+class Session(SessionInfo):
     transcript: list[TranscriptEntry] = field(default_factory=list)
 
 
@@ -53,4 +99,25 @@ class SessionStore(Protocol):
 
     async def get(self, key: str) -> Session | None: ...
 
-    async def record_turn(self, key: str, turn: Turn) -> Session: ...
+    async def record_turn(self, key: str, turn: Turn) -> SessionInfo: ...
+
+    async def list_sessions(
+        self, *, agent_id: str | None = None, limit: int = 100
+    ) -> list[SessionInfo]:
+        """The most recently updated sessions first."""
+        ...
+
+    async def reset(self, key: str) -> bool:
+        """Clear the transcript and totals, keep the session; ``False`` if there is none."""
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """Remove the session; ``False`` if there is none."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def visible(transcript: Sequence[TranscriptEntry]) -> list[int]:
+    """Indexes of the entries an OpenAI client sees (and resends): all but ``internal`` ones."""
+    return [index for index, entry in enumerate(transcript) if not entry.internal]

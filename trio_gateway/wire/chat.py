@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from ..errors import InvalidRequestError
+from ..messages import Role as Role
 
 __all__ = [
     "AssistantMessage",
@@ -33,8 +34,6 @@ __all__ = [
     "message_text",
     "parse_chat_request",
 ]
-
-Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
 class ContentPart(msgspec.Struct, frozen=True):
