@@ -18,9 +18,17 @@ import msgspec
 import trio
 
 from ._version import __version__
-from .agent import AgentRuntime
+from .agent import open_runtime
 from .auth import is_loopback_host, needs_secret
-from .config import Config, LoadedConfig, config_path, load_config, redacted, starter_config
+from .config import (
+    Config,
+    LoadedConfig,
+    config_path,
+    load_config,
+    redacted,
+    starter_config,
+    state_dir,
+)
 from .errors import ConfigError
 from .server import check_exposure, resolve_host, serve_gateway
 
@@ -75,7 +83,6 @@ def gateway(port: int | None, bind: str | None, config_file: Path | None, log_le
         check_exposure(host, config.gateway.auth)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    runtime = AgentRuntime(config)
     click.echo(f"Epiloop Gateway {__version__} - config: {loaded.source}")
     if generated is not None:
         mode = config.gateway.auth.mode
@@ -89,7 +96,7 @@ def gateway(port: int | None, bind: str | None, config_file: Path | None, log_le
             "gateway.http.endpoints.chatCompletions.enabled: true"
         )
     try:
-        trio.run(partial(_serve_until_signal, runtime, host, port))
+        trio.run(partial(_serve_until_signal, config, state_dir(), host, port))
     except OSError as exc:
         raise click.ClickException(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}"
@@ -103,7 +110,8 @@ def _with_secret(config: Config, secret: str) -> Config:
     return msgspec.structs.replace(config, gateway=gateway)
 
 
-async def _serve_until_signal(runtime: AgentRuntime, host: str, port: int) -> None:
+async def _serve_until_signal(config: Config, state: Path, host: str, port: int) -> None:
+    # The signal receiver is open first, so Ctrl-C during start-up also shuts down cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
         async def wait_for_signal() -> None:
@@ -111,7 +119,7 @@ async def _serve_until_signal(runtime: AgentRuntime, host: str, port: int) -> No
                 click.echo(f"{signal.Signals(signum).name}: shutting down", err=True)
                 return
 
-        async with trio.open_nursery() as nursery:
+        async with open_runtime(config, state_dir=state) as runtime, trio.open_nursery() as nursery:
             urls = await nursery.start(
                 partial(
                     serve_gateway,

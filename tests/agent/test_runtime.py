@@ -190,7 +190,8 @@ async def test_runtime_agent_model_and_system_prompt_fall_back_to_defaults() -> 
     )
     runtime = AgentRuntime(config, providers={"local": provider, "other": provider})
     bare = await runtime.prepare(chat(user("x")))
-    assert (bare.model_ref, bare.request.model) == ("other/big", "big")
-    assert bare.request.messages[0].content == "Default prompt."
+    assert bare.model_ref == "other/big"
+    assert [link.model for link in bare.chain] == ["big"]
+    assert bare.instructions[0].content == "Default prompt."
     own = await runtime.prepare(chat(user("x")), header_agent_id="own")
     assert own.model_ref == "local/small"

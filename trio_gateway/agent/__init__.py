@@ -14,3 +14,4 @@ from .routing import RunTarget as RunTarget
 from .runtime import AgentRuntime as AgentRuntime
 from .runtime import PreparedRun as PreparedRun
 from .runtime import RunResult as RunResult
+from .runtime import open_runtime as open_runtime

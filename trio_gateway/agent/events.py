@@ -1,9 +1,11 @@
 """The typed events an agent run emits, in order.
 
-``RunStarted``, then any number of ``TextDelta`` (shared with the providers: it is passed through
-untouched on the hot path), then exactly one of ``RunFinished`` (with the stop reason and the
-usage of every model call) or ``RunFailed``. A cancelled run emits no final event: its consumer
-is gone or is the one that cancelled it.
+``RunStarted``; then, for each model call, ``TextDelta`` / ``ReasoningDelta`` pieces (shared with
+the providers: passed through untouched on the hot path) and ``ToolCallDelta`` pieces of calls
+to *client* tools (re-numbered from 0 across the run); ``ToolStarted`` / ``ToolFinished`` around
+each agent tool the gateway runs itself; finally exactly one of ``RunFinished`` (the stop reason
+and the usage summed over every model call) or ``RunFailed``. A cancelled run emits no final
+event: its consumer is gone or is the one that cancelled it.
 """
 
 from __future__ import annotations
@@ -11,9 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import GatewayError
-from ..providers.base import FinishReason, TextDelta, TokenUsage
+from ..providers.base import FinishReason, ReasoningDelta, TextDelta, TokenUsage, ToolCallDelta
 
-__all__ = ["RunEvent", "RunFailed", "RunFinished", "RunStarted", "TextDelta"]
+__all__ = [
+    "ReasoningDelta",
+    "RunEvent",
+    "RunFailed",
+    "RunFinished",
+    "RunStarted",
+    "TextDelta",
+    "ToolCallDelta",
+    "ToolFinished",
+    "ToolStarted",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +34,22 @@ class RunStarted:
     agent_id: str
     session_key: str
     model: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStarted:
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFinished:
+    call_id: str
+    name: str
+    ok: bool
+    #: What goes back to the model (the tool's output, or its error message).
+    result: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,4 +63,13 @@ class RunFailed:
     error: GatewayError
 
 
-RunEvent = RunStarted | TextDelta | RunFinished | RunFailed
+RunEvent = (
+    RunStarted
+    | TextDelta
+    | ReasoningDelta
+    | ToolCallDelta
+    | ToolStarted
+    | ToolFinished
+    | RunFinished
+    | RunFailed
+)

@@ -6,40 +6,53 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..providers.base import ModelMessage
-from ..wire.chat import (
-    AssistantMessage,
-    DeveloperMessage,
-    Message,
-    Role,
-    SystemMessage,
-    ToolMessage,
-    UserMessage,
-    message_text,
-)
+from ..messages import Message, Role, ToolCall, ToolSpec
+from ..wire import chat as wire
 
-__all__ = ["build_messages", "to_model_message"]
-
+__all__ = ["client_tool_specs", "split_request", "to_message"]
 
 _ROLES: Mapping[type, Role] = {
-    SystemMessage: "system",
-    DeveloperMessage: "developer",
-    UserMessage: "user",
-    AssistantMessage: "assistant",
-    ToolMessage: "tool",
+    wire.SystemMessage: "system",
+    wire.DeveloperMessage: "developer",
+    wire.UserMessage: "user",
+    wire.AssistantMessage: "assistant",
+    wire.ToolMessage: "tool",
 }
 
-
-def to_model_message(message: Message) -> ModelMessage:
-    if isinstance(message, ToolMessage):
-        return ModelMessage("tool", message_text(message), tool_call_id=message.tool_call_id)
-    return ModelMessage(_ROLES[type(message)], message_text(message), name=message.name)
+_EMPTY_SCHEMA: Mapping[str, object] = {"type": "object", "properties": {}}
 
 
-def build_messages(system_prompt: str | None, messages: Sequence[Message]) -> list[ModelMessage]:
-    instructions = [m for m in messages if isinstance(m, SystemMessage | DeveloperMessage)]
-    conversation = [m for m in messages if not isinstance(m, SystemMessage | DeveloperMessage)]
-    built = [ModelMessage("system", system_prompt)] if system_prompt else []
-    built.extend(to_model_message(m) for m in instructions)
-    built.extend(to_model_message(m) for m in conversation)
-    return built
+def to_message(message: wire.Message) -> Message:
+    """A wire message as the neutral :class:`~trio_gateway.messages.Message`."""
+    text = wire.message_text(message)
+    if isinstance(message, wire.ToolMessage):
+        return Message("tool", text, tool_call_id=message.tool_call_id)
+    if isinstance(message, wire.AssistantMessage) and message.tool_calls:
+        calls = tuple(
+            ToolCall(call.id, call.function.name, call.function.arguments)
+            for call in message.tool_calls
+        )
+        return Message("assistant", text, name=message.name, tool_calls=calls)
+    return Message(_ROLES[type(message)], text, name=message.name)
+
+
+def split_request(messages: Sequence[wire.Message]) -> tuple[list[Message], list[Message]]:
+    """The request's instructions (system and developer messages) and its conversation."""
+    instructions: list[Message] = []
+    conversation: list[Message] = []
+    for message in messages:
+        is_instruction = isinstance(message, wire.SystemMessage | wire.DeveloperMessage)
+        (instructions if is_instruction else conversation).append(to_message(message))
+    return instructions, conversation
+
+
+def client_tool_specs(tools: Sequence[wire.Tool] | None) -> list[ToolSpec]:
+    """The request's OpenAI ``tools`` as specs offered to the model."""
+    return [
+        ToolSpec(
+            tool.function.name,
+            tool.function.description or "",
+            tool.function.parameters if tool.function.parameters is not None else _EMPTY_SCHEMA,
+        )
+        for tool in tools or ()
+    ]

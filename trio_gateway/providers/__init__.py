@@ -6,6 +6,7 @@ A provider turns a :class:`ModelRequest` into text deltas (awaited one by one th
 provider's work: nothing here runs outside the caller's task tree.
 """
 
+from .anthropic import AnthropicProvider as AnthropicProvider
 from .base import Completion as Completion
 from .base import Emit as Emit
 from .base import ModelEvent as ModelEvent
@@ -17,5 +18,7 @@ from .base import TextDelta as TextDelta
 from .base import TokenUsage as TokenUsage
 from .base import ToolCallDelta as ToolCallDelta
 from .echo import EchoProvider as EchoProvider
+from .openai_chat import OpenAIChatProvider as OpenAIChatProvider
 from .registry import build_providers as build_providers
+from .registry import close_providers as close_providers
 from .scripted import ScriptedProvider as ScriptedProvider

@@ -8,7 +8,8 @@ unexpected as a generic 500 whose details go to the log only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 
 import trio
 from hypercorn.typing import (
@@ -30,6 +31,7 @@ from ..errors import (
     RequestError,
 )
 from ..wire.error_body import encode_error
+from .app_state import CLEANUPS_KEY
 from .routes import register_routes
 
 __all__ = ["GatewayApp", "create_app", "error_response"]
@@ -49,6 +51,8 @@ def error_response(error: GatewayError, headers: Mapping[str, str] | None = None
         response.headers["Allow"] = ", ".join(error.allowed)
     if error.http_status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -99,6 +103,9 @@ class GatewayApp:
             await self.quart_app(scope, receive, send)
             return
 
+        cleanups: list[Callable[[], None]] = []
+        scope[CLEANUPS_KEY] = cleanups  # type: ignore[literal-required]  # our own scope key
+
         async def send_shielding_the_end(message: ASGISendEvent) -> None:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 with trio.move_on_after(FINAL_SEND_BOUND_SECONDS, shield=True):
@@ -106,7 +113,11 @@ class GatewayApp:
             else:
                 await send(message)
 
-        await self.quart_app(scope, receive, send_shielding_the_end)
+        try:
+            await self.quart_app(scope, receive, send_shielding_the_end)
+        finally:
+            for cleanup in cleanups:
+                cleanup()
 
 
 def create_app(runtime: AgentRuntime) -> GatewayApp:

@@ -19,7 +19,8 @@ from ..agent.routing import agent_id_from_model, select_agent
 from ..auth import check_authorization
 from ..errors import EndpointDisabledError, ModelNotFoundError
 from ..wire.chat import parse_chat_request
-from ..wire.chunks import Usage, encode_completion
+from ..wire.chunks import FunctionCallOut, ToolCallOut, Usage, encode_completion
+from .app_state import request_cleanups
 from .streaming import ChatStreamBody
 
 __all__ = ["register_routes"]
@@ -71,10 +72,15 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
             header_agent_id=request.headers.get("x-epiloop-agent-id"),
             header_session_key=request.headers.get("x-epiloop-session-key"),
         )
+        ticket = await runtime.admit(prepared)  # a 409 or 429 comes before the first byte
         if chat.stream:
+            # The body releases the ticket when its run ends; the app releases it after the
+            # response in any case (a client gone before the body started, say).
+            request_cleanups().append(ticket.release)
             stream = ChatStreamBody(
                 runtime,
                 prepared,
+                ticket,
                 model=chat.model,
                 include_usage=chat.include_usage,
                 keep_alive_seconds=http.keep_alive_seconds,
@@ -84,11 +90,16 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
             response.headers.update(_SSE_HEADERS)
             response.timeout = None  # the run deadline bounds the stream, not quart
             return response
-        result = await runtime.run(prepared, _discard)
+        with ticket:
+            result = await runtime.run(prepared, _discard)
         if result.error is not None:
             raise result.error
         assert result.finish_reason is not None
         usage = result.usage
+        tool_calls = [
+            ToolCallOut(call.id, FunctionCallOut(call.name, call.arguments))
+            for call in result.tool_calls
+        ]
         payload = encode_completion(
             completion_id=prepared.run_id,
             created=prepared.created,
@@ -96,6 +107,8 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
             content=result.text,
             finish_reason=result.finish_reason,
             usage=Usage.of(usage.prompt_tokens, usage.completion_tokens),
+            tool_calls=tool_calls,
+            reasoning=result.reasoning,
         )
         return Response(payload, status=200, content_type="application/json")
 

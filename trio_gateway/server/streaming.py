@@ -26,8 +26,9 @@ import trio
 from quart.wrappers.response import ResponseBody
 
 from ..agent import AgentRuntime, PreparedRun, RunEvent, RunFailed, RunFinished
+from ..agent.lanes import Ticket
 from ..errors import RunError
-from ..providers.base import TextDelta
+from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
 from ..wire.chunks import ChunkEncoder, Usage
 from ..wire.error_body import encode_error_event
 from ..wire.sse import DONE, KEEP_ALIVE
@@ -44,6 +45,7 @@ class ChatStreamBody(ResponseBody):
         self,
         runtime: AgentRuntime,
         prepared: PreparedRun,
+        ticket: Ticket,
         *,
         model: str,
         include_usage: bool,
@@ -52,6 +54,7 @@ class ChatStreamBody(ResponseBody):
     ) -> None:
         self._runtime = runtime
         self._prepared = prepared
+        self._ticket = ticket
         self._encoder = ChunkEncoder(
             completion_id=prepared.run_id, created=prepared.created, model=model
         )
@@ -84,7 +87,7 @@ class ChatStreamBody(ResponseBody):
         await self._stack.__aexit__(exc_type, exc_value, tb)
 
     async def _produce(self, send: trio.MemorySendChannel[RunEvent]) -> None:
-        with send:
+        with send, self._ticket:
             try:
                 await self._runtime.run(self._prepared, send.send)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -131,13 +134,17 @@ class ChatStreamBody(ResponseBody):
                 if pending is None:
                     continue
                 event = pending
-            if isinstance(event, RunFinished):
+            if type(event) is ReasoningDelta:
+                yield encoder.reasoning(event.text)
+            elif type(event) is ToolCallDelta:
+                yield encoder.tool_call(event.index, event.id, event.name, event.arguments)
+            elif isinstance(event, RunFinished):
                 yield self._ending(event)
                 return
-            if isinstance(event, RunFailed):
+            elif isinstance(event, RunFailed):
                 yield encode_error_event(event.error)
                 return
-            # RunStarted carries nothing the OpenAI stream shows.
+            # RunStarted and the agent's own tool activity have no place in an OpenAI stream.
 
     async def _wait_for_event(
         self, receive: trio.MemoryReceiveChannel[RunEvent]

@@ -12,7 +12,14 @@ import msgspec
 
 from .sse import encode_data
 
-__all__ = ["ChatCompletion", "ChunkEncoder", "Usage", "encode_completion"]
+__all__ = [
+    "ChatCompletion",
+    "ChunkEncoder",
+    "FunctionCallOut",
+    "ToolCallOut",
+    "Usage",
+    "encode_completion",
+]
 
 _encode = msgspec.json.encode
 
@@ -27,10 +34,26 @@ class Usage(msgspec.Struct, frozen=True):
         return cls(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
 
 
-class _AssistantMessage(msgspec.Struct, frozen=True):
-    content: str
-    role: str = "assistant"
-    refusal: None = None
+class FunctionCallOut(msgspec.Struct, frozen=True):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(msgspec.Struct, frozen=True):
+    """A tool call in a response: ``{"id", "type": "function", "function": {...}}``."""
+
+    id: str
+    function: FunctionCallOut
+    type: str = "function"
+
+
+class _AssistantMessage(msgspec.Struct, frozen=True, omit_defaults=True):
+    role: str
+    content: str | None
+    refusal: None
+    tool_calls: list[ToolCallOut] | None = None
+    #: The model's reasoning, when the upstream shows it (a common extension of the API).
+    reasoning_content: str | None = None
 
 
 class _Choice(msgspec.Struct, frozen=True):
@@ -59,16 +82,40 @@ def encode_completion(
     content: str,
     finish_reason: str,
     usage: Usage,
+    tool_calls: list[ToolCallOut] | None = None,
+    reasoning: str | None = None,
 ) -> bytes:
-    """Render a full ``chat.completion`` JSON object."""
+    """Render a full ``chat.completion`` JSON object.
+
+    With ``tool_calls`` and no text, ``content`` is ``null`` (as OpenAI sends it).
+    """
+    message = _AssistantMessage(
+        "assistant",
+        None if tool_calls and not content else content,
+        None,
+        tool_calls=tool_calls or None,
+        reasoning_content=reasoning or None,
+    )
     completion = ChatCompletion(
         id=completion_id,
         created=created,
         model=model,
-        choices=[_Choice(0, _AssistantMessage(content), finish_reason)],
+        choices=[_Choice(0, message, finish_reason)],
         usage=usage,
     )
     return _encode(completion)
+
+
+class _FunctionDelta(msgspec.Struct, frozen=True, omit_defaults=True):
+    arguments: str
+    name: str | None = None
+
+
+class _ToolCallDelta(msgspec.Struct, frozen=True, omit_defaults=True):
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: _FunctionDelta | None = None
 
 
 class ChunkEncoder:
@@ -99,6 +146,20 @@ class ChunkEncoder:
     def content(self, text: str) -> bytes:
         """One content delta."""
         return self._choice_head + b'{"content":' + _encode(text) + self._content_tail
+
+    def reasoning(self, text: str) -> bytes:
+        """One reasoning delta (``reasoning_content``, as vLLM, DeepSeek and others send it)."""
+        return self._choice_head + b'{"reasoning_content":' + _encode(text) + self._content_tail
+
+    def tool_call(self, index: int, call_id: str | None, name: str | None, arguments: str) -> bytes:
+        """One piece of a tool call: the first piece of a call carries its id and name."""
+        delta = _ToolCallDelta(
+            index,
+            call_id,
+            "function" if call_id is not None else None,
+            _FunctionDelta(arguments, name),
+        )
+        return self._choice_head + b'{"tool_calls":[' + _encode(delta) + b"]" + self._content_tail
 
     def finish(self, finish_reason: str) -> bytes:
         """The chunk that carries the choice's ``finish_reason`` (an empty delta)."""

@@ -1,0 +1,313 @@
+"""The session store behaviour, written once and run against every store.
+
+The ``store`` fixture opens each configured kind through ``open_session_store`` (``memory`` and
+``sqlite``), so the memory store is the reference and the SQLite store must match it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from trio_gateway.config.schema import SessionConfig
+from trio_gateway.messages import ToolCall
+from trio_gateway.sessions import MemorySessionStore, SqliteSessionStore, open_session_store
+from trio_gateway.sessions.store import (
+    RunStatus,
+    SessionInfo,
+    SessionStore,
+    TranscriptEntry,
+    Turn,
+)
+
+STORES = ["memory", "sqlite"]
+
+
+@pytest.fixture(params=STORES)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
+    config = SessionConfig(store=request.param)
+    async with open_session_store(config, tmp_path) as opened:
+        yield opened
+
+
+def user(text: str) -> TranscriptEntry:
+    return TranscriptEntry("user", text)
+
+
+def reply(text: str, status: RunStatus = "completed") -> TranscriptEntry:
+    return TranscriptEntry("assistant", text, status)
+
+
+def turn(
+    *entries: TranscriptEntry,
+    run_id: str = "run-1",
+    agent_id: str = "main",
+    model: str = "local/echo",
+    status: RunStatus = "completed",
+    prompt_tokens: int = 10,
+    completion_tokens: int = 5,
+    at: float = 1000.0,
+    keep: int | None = None,
+) -> Turn:
+    return Turn(
+        run_id=run_id,
+        agent_id=agent_id,
+        model=model,
+        entries=entries,
+        status=status,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        at=at,
+        keep=keep,
+    )
+
+
+async def contents(store: SessionStore, key: str) -> list[str]:
+    session = await store.get(key)
+    assert session is not None
+    return [entry.content for entry in session.transcript]
+
+
+async def test_open_session_store_opens_the_configured_kind(tmp_path: Path) -> None:
+    async with open_session_store(SessionConfig(store="memory"), tmp_path) as memory:
+        assert isinstance(memory, MemorySessionStore)
+    async with open_session_store(SessionConfig(), tmp_path) as default:
+        assert isinstance(default, SqliteSessionStore)
+        assert default.path == tmp_path / "sessions.sqlite"
+    assert (tmp_path / "sessions.sqlite").is_file()
+
+
+async def test_open_session_store_uses_the_configured_path(tmp_path: Path) -> None:
+    config = SessionConfig(store="sqlite", path=str(tmp_path / "elsewhere" / "s.db"))
+    async with open_session_store(config, tmp_path / "state") as opened:
+        assert isinstance(opened, SqliteSessionStore)
+        assert opened.path == tmp_path / "elsewhere" / "s.db"
+    assert not (tmp_path / "state" / "sessions.sqlite").exists()
+
+
+async def test_store_get_of_an_unknown_key_is_none(store: SessionStore) -> None:
+    assert await store.get("nobody") is None
+
+
+async def test_store_record_turn_creates_the_session(store: SessionStore) -> None:
+    info = await store.record_turn("k", turn(user("hi"), reply("hello"), at=1234.5))
+    assert info.key == "k"
+    assert info.agent_id == "main"
+    assert info.created_at == info.updated_at == 1234.5
+    assert (info.model, info.last_status, info.last_run_id) == ("local/echo", "completed", "run-1")
+    assert (info.prompt_tokens, info.completion_tokens, info.message_count) == (10, 5, 2)
+    session = await store.get("k")
+    assert session is not None
+    assert session.transcript == [user("hi"), reply("hello")]
+    assert session.message_count == 2
+    assert session.prompt_tokens == 10
+
+
+async def test_store_record_turn_appends_and_adds_up_totals(store: SessionStore) -> None:
+    await store.record_turn("k", turn(user("one"), reply("1"), at=1.0))
+    info = await store.record_turn(
+        "k",
+        turn(
+            user("two"),
+            reply("2, cut", "aborted"),
+            run_id="run-2",
+            agent_id="OTHER",
+            model="local/other",
+            status="aborted",
+            prompt_tokens=7,
+            completion_tokens=3,
+            at=2.0,
+        ),
+    )
+    # The creating agent and creation time stay; the rest follows the latest turn.
+    assert (info.agent_id, info.created_at, info.updated_at) == ("main", 1.0, 2.0)
+    assert (info.model, info.last_status, info.last_run_id) == ("local/other", "aborted", "run-2")
+    assert (info.prompt_tokens, info.completion_tokens, info.message_count) == (17, 8, 4)
+    session = await store.get("k")
+    assert session is not None
+    assert session.transcript == [user("one"), reply("1"), user("two"), reply("2, cut", "aborted")]
+
+
+async def test_store_record_turn_with_keep_truncates_first(store: SessionStore) -> None:
+    await store.record_turn("k", turn(user("a"), reply("A"), user("b"), reply("B")))
+    info = await store.record_turn("k", turn(user("b2"), reply("B2"), keep=2))
+    assert info.message_count == 4
+    assert await contents(store, "k") == ["a", "A", "b2", "B2"]
+    await store.record_turn("k", turn(user("fresh"), keep=0))
+    assert await contents(store, "k") == ["fresh"]
+
+
+@pytest.mark.parametrize(
+    ("keep", "expected"),
+    [
+        (None, ["a", "b", "c", "new"]),
+        (3, ["a", "b", "c", "new"]),
+        (99, ["a", "b", "c", "new"]),
+        (1, ["a", "new"]),
+        (-1, ["a", "b", "new"]),
+        (-99, ["new"]),
+    ],
+)
+async def test_store_keep_has_slice_bounds(
+    store: SessionStore, keep: int | None, expected: list[str]
+) -> None:
+    await store.record_turn("k", turn(user("a"), user("b"), user("c")))
+    info = await store.record_turn("k", turn(user("new"), keep=keep))
+    assert await contents(store, "k") == expected
+    assert info.message_count == len(expected)
+
+
+async def test_store_keep_on_a_new_session_is_harmless(store: SessionStore) -> None:
+    await store.record_turn("k", turn(user("a"), keep=0))
+    assert await contents(store, "k") == ["a"]
+
+
+async def test_store_turn_without_entries_updates_the_session(store: SessionStore) -> None:
+    await store.record_turn("k", turn(user("a"), at=1.0))
+    info = await store.record_turn("k", turn(run_id="run-2", status="failed", at=2.0))
+    assert (info.message_count, info.last_status, info.updated_at) == (1, "failed", 2.0)
+
+
+async def test_store_round_trips_every_entry_field(store: SessionStore) -> None:
+    calls = (
+        ToolCall("call_1", "http_fetch", '{"url": "https://example.com"}'),
+        ToolCall("call_2", "exec", '{"cmd": "ls -l"}'),
+    )
+    entries = (
+        TranscriptEntry("user", "look it up", name="alice"),
+        TranscriptEntry("assistant", "", tool_calls=calls, internal=True),
+        TranscriptEntry("tool", "<html>", tool_call_id="call_1", name="http_fetch", internal=True),
+        TranscriptEntry("tool", "total 0", tool_call_id="call_2", internal=True),
+        TranscriptEntry("assistant", "Found it", "failed"),
+        TranscriptEntry("assistant", "", tool_calls=(ToolCall("c", "client_tool", "{}"),)),
+        TranscriptEntry("tool", "client result", tool_call_id="c"),
+    )
+    await store.record_turn("k", turn(*entries))
+    session = await store.get("k")
+    assert session is not None
+    assert session.transcript == list(entries)
+    assert [entry.to_message() for entry in session.transcript] == [
+        entry.to_message() for entry in entries
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "plain", "emoji 🎉 and accents éà", "NUL \x00 inside", "lone surrogate \udcff", "\ud800"],
+)
+async def test_store_keeps_any_text_exactly(store: SessionStore, text: str) -> None:
+    calls = (ToolCall(f"id{text}", f"name{text}", f'{{"q": "{text}"}}'),)
+    entries = (
+        TranscriptEntry("user", text, name=text),
+        TranscriptEntry("assistant", text, tool_calls=calls),
+        TranscriptEntry("tool", text, tool_call_id=text),
+    )
+    await store.record_turn("k", turn(*entries, model=f"m{text}", run_id=f"r{text}"))
+    session = await store.get("k")
+    assert session is not None
+    assert session.transcript == list(entries)
+    assert (session.model, session.last_run_id) == (f"m{text}", f"r{text}")
+
+
+async def test_store_get_returns_a_copy(store: SessionStore) -> None:
+    await store.record_turn("k", turn(user("a")))
+    session = await store.get("k")
+    assert session is not None
+    session.transcript.append(user("mutated"))
+    session.prompt_tokens = 999
+    again = await store.get("k")
+    assert again is not None
+    assert (again.transcript, again.prompt_tokens) == ([user("a")], 10)
+
+
+async def test_store_list_sessions_most_recent_first(store: SessionStore) -> None:
+    assert await store.list_sessions() == []
+    await store.record_turn("old", turn(user("a"), at=1.0))
+    await store.record_turn("new", turn(user("b"), at=3.0))
+    await store.record_turn("middle", turn(user("c"), at=2.0))
+    listed = await store.list_sessions()
+    assert [info.key for info in listed] == ["new", "middle", "old"]
+    assert type(listed[0]) is SessionInfo  # not a Session, with its transcript
+    await store.record_turn("old", turn(user("d"), at=4.0))
+    assert [info.key for info in await store.list_sessions()] == ["old", "new", "middle"]
+    assert [info.key for info in await store.list_sessions(limit=2)] == ["old", "new"]
+    assert await store.list_sessions(limit=0) == []
+
+
+async def test_store_list_sessions_ties_in_creation_order(store: SessionStore) -> None:
+    for key in ("b", "a", "c"):
+        await store.record_turn(key, turn(user(key), at=5.0))
+    assert [info.key for info in await store.list_sessions()] == ["b", "a", "c"]
+    # Updating keeps a session's place among equals; deleting and re-creating moves it last.
+    await store.record_turn("b", turn(user("b2"), at=5.0))
+    await store.delete("a")
+    await store.record_turn("a", turn(user("a2"), at=5.0))
+    assert [info.key for info in await store.list_sessions()] == ["b", "c", "a"]
+
+
+async def test_store_list_sessions_filters_by_agent_ignoring_case(store: SessionStore) -> None:
+    await store.record_turn("m1", turn(user("a"), agent_id="Main", at=1.0))
+    await store.record_turn("h1", turn(user("b"), agent_id="helper", at=2.0))
+    await store.record_turn("m2", turn(user("c"), agent_id="main", at=3.0))
+    assert [info.key for info in await store.list_sessions(agent_id="MAIN")] == ["m2", "m1"]
+    assert [info.key for info in await store.list_sessions(agent_id="helper")] == ["h1"]
+    assert await store.list_sessions(agent_id="nobody") == []
+    assert [info.key for info in await store.list_sessions(agent_id="main", limit=1)] == ["m2"]
+
+
+async def test_store_list_sessions_reports_what_record_turn_returned(store: SessionStore) -> None:
+    first = await store.record_turn("k", turn(user("a"), reply("b"), at=1.0))
+    second = await store.record_turn("j", turn(user("c"), at=2.0, prompt_tokens=1))
+    assert await store.list_sessions() == [second, first]
+
+
+async def test_store_reset_clears_transcript_and_totals(store: SessionStore) -> None:
+    await store.record_turn("k", turn(user("a"), reply("b"), at=1.0))
+    await store.record_turn("other", turn(user("x"), at=2.0))
+    assert await store.reset("k") is True
+    session = await store.get("k")
+    assert session is not None
+    assert (session.transcript, session.message_count) == ([], 0)
+    assert (session.prompt_tokens, session.completion_tokens) == (0, 0)
+    # The session itself stays, as it was.
+    assert (session.agent_id, session.created_at, session.updated_at) == ("main", 1.0, 1.0)
+    assert (session.last_status, session.last_run_id) == ("completed", "run-1")
+    assert [info.key for info in await store.list_sessions()] == ["other", "k"]
+    assert await contents(store, "other") == ["x"]
+    info = await store.record_turn("k", turn(user("again"), at=3.0))
+    assert (info.message_count, info.prompt_tokens) == (1, 10)
+    assert await contents(store, "k") == ["again"]
+
+
+async def test_store_reset_of_an_unknown_key_is_false(store: SessionStore) -> None:
+    assert await store.reset("nobody") is False
+    assert await store.get("nobody") is None
+
+
+async def test_store_delete_removes_the_session(store: SessionStore) -> None:
+    await store.record_turn("k", turn(user("a"), reply("b")))
+    await store.record_turn("other", turn(user("x")))
+    assert await store.delete("k") is True
+    assert await store.get("k") is None
+    assert [info.key for info in await store.list_sessions()] == ["other"]
+    assert await store.delete("k") is False
+    # A new session under the same key starts from nothing.
+    info = await store.record_turn("k", turn(user("new"), at=9.0))
+    assert (info.message_count, info.prompt_tokens, info.created_at) == (1, 10, 9.0)
+    assert await contents(store, "k") == ["new"]
+
+
+async def test_store_keys_are_independent(store: SessionStore) -> None:
+    await store.record_turn("a", turn(user("for a")))
+    await store.record_turn("b", turn(user("for b"), keep=0))
+    await store.record_turn("A", turn(user("for A")))
+    assert await contents(store, "a") == ["for a"]
+    assert await contents(store, "b") == ["for b"]
+    assert await contents(store, "A") == ["for A"]
+
+
+async def test_store_aclose_is_idempotent(store: SessionStore) -> None:
+    await store.aclose()
+    await store.aclose()

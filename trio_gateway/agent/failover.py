@@ -1,0 +1,95 @@
+"""Retries and fallback around one model call.
+
+An agent has a chain of models: its ``model`` then its ``fallbacks``. A call goes to the first;
+while nothing has been emitted yet, a *retryable* upstream failure (429, 5xx, connection errors,
+timeouts) is retried with exponential backoff (``retryDelaySeconds``, doubled each time, capped
+at ``retryMaxDelaySeconds``, and never sooner than the upstream's ``Retry-After``) up to
+``maxRetries`` times; then, or at once for a failure that retrying cannot fix, the next model in
+the chain is tried. Once the first event has been emitted there is no retry and no fallback:
+the client has seen output, so the error is surfaced as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import trio
+
+from ..errors import ProviderError, UpstreamError
+from ..providers.base import Completion, Emit, ModelEvent, ModelRequest, Provider
+
+__all__ = ["ModelTarget", "RetryPolicy", "call_with_failover"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_retries: int = 0
+    delay_seconds: float = 0.5
+    max_delay_seconds: float = 20.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """The wait before retry number ``attempt`` (0-based)."""
+        backoff = min(self.max_delay_seconds, self.delay_seconds * 2.0**attempt)
+        return max(backoff, retry_after or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTarget:
+    """One link of the chain: ``ref`` is ``"<provider>/<model>"``."""
+
+    ref: str
+    provider: Provider
+    model: str
+    retry: RetryPolicy
+
+
+async def call_with_failover(
+    chain: Sequence[ModelTarget], request: ModelRequest, emit: Emit
+) -> tuple[Completion, ModelTarget]:
+    """Call the chain as described in the module docstring; return the completion and the
+    link that produced it. Raises the last link's error when every link failed."""
+    assert chain, "an agent always has a model"
+    last_error: ProviderError | None = None
+    for target in chain:
+        attempt = 0
+        call_request = replace(request, model=target.model)
+        while True:
+            emitted = False
+
+            async def tracking_emit(event: ModelEvent) -> None:
+                nonlocal emitted
+                emitted = True
+                await emit(event)
+
+            try:
+                completion = await target.provider.stream(call_request, tracking_emit)
+            except UpstreamError as exc:
+                if emitted:
+                    raise
+                last_error = exc
+                if exc.retryable and attempt < target.retry.max_retries:
+                    delay = target.retry.delay(attempt, exc.retry_after)
+                    logger.info(
+                        "model.retry model=%s attempt=%d delay_s=%.2f status=%s",
+                        target.ref,
+                        attempt + 1,
+                        delay,
+                        exc.status,
+                    )
+                    await trio.sleep(delay)
+                    attempt += 1
+                    continue
+                logger.info(
+                    "model.failed model=%s status=%s retryable=%s",
+                    target.ref,
+                    exc.status,
+                    exc.retryable,
+                )
+                break
+            return completion, target
+    assert last_error is not None
+    raise last_error

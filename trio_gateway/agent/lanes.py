@@ -1,0 +1,157 @@
+"""Admission: one run at a time per session, and a gateway-wide cap on concurrent runs.
+
+Every run is admitted before it starts, in two steps:
+
+1. its **session lane**: runs of one session key go one after the other, first come first
+   served. A request waits for its turn at most ``session.queueTimeoutSeconds``; then it is
+   refused with :class:`~trio_gateway.errors.SessionBusyError` (409).
+2. a **run slot**: at most ``agents.defaults.maxConcurrent`` runs at once. Beyond that, up to
+   ``maxQueued`` requests wait in a FIFO queue; when the queue is full too, a request is refused
+   at once with :class:`~trio_gateway.errors.OverloadedError` (429).
+
+The session lane is taken first, so a request waiting for its session holds no run slot.
+Admission returns a :class:`Ticket`; releasing it (idempotent, synchronous, from any task) hands
+the lane and the slot to the next waiter. A waiter that is cancelled (its client went away)
+leaves its queue, and a grant that raced with the cancellation is passed on, never lost.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import trio
+
+from ..errors import OverloadedError, SessionBusyError
+
+__all__ = ["Admission", "AdmissionStatistics", "Ticket"]
+
+
+class _Waiter:
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.granted = False
+
+
+class _Gate:
+    """A FIFO semaphore whose units can be released from any task."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+        self.waiters: deque[_Waiter] = deque()
+
+    def try_take(self) -> bool:
+        if self.held < self.capacity and not self.waiters:
+            self.held += 1
+            return True
+        return False
+
+    async def wait_turn(self) -> None:
+        """Queue up and wait for a unit. On cancellation nothing stays taken."""
+        waiter = _Waiter()
+        self.waiters.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:
+                self.release()  # granted as we were cancelled: pass it on
+            else:
+                self.waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        if self.waiters:
+            waiter = self.waiters.popleft()
+            waiter.granted = True
+            waiter.event.set()
+            return  # the unit moves to the waiter: ``held`` stays the same
+        self.held -= 1
+
+
+@dataclass
+class Ticket:
+    """The right to run: a session lane and a run slot, released together."""
+
+    _admission: Admission
+    _session_key: str
+    _released: bool = field(default=False)
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._admission._release(self._session_key)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionStatistics:
+    running: int
+    queued: int
+    busy_sessions: int
+    waiting_for_session: int
+
+
+class Admission:
+    def __init__(self, *, max_concurrent: int, max_queued: int) -> None:
+        self._slots = _Gate(max_concurrent)
+        self._max_queued = max_queued
+        self._lanes: dict[str, _Gate] = {}
+
+    async def admit(self, session_key: str, *, lane_wait_seconds: float) -> Ticket:
+        """Wait for the session's lane, then for a run slot; see the module docstring."""
+        lane = self._lanes.get(session_key)
+        if lane is None:
+            lane = self._lanes[session_key] = _Gate(1)
+        if not lane.try_take():
+            with trio.move_on_after(lane_wait_seconds):
+                await lane.wait_turn()
+                lane = None  # now held
+            if lane is not None:
+                self._drop_idle_lane(session_key)
+                raise SessionBusyError(
+                    "Another run of this session is still in progress; retry when it is done.",
+                    retry_after=1,
+                )
+        try:
+            if not self._slots.try_take():
+                if len(self._slots.waiters) >= self._max_queued:
+                    raise OverloadedError(
+                        "The gateway is at its limit of concurrent runs and its queue is full; "
+                        "retry shortly.",
+                        retry_after=1,
+                    )
+                await self._slots.wait_turn()
+        except BaseException:
+            self._release_lane(session_key)
+            raise
+        return Ticket(self, session_key)
+
+    def _release(self, session_key: str) -> None:
+        self._slots.release()
+        self._release_lane(session_key)
+
+    def _release_lane(self, session_key: str) -> None:
+        self._lanes[session_key].release()
+        self._drop_idle_lane(session_key)
+
+    def _drop_idle_lane(self, session_key: str) -> None:
+        lane = self._lanes.get(session_key)
+        if lane is not None and lane.held == 0 and not lane.waiters:
+            del self._lanes[session_key]
+
+    def statistics(self) -> AdmissionStatistics:
+        return AdmissionStatistics(
+            running=self._slots.held,
+            queued=len(self._slots.waiters),
+            busy_sessions=len(self._lanes),
+            waiting_for_session=sum(len(lane.waiters) for lane in self._lanes.values()),
+        )

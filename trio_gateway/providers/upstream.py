@@ -1,0 +1,398 @@
+"""The HTTP plumbing every upstream provider shares.
+
+:class:`UpstreamClient` owns one pooled ``httpx.AsyncClient`` per provider and runs one streamed
+model call: it POSTs the body, checks the status and content type, feeds the response bytes to
+an :class:`~trio_gateway.wire.sse.SSEDecoder` and the decoded events to the provider's
+:class:`StreamParser` (the sans-IO half of a provider), and awaits ``emit`` for each model event.
+
+Deadlines are trio cancel scopes, not httpx timeouts, with one exception: httpx cannot separate
+"connecting" from "waiting for the answer" from the outside, so the connect deadline
+(``connectTimeoutSeconds``) is httpx's *connect* timeout, and every other httpx timeout is off.
+One scope carries the rest: its deadline is first ``firstTokenTimeoutSeconds`` after the call
+started (connect, request, headers and everything up to the first model event), then it is moved
+forward to ``idleTimeoutSeconds`` after each batch of events; while ``emit`` waits for a slow
+consumer it is switched off, so only the upstream's silence counts.
+
+Every failure leaves as an :class:`~trio_gateway.errors.UpstreamError`, translated here, once:
+
+* HTTP status >= 400: ``status`` set, the upstream's own error message, ``retryable`` for
+  408/409/425/429/5xx, ``retry_after`` from ``Retry-After`` (seconds or HTTP date) or
+  ``retry-after-ms``; ``code`` ``upstream_auth_failed`` (401/403), ``upstream_rate_limited``
+  (429) or ``upstream_http_error``.
+* connection faults (refused, reset, closed early): ``status=None``, ``retryable``; ``code``
+  ``upstream_unreachable`` (before a connection existed) or ``upstream_disconnected``.
+* a deadline: ``code="upstream_timeout"``, ``retryable``.
+* a 200 that is not an event stream, or an event that is not what the protocol says:
+  ``code="bad_upstream_response"``, not retryable.
+* an in-band error event: ``code="upstream_stream_error"`` (raised by the parsers).
+
+The client does not retry: the agent layer does, when ``retryable`` and nothing was emitted.
+Messages name the provider and host, never a key. Cancelling the caller closes the upstream
+response (and with it the connection, since it was not read to the end) under a shielded bound,
+so the upstream stops generating. HTTP/1.1 only, on purpose: httpx does not reset an HTTP/2
+stream it stops reading, so over h2 a cancelled call would keep the upstream busy.
+
+This module must not import the agent, server or tools layers.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import httpx
+import msgspec
+import trio
+
+from .._version import __version__
+from ..errors import ConfigError, UpstreamError
+from ..wire.sse import SSEDecoder, SSEEvent
+from .base import Completion, Emit, ModelEvent
+
+__all__ = [
+    "USER_AGENT",
+    "StreamParser",
+    "UpstreamClient",
+    "bad_response",
+    "error_message_from_body",
+    "resolve_api_key",
+    "retry_after_from_headers",
+    "status_error",
+]
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = f"epiloop-gateway/{__version__}"
+
+#: Retryable HTTP statuses below 500 (every 5xx is retryable).
+_RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+#: How much of an error body is read to find the upstream's message.
+_ERROR_BODY_LIMIT = 64 * 1024
+#: How long the tail of a finished stream (the chunked-encoding end) may take before the
+#: connection is closed instead of going back to the pool.
+_DRAIN_SECONDS = 1.0
+#: Bound on closing a response, shielded from cancellation.
+_CLOSE_BOUND = 2.0
+#: Idle connections kept per provider (a new stream opens a new connection when none is idle).
+_KEEPALIVE_CONNECTIONS = 64
+#: Longest upstream error message passed on.
+_MESSAGE_LIMIT = 500
+
+
+class StreamParser(Protocol):
+    """The sans-IO half of a provider: SSE events in, model events out.
+
+    ``feed`` raises :class:`UpstreamError` for malformed or error events. ``done`` turns true on
+    the protocol's end marker; the client stops parsing then. ``completion`` is asked once the
+    stream is over and raises :class:`UpstreamError` if the answer is incomplete.
+    """
+
+    done: bool
+
+    def feed(self, event: SSEEvent) -> Sequence[ModelEvent]: ...
+
+    def completion(self) -> Completion: ...
+
+
+def resolve_api_key(
+    api_key: str | None, api_key_env: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[str | None, str | None]:
+    """``(key, missing_env)``: the configured key, else the named variable's value (read now);
+    ``missing_env`` names the variable when it is configured but unset or empty."""
+    if api_key:
+        return api_key, None
+    if not api_key_env:
+        return None, None
+    value = (os.environ if environ is None else environ).get(api_key_env, "")
+    if value:
+        return value, None
+    return None, api_key_env
+
+
+def retry_after_from_headers(headers: Mapping[str, str], *, now: float) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (delay or HTTP date);
+    ``now`` is the wall clock (``time.time()``) an HTTP date is measured from."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        seconds = _parse_seconds(milliseconds)
+        if seconds is not None:
+            return seconds / 1000
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _parse_seconds(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _parse_seconds(value: str) -> float | None:
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def error_message_from_body(body: bytes) -> str | None:
+    """The message of a JSON error body: OpenAI and Anthropic ``error.message``, or the
+    ``error`` / ``message`` / ``detail`` string other OpenAI-compatible servers send."""
+    try:
+        document = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    error = document.get("error")
+    if isinstance(error, dict):
+        error = error.get("message")
+    for candidate in (error, document.get("message"), document.get("detail")):
+        if isinstance(candidate, str) and candidate.strip():
+            return _clip(candidate)
+    return None
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) > _MESSAGE_LIMIT:
+        text = text[: _MESSAGE_LIMIT - 1] + "…"
+    return text
+
+
+def status_error(
+    provider: str, status: int, body: bytes, headers: Mapping[str, str], *, now: float
+) -> UpstreamError:
+    """The error for an upstream answer with HTTP status >= 400."""
+    detail = error_message_from_body(body)
+    message = f"The upstream {provider!r} answered HTTP {status}"
+    message += f": {detail}" if detail else "."
+    if status in (401, 403):
+        code = "upstream_auth_failed"
+    elif status == 429:
+        code = "upstream_rate_limited"
+    else:
+        code = "upstream_http_error"
+    return UpstreamError(
+        message,
+        status=status,
+        retryable=status in _RETRYABLE_STATUSES or status >= 500,
+        retry_after=retry_after_from_headers(headers, now=now),
+        code=code,
+    )
+
+
+def bad_response(provider: str, what: str) -> UpstreamError:
+    """The upstream answered something its protocol does not allow."""
+    return UpstreamError(
+        f"The upstream {provider!r} sent {what}.", retryable=False, code="bad_upstream_response"
+    )
+
+
+class UpstreamClient:
+    """One provider's connection pool and its streamed calls.
+
+    ``base_url`` is the provider's ``baseUrl``; call paths are relative to it. ``headers`` go
+    with every request (authentication included). ``missing_key_env`` names an API-key variable
+    that was configured but not set: every call then fails with a clear, non-retryable error,
+    while the gateway itself starts. ``transport`` replaces httpx's network transport (tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        connect_timeout: float,
+        first_token_timeout: float,
+        idle_timeout: float,
+        missing_key_env: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.provider = provider
+        self.first_token_timeout = first_token_timeout
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.missing_key_env = missing_key_env
+        try:
+            self._client = httpx.AsyncClient(
+                base_url=base_url,
+                headers=dict(headers),
+                timeout=httpx.Timeout(None, connect=connect_timeout),
+                limits=httpx.Limits(
+                    max_connections=None, max_keepalive_connections=_KEEPALIVE_CONNECTIONS
+                ),
+                follow_redirects=False,
+                transport=transport,
+            )
+        except (httpx.InvalidURL, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"provider {provider!r}: invalid baseUrl {base_url!r} ({exc})"
+            ) from exc
+        url = self._client.base_url
+        self.host = f"{url.host}:{url.port}" if url.port else url.host
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        with trio.move_on_after(_CLOSE_BOUND, shield=True):
+            await self._client.aclose()
+
+    async def stream(
+        self, path: str, body: bytes, parser: StreamParser, emit: Emit, *, model: str
+    ) -> Completion:
+        """POST ``body`` to ``path`` and stream the answer through ``parser`` into ``emit``."""
+        if self.missing_key_env is not None:
+            raise UpstreamError(
+                f"The upstream {self.provider!r} has no API key: the environment variable "
+                f"{self.missing_key_env} (apiKeyEnv) is not set.",
+                retryable=False,
+                code="upstream_api_key_missing",
+            )
+        started = trio.current_time()
+        logger.debug("upstream.stream.started provider=%s model=%s", self.provider, model)
+        first_deadline = started + self.first_token_timeout
+        scope = trio.CancelScope(deadline=first_deadline)
+        emitted = False
+        draining = False
+        try:
+            with scope:
+                request = self._client.build_request(
+                    "POST", path, content=body, headers={"content-type": "application/json"}
+                )
+                response = await self._client.send(request, stream=True)
+                try:
+                    await self._check_response(response)
+                    decoder = SSEDecoder()
+                    async for chunk in response.aiter_bytes():
+                        if draining:
+                            continue  # reading the end of the body keeps the connection
+                        events = decoder.feed(chunk)
+                        if not events:
+                            continue
+                        scope.deadline = math.inf  # a slow consumer is not upstream silence
+                        for event in events:
+                            for model_event in parser.feed(event):
+                                await emit(model_event)
+                                emitted = True
+                            if parser.done:
+                                draining = True
+                                break
+                        now = trio.current_time()
+                        if draining:
+                            scope.deadline = now + min(self.idle_timeout, _DRAIN_SECONDS)
+                        elif emitted:
+                            scope.deadline = now + self.idle_timeout
+                        else:
+                            scope.deadline = first_deadline
+                finally:
+                    with trio.move_on_after(_CLOSE_BOUND, shield=True):
+                        await response.aclose()
+        except httpx.HTTPError as exc:
+            error = self._transport_error(exc)
+            self._log_failure(error, started)
+            raise error from exc
+        except UpstreamError as exc:
+            self._log_failure(exc, started)
+            raise
+        if scope.cancelled_caught and not draining:
+            if emitted:
+                message = (
+                    f"The upstream {self.provider!r} sent nothing for "
+                    f"{self.idle_timeout:g} seconds (idleTimeoutSeconds)."
+                )
+            else:
+                message = (
+                    f"The upstream {self.provider!r} sent no first token within "
+                    f"{self.first_token_timeout:g} seconds (firstTokenTimeoutSeconds)."
+                )
+            timeout = UpstreamError(message, retryable=True, code="upstream_timeout")
+            self._log_failure(timeout, started)
+            raise timeout
+        try:
+            completion = parser.completion()
+        except UpstreamError as exc:
+            self._log_failure(exc, started)
+            raise
+        logger.debug(
+            "upstream.stream.complete provider=%s model=%s finish_reason=%s tokens=%d "
+            "duration_ms=%.1f",
+            self.provider,
+            model,
+            completion.finish_reason,
+            completion.usage.total_tokens,
+            (trio.current_time() - started) * 1000,
+        )
+        return completion
+
+    async def _check_response(self, response: httpx.Response) -> None:
+        status = response.status_code
+        if status >= 400:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) >= _ERROR_BODY_LIMIT:
+                    break
+            raise status_error(
+                self.provider, status, bytes(body), response.headers, now=time.time()
+            )
+        if status != 200:
+            raise bad_response(self.provider, f"an unexpected HTTP {status} answer")
+        content_type = response.headers.get("content-type", "")
+        if not content_type.lower().startswith("text/event-stream"):
+            shown = content_type.partition(";")[0].strip() or "no content type"
+            raise bad_response(self.provider, f"{shown} instead of an event stream")
+
+    def _transport_error(self, exc: httpx.HTTPError) -> UpstreamError:
+        where = f"the upstream {self.provider!r} at {self.host}"
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, httpx.ConnectTimeout):
+            return UpstreamError(
+                f"Could not connect to {where} within {self.connect_timeout:g} seconds "
+                "(connectTimeoutSeconds).",
+                retryable=True,
+                code="upstream_timeout",
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamError(
+                f"Timed out talking to {where}: {reason}", retryable=True, code="upstream_timeout"
+            )
+        if isinstance(exc, httpx.ConnectError):
+            return UpstreamError(
+                f"Could not connect to {where}: {reason}",
+                retryable=True,
+                code="upstream_unreachable",
+            )
+        if isinstance(exc, httpx.DecodingError):
+            return bad_response(self.provider, f"a body that could not be decoded ({reason})")
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            return UpstreamError(
+                f"Cannot reach {where}: {reason}", retryable=False, code="upstream_unreachable"
+            )
+        if isinstance(exc, httpx.TransportError):
+            return UpstreamError(
+                f"The connection to {where} broke off: {reason}",
+                retryable=True,
+                code="upstream_disconnected",
+            )
+        return UpstreamError(f"The call to {where} failed: {reason}", retryable=False)
+
+    def _log_failure(self, error: UpstreamError, started: float) -> None:
+        logger.info(
+            "upstream.stream.failed provider=%s status=%s code=%s retryable=%s duration_ms=%.1f",
+            self.provider,
+            error.status,
+            error.code,
+            error.retryable,
+            (trio.current_time() - started) * 1000,
+        )

@@ -1,0 +1,50 @@
+"""Opening the session store the configuration asks for.
+
+Owns the choice between the stores and the default SQLite path. Imports the session stores and
+the config schema only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from ..config.schema import SessionConfig
+from .memory import MemorySessionStore
+from .sqlite import CLOSE_BOUND_SECONDS, open_sqlite_store
+from .store import SessionStore
+
+__all__ = ["DEFAULT_FILE_NAME", "open_session_store", "sqlite_path"]
+
+#: The SQLite file's name in the state directory, unless ``session.path`` says otherwise.
+DEFAULT_FILE_NAME = "sessions.sqlite"
+
+
+def sqlite_path(config: SessionConfig, state_dir: Path) -> Path:
+    """Where the SQLite store lives: ``session.path`` (``~`` expanded) or the state directory."""
+    if config.path:
+        return Path(config.path).expanduser()
+    return state_dir / DEFAULT_FILE_NAME
+
+
+@asynccontextmanager
+async def open_session_store(config: SessionConfig, state_dir: Path) -> AsyncIterator[SessionStore]:
+    """The configured store (``session.store``), open for the context's lifetime.
+
+    ``"memory"``: a :class:`MemorySessionStore`; ``"sqlite"``: the file at
+    :func:`sqlite_path`, created if missing. Raises :class:`~trio_gateway.errors.GatewayError`
+    if the file cannot be opened.
+    """
+    if config.store == "sqlite":
+        async with open_sqlite_store(sqlite_path(config, state_dir)) as store:
+            yield store
+        return
+    memory = MemorySessionStore()
+    try:
+        yield memory
+    finally:
+        with trio.move_on_after(CLOSE_BOUND_SECONDS, shield=True):
+            await memory.aclose()

@@ -1,0 +1,609 @@
+"""A durable session store: one SQLite file, written a whole turn at a time.
+
+Owns the schema (and its migrations, numbered by ``PRAGMA user_version``), the one connection
+to the file, and the translation of ``sqlite3`` and ``OSError`` failures into
+:class:`~trio_gateway.errors.GatewayError` (code ``session_store_error``). It keeps exactly the
+semantics of :class:`~trio_gateway.sessions.memory.MemorySessionStore`; the behaviour tests run
+against both. Imports nothing above ``sessions`` (no agent, server or wire).
+
+Concurrency. All SQLite work runs in a worker thread on one connection
+(``check_same_thread=False``), one call at a time under a :class:`trio.Lock`, so statements of
+two calls never interleave on the connection.
+
+Cancellation.
+
+- Writes (:meth:`~SqliteSessionStore.record_turn`, ``reset``, ``delete``) are one transaction
+  each and, once their thread has started, run to the end (``abandon_on_cancel=False``): a turn
+  is never half-handled, and the caller learns of its cancellation right after. Waiting for the
+  lock is cancellable, and nothing has started then. A write is bounded by SQLite's busy timeout
+  (:data:`BUSY_TIMEOUT_MS`) when another process holds the file's write lock.
+- Reads (``get``, ``list_sessions``, ``check_integrity``) are cancellable: a cancellation raises
+  a flag that SQLite's progress handler checks every :data:`PROGRESS_INSTRUCTIONS` virtual-machine
+  instructions, so the running (or next) statement stops with "interrupted", the read
+  transaction is rolled back, and the caller gets ``trio.Cancelled``. The read still waits for
+  its thread to return, which it then does at once, so the connection is never used by two
+  threads. (A flag rather than ``sqlite3_interrupt``, which is lost if it lands between two
+  statements.)
+
+Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL``. Every write is a single
+``BEGIN IMMEDIATE ... COMMIT`` transaction, so a turn is stored whole or not at all, whatever
+happens. In WAL mode a commit is appended to the ``-wal`` file with ``write()`` before
+``COMMIT`` returns, so a completed turn survives a crash of the process (``kill -9``), which is
+the failure a gateway actually sees; the WAL is ``fsync``-ed at checkpoints, not at every
+commit, so a power loss or kernel crash can lose the last few turns, never part of one, and
+never corrupts the file. ``synchronous=FULL`` would add one ``fsync`` per turn, serialised
+behind the store's lock; we judged power-loss durability of the very last turns not worth a cap
+on turn throughput. (If the file system refuses WAL, the store falls back to the rollback
+journal with ``synchronous=FULL``, the setting that is safe in that mode, and logs a warning.)
+
+Text that UTF-8 cannot encode (a lone surrogate, as ``surrogateescape``-decoded tool output may
+contain) is stored as a BLOB of its ``surrogatepass`` encoding and decoded back on read, so
+every string round-trips exactly, as in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from ..errors import GatewayError
+from ..messages import ToolCall
+from .store import Session, SessionInfo, TranscriptEntry, Turn
+
+__all__ = ["BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "SqliteSessionStore", "open_sqlite_store"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long a write waits for another process that holds the file's write lock.
+BUSY_TIMEOUT_MS = 5_000
+
+#: How often (in SQLite virtual-machine instructions) a read checks whether it was cancelled.
+PROGRESS_INSTRUCTIONS = 1_000
+
+#: How long closing the store may take when its context exits (shielded from cancellation).
+CLOSE_BOUND_SECONDS = 10.0
+
+_ERROR_CODE = "session_store_error"
+
+#: ``INSERT ... ON CONFLICT DO UPDATE`` (the upsert) came with SQLite 3.24.
+_MIN_SQLITE = (3, 24, 0)
+
+#: One entry per schema version: the statements that migrate version ``i`` to ``i + 1``. A new
+#: version appends an entry; an existing entry never changes.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE sessions (
+            key TEXT NOT NULL PRIMARY KEY,
+            agent_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            model TEXT NOT NULL,
+            last_status TEXT NOT NULL CHECK (last_status IN ('completed', 'failed', 'aborted')),
+            last_run_id TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX sessions_by_updated_at ON sessions (updated_at DESC)",
+        """
+        CREATE TABLE messages (
+            session_key TEXT NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
+            position INTEGER NOT NULL CHECK (position >= 0),
+            role TEXT NOT NULL
+                CHECK (role IN ('system', 'developer', 'user', 'assistant', 'tool')),
+            content TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'aborted')),
+            tool_calls TEXT,
+            tool_call_id TEXT,
+            name TEXT,
+            internal INTEGER NOT NULL DEFAULT 0 CHECK (internal IN (0, 1))
+        )
+        """,
+        "CREATE UNIQUE INDEX messages_by_position ON messages (session_key, position)",
+    ),
+)
+
+#: The schema version this code reads and writes.
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_SESSION_COLUMNS = (
+    "s.key, s.agent_id, s.created_at, s.updated_at, s.model, s.last_status, s.last_run_id, "
+    "s.prompt_tokens, s.completion_tokens, "
+    "(SELECT count(*) FROM messages AS m WHERE m.session_key = s.key)"
+)
+
+_UPSERT_SESSION = """
+    INSERT INTO sessions (key, agent_id, created_at, updated_at, model, last_status, last_run_id,
+                          prompt_tokens, completion_tokens)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET
+        updated_at = excluded.updated_at,
+        model = excluded.model,
+        last_status = excluded.last_status,
+        last_run_id = excluded.last_run_id,
+        prompt_tokens = sessions.prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = sessions.completion_tokens + excluded.completion_tokens
+"""
+
+_INSERT_MESSAGE = """
+    INSERT INTO messages (session_key, position, role, content, status, tool_calls, tool_call_id,
+                          name, internal)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+class SqliteSessionStore:
+    """Sessions in one SQLite file. Open it with :func:`open_sqlite_store`.
+
+    ``connection`` must come from the store's own setup (WAL, foreign keys, the current schema):
+    :func:`open_sqlite_store` does that and closes the store when its context exits.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self.path = path
+        self._connection: sqlite3.Connection | None = connection
+        self._lock = trio.Lock()
+        #: Set while a cancelled read winds down: makes SQLite stop the statement it runs.
+        self._stop_reading = threading.Event()
+        connection.set_progress_handler(self._stop_reading.is_set, PROGRESS_INSTRUCTIONS)
+
+    async def get(self, key: str) -> Session | None:
+        return await self._read("get", partial(_get, key=key))
+
+    async def record_turn(self, key: str, turn: Turn) -> SessionInfo:
+        """Store ``turn`` in one transaction: whole, or (on any error) not at all."""
+        return await self._write("record_turn", partial(_record_turn, key=key, turn=turn))
+
+    async def list_sessions(
+        self, *, agent_id: str | None = None, limit: int = 100
+    ) -> list[SessionInfo]:
+        """The most recently updated sessions first (ties: the oldest session first)."""
+        return await self._read("list_sessions", partial(_list, agent_id=agent_id, limit=limit))
+
+    async def reset(self, key: str) -> bool:
+        """Clear the transcript and totals, keep the session; ``False`` if there is none."""
+        return await self._write("reset", partial(_reset, key=key))
+
+    async def delete(self, key: str) -> bool:
+        """Remove the session; ``False`` if there is none."""
+        return await self._write("delete", partial(_delete, key=key))
+
+    async def check_integrity(self) -> bool:
+        """``PRAGMA integrity_check`` and ``PRAGMA foreign_key_check`` both find nothing wrong.
+
+        A file SQLite reports as corrupt (or as not a database) is ``False`` too; the problems
+        found are logged. Cancellable, like every read.
+        """
+        async with self._lock:
+            connection = self._open_connection()
+            try:
+                problems = await self._interruptible(connection, _integrity_problems)
+            except sqlite3.Error as exc:
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if code not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                    raise _store_error("check_integrity", exc) from exc
+                problems = [str(exc)]
+        for problem in problems[:20]:
+            logger.warning("session_store.integrity.failed path=%s problem=%s", self.path, problem)
+        return not problems
+
+    async def aclose(self) -> None:
+        """Close the connection once work in progress is done. Idempotent."""
+        async with self._lock:
+            connection, self._connection = self._connection, None
+            if connection is None:
+                return
+            try:
+                # Closing the last connection checkpoints the WAL into the main file.
+                await trio.to_thread.run_sync(connection.close, abandon_on_cancel=False)
+            except sqlite3.Error as exc:
+                raise _store_error("close", exc) from exc
+        logger.info("session_store.close.complete path=%s", self.path)
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise GatewayError("The session store is closed.", code=_ERROR_CODE)
+        return self._connection
+
+    async def _read(self, operation: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._lock:
+            connection = self._open_connection()
+            try:
+                return await self._interruptible(connection, partial(_in_read_transaction, work))
+            except sqlite3.Error as exc:
+                raise _store_error(operation, exc) from exc
+
+    async def _interruptible(
+        self, connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]
+    ) -> T:
+        """``work(connection)`` in a worker thread; a cancellation stops its SQL.
+
+        ``trio.to_thread.run_sync`` either ignores a cancellation or abandons the thread, which
+        would leave the connection in use once the lock is released. This always waits for the
+        thread, stops its SQL when cancelled, then delivers the cancellation. Call with the lock.
+        """
+        token = trio.lowlevel.current_trio_token()
+        task = trio.lowlevel.current_task()
+        stop = self._stop_reading
+
+        def abort(raise_cancel: object) -> trio.lowlevel.Abort:
+            stop.set()  # the progress handler now ends the statement; keep waiting for the thread
+            return trio.lowlevel.Abort.FAILED
+
+        await trio.lowlevel.checkpoint_if_cancelled()
+        trio.lowlevel.start_thread_soon(
+            partial(work, connection),
+            lambda result: token.run_sync_soon(trio.lowlevel.reschedule, task, result),
+            name="epiloop session store read",
+        )
+        try:
+            value: T = await trio.lowlevel.wait_task_rescheduled(abort)
+        except sqlite3.OperationalError:
+            # Stopped by the progress handler: raise the cancellation that stopped it instead.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise
+        finally:
+            stop.clear()
+        # A read that finished as it was cancelled is dropped: reads have no effects.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return value
+
+    async def _write(self, operation: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._lock:
+            connection = self._open_connection()
+            try:
+                return await trio.to_thread.run_sync(
+                    _in_write_transaction, work, connection, abandon_on_cancel=False
+                )
+            except sqlite3.Error as exc:
+                raise _store_error(operation, exc) from exc
+
+
+@asynccontextmanager
+async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteSessionStore]:
+    """Open (creating or migrating) the store at ``path``; close it when the context exits.
+
+    Missing parent directories are created with mode ``0o700`` and a new file with ``0o600``
+    (existing ones keep their modes). Raises :class:`GatewayError` if the file cannot be opened
+    or was written by a newer version of the gateway.
+    """
+    logger.debug("session_store.open.started path=%s", path)
+    try:
+        connection = await trio.to_thread.run_sync(_connect, path, abandon_on_cancel=False)
+    except (sqlite3.Error, OSError) as exc:
+        logger.error("session_store.open.failed path=%s error=%s", path, exc)
+        raise GatewayError(
+            f"Cannot open the session store {str(path)!r}: {exc}", code=_ERROR_CODE
+        ) from exc
+    store = SqliteSessionStore(connection, path)
+    logger.info("session_store.open.complete path=%s schema_version=%d", path, SCHEMA_VERSION)
+    try:
+        yield store
+    finally:
+        with trio.move_on_after(CLOSE_BOUND_SECONDS, shield=True) as scope:
+            await store.aclose()
+        if scope.cancelled_caught:
+            logger.error("session_store.close.failed path=%s reason=timeout", path)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def _store_error(operation: str, exc: sqlite3.Error) -> GatewayError:
+    logger.error("session_store.%s.failed error=%s", operation, exc)
+    return GatewayError(f"The session store failed ({operation}).", code=_ERROR_CODE)
+
+
+# --- the worker-thread side: plain blocking functions of the connection ----------------------
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    if sqlite3.sqlite_version_info < _MIN_SQLITE:
+        raise GatewayError(
+            f"The session store needs SQLite {'.'.join(map(str, _MIN_SQLITE))} or later; this "
+            f"Python links SQLite {sqlite3.sqlite_version}. Use session.store 'memory' instead.",
+            code=_ERROR_CODE,
+        )
+    _make_private_dirs(path.parent)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        connection.execute("PRAGMA foreign_keys = ON")
+        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(mode).lower() == "wal":
+            connection.execute("PRAGMA synchronous = NORMAL")
+        else:
+            logger.warning(
+                "session_store.open.no_wal path=%s journal_mode=%s synchronous=FULL", path, mode
+            )
+            connection.execute("PRAGMA synchronous = FULL")
+        connection.create_function("epiloop_lower", 1, _lower, deterministic=True)
+        _in_write_transaction(partial(_migrate, path=path), connection)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """``mkdir -p`` where every directory created gets mode ``0o700``."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            new.mkdir(mode=0o700)
+
+
+def _migrate(connection: sqlite3.Connection, *, path: Path) -> None:
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise GatewayError(
+            f"The session store {str(path)!r} has schema version {version}, newer than this "
+            f"gateway's ({SCHEMA_VERSION}); upgrade the gateway or use another session.path.",
+            code=_ERROR_CODE,
+        )
+    for statements in _MIGRATIONS[version:]:
+        for statement in statements:
+            connection.execute(statement)
+    if version != SCHEMA_VERSION:
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        logger.info(
+            "session_store.migrate.complete path=%s from=%d to=%d", path, version, SCHEMA_VERSION
+        )
+
+
+def _in_write_transaction(
+    work: Callable[[sqlite3.Connection], T], connection: sqlite3.Connection
+) -> T:
+    """``work`` in ``BEGIN IMMEDIATE ... COMMIT``, rolled back on any error."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(connection)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _in_read_transaction(
+    work: Callable[[sqlite3.Connection], T], connection: sqlite3.Connection
+) -> T:
+    """``work`` in one read transaction: its statements see one snapshot of the file."""
+    connection.execute("BEGIN")
+    try:
+        return work(connection)
+    finally:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+
+
+def _get(connection: sqlite3.Connection, *, key: str) -> Session | None:
+    rows = connection.execute(
+        f"SELECT {_SESSION_COLUMNS} FROM sessions AS s WHERE s.key = ?", (_bind(key),)
+    ).fetchall()
+    if not rows:
+        return None
+    info = _info(rows[0])
+    messages = connection.execute(
+        "SELECT role, content, status, tool_calls, tool_call_id, name, internal FROM messages "
+        "WHERE session_key = ? ORDER BY position",
+        (_bind(key),),
+    ).fetchall()
+    return Session(
+        key=info.key,
+        agent_id=info.agent_id,
+        created_at=info.created_at,
+        updated_at=info.updated_at,
+        model=info.model,
+        last_status=info.last_status,
+        last_run_id=info.last_run_id,
+        prompt_tokens=info.prompt_tokens,
+        completion_tokens=info.completion_tokens,
+        message_count=info.message_count,
+        transcript=[_entry(row) for row in messages],
+    )
+
+
+def _record_turn(connection: sqlite3.Connection, *, key: str, turn: Turn) -> SessionInfo:
+    bound_key = _bind(key)
+    connection.execute(
+        _UPSERT_SESSION,
+        (
+            bound_key,
+            _bind(turn.agent_id),
+            turn.at,
+            turn.at,
+            _bind(turn.model),
+            turn.status,
+            _bind(turn.run_id),
+            turn.prompt_tokens,
+            turn.completion_tokens,
+        ),
+    )
+    (count,) = connection.execute(
+        "SELECT count(*) FROM messages WHERE session_key = ?", (bound_key,)
+    ).fetchone()
+    if turn.keep is not None:
+        # The same bounds as ``del transcript[keep:]``: past the end keeps all, negative counts
+        # from the end.
+        count = slice(turn.keep, None).indices(count)[0]
+        connection.execute(
+            "DELETE FROM messages WHERE session_key = ? AND position >= ?", (bound_key, count)
+        )
+    connection.executemany(
+        _INSERT_MESSAGE,
+        (
+            (
+                bound_key,
+                position,
+                entry.role,
+                _bind(entry.content),
+                entry.status,
+                _encode_tool_calls(entry.tool_calls),
+                _bind_optional(entry.tool_call_id),
+                _bind_optional(entry.name),
+                1 if entry.internal else 0,
+            )
+            for position, entry in enumerate(turn.entries, start=count)
+        ),
+    )
+    (row,) = connection.execute(
+        f"SELECT {_SESSION_COLUMNS} FROM sessions AS s WHERE s.key = ?", (bound_key,)
+    ).fetchall()
+    return _info(row)
+
+
+def _list(connection: sqlite3.Connection, *, agent_id: str | None, limit: int) -> list[SessionInfo]:
+    where = ""
+    parameters: tuple[str | bytes, ...] = ()
+    if agent_id is not None:
+        where, parameters = "WHERE epiloop_lower(s.agent_id) = ?", (_bind(agent_id.lower()),)
+    # rowid: a new session's is above every existing one's, so ties list in creation order,
+    # as the memory store's stable sort does.
+    rows = connection.execute(
+        f"SELECT {_SESSION_COLUMNS} FROM sessions AS s {where} "
+        "ORDER BY s.updated_at DESC, s.rowid LIMIT ?",
+        (*parameters, limit if limit >= 0 else -1),
+    ).fetchall()
+    if limit < 0:  # ``sessions[:limit]`` semantics, as in memory
+        rows = rows[:limit]
+    return [_info(row) for row in rows]
+
+
+def _reset(connection: sqlite3.Connection, *, key: str) -> bool:
+    updated = connection.execute(
+        "UPDATE sessions SET prompt_tokens = 0, completion_tokens = 0 WHERE key = ?", (_bind(key),)
+    ).rowcount
+    if not updated:
+        return False
+    connection.execute("DELETE FROM messages WHERE session_key = ?", (_bind(key),))
+    return True
+
+
+def _delete(connection: sqlite3.Connection, *, key: str) -> bool:
+    # The session's messages go with it (ON DELETE CASCADE).
+    return connection.execute("DELETE FROM sessions WHERE key = ?", (_bind(key),)).rowcount > 0
+
+
+def _integrity_problems(connection: sqlite3.Connection) -> list[str]:
+    problems = [str(row[0]) for row in connection.execute("PRAGMA integrity_check").fetchall()]
+    if problems == ["ok"]:
+        problems = []
+    problems.extend(
+        f"foreign key: {row[0]} row {row[1]} references a missing {row[2]}"
+        for row in connection.execute("PRAGMA foreign_key_check").fetchall()
+    )
+    return problems
+
+
+# --- values in and out -----------------------------------------------------------------------
+
+
+def _info(row: Sequence[object]) -> SessionInfo:
+    key, agent_id, created_at, updated_at, model, status, run_id, prompt, completion, count = row
+    return SessionInfo(
+        key=_text(key),
+        agent_id=_text(agent_id),
+        created_at=_typed(created_at, float),
+        updated_at=_typed(updated_at, float),
+        model=_text(model),
+        last_status=status,  # type: ignore[arg-type]  # CHECK constraint: a RunStatus
+        last_run_id=_text(run_id),
+        prompt_tokens=_typed(prompt, int),
+        completion_tokens=_typed(completion, int),
+        message_count=_typed(count, int),
+    )
+
+
+def _entry(row: Sequence[object]) -> TranscriptEntry:
+    role, content, status, tool_calls, tool_call_id, name, internal = row
+    return TranscriptEntry(
+        role,  # type: ignore[arg-type]  # CHECK constraint: a Role
+        _text(content),
+        status=status,  # type: ignore[arg-type]  # CHECK constraint: a RunStatus
+        tool_calls=_decode_tool_calls(tool_calls),
+        tool_call_id=None if tool_call_id is None else _text(tool_call_id),
+        name=None if name is None else _text(name),
+        internal=bool(internal),
+    )
+
+
+def _typed(value: object, kind: type[T]) -> T:
+    if not isinstance(value, kind):
+        raise sqlite3.DataError(f"expected {kind.__name__} in the session store, found {value!r}")
+    return value
+
+
+def _bind(text: str) -> str | bytes:
+    """``text`` as SQLite can store it: a BLOB if UTF-8 cannot encode it (lone surrogates)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+    return text
+
+
+def _bind_optional(text: str | None) -> str | bytes | None:
+    return None if text is None else _bind(text)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogatepass")
+    raise sqlite3.DataError(f"expected text in the session store, found {type(value).__name__}")
+
+
+def _lower(value: object) -> str | bytes | None:
+    """SQL ``epiloop_lower``: Python's ``str.lower`` (SQLite's ``lower`` is ASCII-only)."""
+    return None if value is None else _bind(_text(value).lower())
+
+
+def _encode_tool_calls(calls: Sequence[ToolCall]) -> str | None:
+    if not calls:
+        return None
+    # ensure_ascii (the default) escapes lone surrogates, so the JSON is always storable.
+    return json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls])
+
+
+def _decode_tool_calls(value: object) -> tuple[ToolCall, ...]:
+    if value is None:
+        return ()
+    try:
+        decoded = json.loads(_text(value))
+    except ValueError as exc:
+        raise sqlite3.DataError("malformed tool_calls in the session store") from exc
+    calls: list[ToolCall] = []
+    if isinstance(decoded, list):
+        for item in decoded:
+            fields = item if isinstance(item, dict) else {}
+            values = [fields.get(name) for name in ("id", "name", "arguments")]
+            if not all(isinstance(field, str) for field in values):
+                break
+            calls.append(ToolCall(*(str(field) for field in values)))
+        else:
+            return tuple(calls)
+    raise sqlite3.DataError("malformed tool_calls in the session store")
