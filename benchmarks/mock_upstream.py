@@ -187,9 +187,14 @@ class _Connection:
 class MockUpstream:
     """The mock server. Run ``serve`` with ``await nursery.start(upstream.serve)``."""
 
-    def __init__(self, scenarios: Mapping[str, Scenario] | None = None) -> None:
+    def __init__(
+        self, scenarios: Mapping[str, Scenario | Sequence[Scenario]] | None = None
+    ) -> None:
         #: Scenarios by request model; ``"default"`` answers every other model.
-        self.scenarios: dict[str, Scenario] = dict(scenarios or {})
+        #: By model: one scenario for every request, or a script of scenarios played one per
+        #: request in order (the last one repeats), for multi-call exchanges such as tool use.
+        self.scenarios: dict[str, Scenario | Sequence[Scenario]] = dict(scenarios or {})
+        self._played: dict[str, int] = {}
         self.scenarios.setdefault("default", Scenario())
         self.requests: list[RecordedRequest] = []
         self.open_connections = 0
@@ -362,7 +367,7 @@ class MockUpstream:
         model = body["model"]
         assert isinstance(model, str)
         key = model if model in self.scenarios else "default"
-        scenario = self.scenarios[key]
+        scenario = self._next_scenario(key)
         record.scenario = key
         fault = self._take_fault(key, scenario)
         record.fault = fault
@@ -412,6 +417,14 @@ class MockUpstream:
         else:
             answer = _openai_completion(scenario, model, usage)
         return await self._send_whole(conn, record, scenario, fault, answer)
+
+    def _next_scenario(self, key: str) -> Scenario:
+        entry = self.scenarios[key]
+        if isinstance(entry, Scenario):
+            return entry
+        played = self._played.get(key, 0)
+        self._played[key] = played + 1
+        return entry[min(played, len(entry) - 1)]
 
     def _take_fault(self, key: str, scenario: Scenario) -> Fault | None:
         if scenario.fault is None:

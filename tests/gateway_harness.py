@@ -6,6 +6,7 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,7 +15,7 @@ import trio
 from trio_gateway.agent import AgentRuntime
 from trio_gateway.config import Config
 from trio_gateway.config.schema import check_config
-from trio_gateway.providers import Provider
+from trio_gateway.providers import Provider, build_providers, close_providers
 from trio_gateway.server import serve_gateway
 from trio_gateway.sessions import SessionStore
 
@@ -73,8 +74,26 @@ async def start_gateway(
     *,
     providers: Mapping[str, Provider] | None = None,
     sessions: SessionStore | None = None,
+    state_dir: Path | None = None,
 ) -> RunningGateway:
-    """Serve a gateway on 127.0.0.1 port 0 until ``nursery`` is cancelled."""
-    runtime = AgentRuntime(make_config(override), providers=providers, sessions=sessions)
+    """Serve a gateway on 127.0.0.1 port 0 until ``nursery`` is cancelled.
+
+    Without ``providers``, the configured ones are built, and closed when ``nursery`` ends.
+    """
+    config = make_config(override)
+    if providers is None:
+        providers = build_providers(config)
+        await nursery.start(_own_providers, providers)
+    runtime = AgentRuntime(config, providers=providers, sessions=sessions, state_dir=state_dir)
     urls = await nursery.start(partial(serve_gateway, runtime, host="127.0.0.1", port=0))
     return RunningGateway(url=urls[0], runtime=runtime)
+
+
+async def _own_providers(
+    providers: Mapping[str, Provider], *, task_status: trio.TaskStatus[None]
+) -> None:
+    try:
+        task_status.started()
+        await trio.sleep_forever()
+    finally:
+        await close_providers(providers)  # shielded and bounded

@@ -59,7 +59,7 @@ async def reported(pidfile: trio.Path) -> list[int]:
 async def wait_gone(pids: list[int]) -> None:
     with trio.fail_after(5):
         # Polling: nothing signals the death of a process we are not the parent of.
-        while any(alive(pid) for pid in pids):  # noqa: ASYNC110
+        while any(alive(pid) for pid in pids):
             await trio.sleep(0.01)
 
 
@@ -153,7 +153,7 @@ async def test_exec_caller_cancellation_kills_the_whole_process_group(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run, context, command)
             # Polling: the shell reports its family through a file.
-            while len(await reported(pidfile)) < 3:  # noqa: ASYNC110
+            while len(await reported(pidfile)) < 3:
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel(reason="test: the caller gives up")
     pids = await reported(pidfile)
