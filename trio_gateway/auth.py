@@ -15,7 +15,13 @@ import ipaddress
 from .config import AuthConfig
 from .errors import AuthenticationError
 
-__all__ = ["bearer_token", "check_authorization", "is_loopback_host", "needs_secret"]
+__all__ = [
+    "bearer_token",
+    "check_authorization",
+    "check_secret",
+    "is_loopback_host",
+    "needs_secret",
+]
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -37,9 +43,23 @@ def check_authorization(auth: AuthConfig, header: str | None) -> None:
         raise AuthenticationError(
             f"Missing bearer credential: send 'Authorization: Bearer <your gateway {auth.mode}>'."
         )
+    _check(auth, given, "bearer credential")
+
+
+def check_secret(auth: AuthConfig, token: str | None, password: str | None) -> None:
+    """Check credentials given as fields (the control plane's ``connect``), not a header."""
+    if auth.mode == "none":
+        return
+    given = token if auth.mode == "token" else password
+    if not given:
+        raise AuthenticationError(f"Missing credential: send the gateway {auth.mode}.")
+    _check(auth, given, "credential")
+
+
+def _check(auth: AuthConfig, given: str, what: str) -> None:
     secret = auth.secret
     if secret is None or not _same(given, secret):
-        raise AuthenticationError(f"Invalid bearer credential (gateway auth mode: {auth.mode}).")
+        raise AuthenticationError(f"Invalid {what} (gateway auth mode: {auth.mode}).")
 
 
 def _same(given: str, secret: str) -> bool:

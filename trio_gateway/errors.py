@@ -23,8 +23,10 @@ this tree once, at the boundary where they are caught, with ``raise X(...) from 
     ├── RunError                      500  an agent run failed
     │   ├── ProviderError             502 upstream_error: the model provider failed
     │   │   └── UpstreamError         502  the upstream answered with an error or broke off
-    │   └── RunTimeoutError           504 timeout: the run passed its deadline
-    └── ToolError                     a tool failed; its message goes back to the model
+    │   ├── RunTimeoutError           504 timeout: the run passed its deadline
+    │   └── RunAbortedError           409 run_aborted: agent.abort stopped the run
+    ├── ToolError                     a tool failed; its message goes back to the model
+    └── ControlPlaneError             502  client side: a control-plane call or connection failed
 
 Errors that tell the client when to come back carry ``retry_after`` (seconds), sent as the
 ``Retry-After`` header.
@@ -37,6 +39,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "ConfigError",
+    "ControlPlaneError",
     "EndpointDisabledError",
     "GatewayError",
     "InvalidRequestError",
@@ -47,6 +50,7 @@ __all__ = [
     "PayloadTooLargeError",
     "ProviderError",
     "RequestError",
+    "RunAbortedError",
     "RunError",
     "RunTimeoutError",
     "SessionBusyError",
@@ -215,7 +219,46 @@ class RunTimeoutError(RunError):
     code = "run_timeout"
 
 
+class RunAbortedError(RunError):
+    """The run was stopped on purpose (``agent.abort``), not by a failure."""
+
+    http_status = 409
+    error_type = "invalid_request_error"
+    code = "run_aborted"
+
+
 class ToolError(GatewayError):
     """A tool could not do what was asked. The run goes on: the message is the tool result."""
 
     code = "tool_error"
+
+
+class ControlPlaneError(GatewayError):
+    """A WebSocket control-plane call failed, as a client (the ``epiloop`` CLI) sees it.
+
+    ``code`` is the gateway's error code (``auth_failed``, ``model_not_found``, ...), or the one
+    the client gives what it saw itself (``gateway_unreachable``, ``connection_closed``).
+    ``retryable`` and ``retry_after_ms`` repeat what the gateway said. When the connection closed,
+    ``close_code`` and ``close_reason`` are those of the WebSocket close frame.
+    """
+
+    http_status = 502
+    error_type = "upstream_error"
+    code = "control_plane_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retryable: bool = False,
+        retry_after_ms: int | None = None,
+        close_code: int | None = None,
+        close_reason: str | None = None,
+    ) -> None:
+        retry_after = retry_after_ms / 1000 if retry_after_ms is not None else None
+        super().__init__(message, code=code, retry_after=retry_after)
+        self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
+        self.close_code = close_code
+        self.close_reason = close_reason

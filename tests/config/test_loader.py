@@ -539,6 +539,13 @@ def test_redacted_uses_the_file_key_names() -> None:
                 "keepAliveSeconds": 15.0,
                 "streamBufferEvents": 64,
             },
+            "ws": {
+                "handshakeTimeoutSeconds": 10.0,
+                "maxPreAuthFrameBytes": 65536,
+                "maxFrameBytes": 1048576,
+                "tickSeconds": 15.0,
+                "sendQueueFrames": 1024,
+            },
             "shutdownGraceSeconds": 30.0,
         },
     }

@@ -13,13 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import GatewayError
+from ..messages import ToolCall
 from ..providers.base import FinishReason, ReasoningDelta, TextDelta, TokenUsage, ToolCallDelta
+from ..sessions.store import RunStatus
 
 __all__ = [
     "ReasoningDelta",
     "RunEvent",
     "RunFailed",
     "RunFinished",
+    "RunResult",
     "RunStarted",
     "TextDelta",
     "ToolCallDelta",
@@ -73,3 +76,16 @@ RunEvent = (
     | RunFinished
     | RunFailed
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    status: RunStatus
+    #: All the assistant text the run produced (what a streaming client received).
+    text: str
+    finish_reason: FinishReason | None
+    usage: TokenUsage
+    error: GatewayError | None = None
+    #: The client tool calls the run ended with (``finish_reason == "tool_calls"``).
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str = ""

@@ -39,6 +39,7 @@ from ..errors import (
     GatewayError,
     InvalidRequestError,
     ProviderError,
+    RunAbortedError,
     RunError,
     RunTimeoutError,
     ToolError,
@@ -69,7 +70,16 @@ from ..tools import (
     workspace_for,
 )
 from ..wire.chat import ChatRequest
-from .events import RunEvent, RunFailed, RunFinished, RunStarted, ToolFinished, ToolStarted
+from .active import ActiveRun, ActiveRuns
+from .events import (
+    RunEvent,
+    RunFailed,
+    RunFinished,
+    RunResult,
+    RunStarted,
+    ToolFinished,
+    ToolStarted,
+)
 from .failover import ModelTarget, RetryPolicy, call_with_failover
 from .lanes import Admission, Ticket
 from .prompt import client_tool_specs, split_request
@@ -108,19 +118,6 @@ class PreparedRun:
     @property
     def model_ref(self) -> str:
         return self.chain[0].ref
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    status: RunStatus
-    #: All the assistant text the run produced (what a streaming client received).
-    text: str
-    finish_reason: FinishReason | None
-    usage: TokenUsage
-    error: GatewayError | None = None
-    #: The client tool calls the run ended with (``finish_reason == "tool_calls"``).
-    tool_calls: tuple[ToolCall, ...] = ()
-    reasoning: str = ""
 
 
 @dataclass
@@ -167,6 +164,10 @@ class AgentRuntime:
         self.tools = tools if tools is not None else default_registry()
         self.state_dir = state_dir if state_dir is not None else default_state_dir()
         defaults = config.agents.defaults
+        self.active_runs = ActiveRuns()
+        #: Where detached runs live (set by whoever serves the runtime; see serve_gateway).
+        self.background: trio.Nursery | None = None
+        self.started_at = time.time()
         self.admission = Admission(
             max_concurrent=defaults.max_concurrent, max_queued=defaults.max_queued
         )
@@ -272,10 +273,36 @@ class AgentRuntime:
             lane_wait_seconds=self.config.session.queue_timeout_seconds,
         )
 
-    async def run(self, prepared: PreparedRun, emit: EmitEvent) -> RunResult:
-        """Run the agent, emitting events; see the module docstring for the outcomes."""
+    async def run(
+        self, prepared: PreparedRun, emit: EmitEvent, *, source: str = "http"
+    ) -> RunResult:
+        """Run the agent, emitting events; see the module docstring for the outcomes.
+
+        While it runs, the run is listed in :attr:`active_runs` (``source`` says which transport
+        started it), where ``agent.abort`` can stop it and others can follow its events.
+        """
+        target = prepared.target
+        active = ActiveRun(prepared.run_id, target.agent.id, target.session_key, source)
+        self.active_runs.register(active)
+
+        async def publishing_emit(event: RunEvent) -> None:
+            await emit(event)
+            if active.subscribers:
+                active.publish(event)
+
+        result = RunResult(
+            "aborted", "", None, TokenUsage(), RunAbortedError("The run was cancelled.")
+        )
+        try:
+            result = await self._run(prepared, publishing_emit, active)
+            return result
+        finally:
+            self.active_runs.finish(active, result)
+
+    async def _run(self, prepared: PreparedRun, emit: EmitEvent, active: ActiveRun) -> RunResult:
         target = prepared.target
         state = _RunState()
+        active.parts = state.parts
         logger.debug(
             "run.started run_id=%s agent=%s model=%s",
             prepared.run_id,
@@ -286,65 +313,72 @@ class AgentRuntime:
         await emit(
             RunStarted(prepared.run_id, target.agent.id, target.session_key, prepared.model_ref)
         )
-        finish: FinishReason | None = None
-        error: GatewayError | None = None
-        try:
+        with active.abort_scope:
+            finish: FinishReason | None = None
+            error: GatewayError | None = None
             try:
-                with trio.fail_after(prepared.timeout_seconds):
-                    finish = await self._loop(prepared, emit, state)
-            except trio.TooSlowError as exc:
-                raise RunTimeoutError(
-                    f"The agent run did not finish within {prepared.timeout_seconds:g} seconds "
-                    "(timeoutSeconds)."
-                ) from exc
-        except GatewayError as exc:
-            error = exc
-        except Exception as exc:
-            logger.exception("run.crashed run_id=%s", prepared.run_id)
-            error = RunError("The agent run failed unexpectedly.")
-            error.__cause__ = exc
-        except BaseException:
-            await self._record(prepared, state, "aborted")
+                try:
+                    with trio.fail_after(prepared.timeout_seconds):
+                        finish = await self._loop(prepared, emit, state)
+                except trio.TooSlowError as exc:
+                    raise RunTimeoutError(
+                        f"The agent run did not finish within {prepared.timeout_seconds:g} seconds "
+                        "(timeoutSeconds)."
+                    ) from exc
+            except GatewayError as exc:
+                error = exc
+            except Exception as exc:
+                logger.exception("run.crashed run_id=%s", prepared.run_id)
+                error = RunError("The agent run failed unexpectedly.")
+                error.__cause__ = exc
+            except BaseException:
+                await self._record(prepared, state, "aborted")
+                logger.info(
+                    "run.cancelled run_id=%s agent=%s duration_ms=%.1f",
+                    prepared.run_id,
+                    target.agent.id,
+                    (time.monotonic() - started) * 1000,
+                )
+                raise
+            duration_ms = (time.monotonic() - started) * 1000
+            if error is not None:
+                await self._record(prepared, state, "failed")
+                logger.info(
+                    "run.failed run_id=%s agent=%s error=%s duration_ms=%.1f",
+                    prepared.run_id,
+                    target.agent.id,
+                    error.code,
+                    duration_ms,
+                )
+                await emit(RunFailed(error))
+                return RunResult("failed", state.text(), None, state.usage, error)
+            assert finish is not None
+            await self._record(prepared, state, "completed")
             logger.info(
-                "run.cancelled run_id=%s agent=%s duration_ms=%.1f",
+                "run.complete run_id=%s agent=%s finish_reason=%s tokens=%d duration_ms=%.1f",
                 prepared.run_id,
                 target.agent.id,
-                (time.monotonic() - started) * 1000,
-            )
-            raise
-        duration_ms = (time.monotonic() - started) * 1000
-        if error is not None:
-            await self._record(prepared, state, "failed")
-            logger.info(
-                "run.failed run_id=%s agent=%s error=%s duration_ms=%.1f",
-                prepared.run_id,
-                target.agent.id,
-                error.code,
+                finish,
+                state.usage.total_tokens,
                 duration_ms,
             )
-            await emit(RunFailed(error))
-            return RunResult("failed", state.text(), None, state.usage, error)
-        assert finish is not None
-        await self._record(prepared, state, "completed")
-        logger.info(
-            "run.complete run_id=%s agent=%s finish_reason=%s tokens=%d duration_ms=%.1f",
-            prepared.run_id,
-            target.agent.id,
-            finish,
-            state.usage.total_tokens,
-            duration_ms,
-        )
-        await emit(RunFinished(finish, state.usage))
-        last = state.produced[-1] if state.produced else None
-        client_calls = last.tool_calls if last is not None and finish == "tool_calls" else ()
-        return RunResult(
-            "completed",
-            state.text(),
-            finish,
-            state.usage,
-            tool_calls=client_calls,
-            reasoning="".join(state.reasoning),
-        )
+            await emit(RunFinished(finish, state.usage))
+            last = state.produced[-1] if state.produced else None
+            client_calls = last.tool_calls if last is not None and finish == "tool_calls" else ()
+            return RunResult(
+                "completed",
+                state.text(),
+                finish,
+                state.usage,
+                tool_calls=client_calls,
+                reasoning="".join(state.reasoning),
+            )
+        # Only an abort gets here: the scope caught its own cancellation (the partial turn was
+        # recorded as aborted on the way out).
+        error = RunAbortedError("The run was aborted (agent.abort).")
+        logger.info("run.aborted run_id=%s agent=%s", prepared.run_id, target.agent.id)
+        await emit(RunFailed(error))
+        return RunResult("aborted", state.text(), None, state.usage, error)
 
     async def _loop(self, prepared: PreparedRun, emit: EmitEvent, state: _RunState) -> FinishReason:
         history, new = await self._conversation(prepared, state)

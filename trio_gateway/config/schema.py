@@ -36,6 +36,7 @@ __all__ = [
     "ToolPolicy",
     "ToolsConfig",
     "UpstreamProviderConfig",
+    "WsConfig",
     "check_config",
 ]
 
@@ -82,12 +83,28 @@ class AuthConfig(_Section, frozen=True):
         return None
 
 
+class WsConfig(_Section, frozen=True):
+    """The WebSocket control plane (see docs/control-protocol.md)."""
+
+    #: A client must complete ``connect`` within this long.
+    handshake_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+    #: Largest frame accepted before the handshake.
+    max_pre_auth_frame_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 64 * 1024
+    #: Largest frame accepted after the handshake.
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 1024 * 1024
+    #: A ``tick`` event goes out this often.
+    tick_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15.0
+    #: Frames queued for a client before it counts as too slow and is disconnected.
+    send_queue_frames: Annotated[int, msgspec.Meta(ge=8, le=1 << 20)] = 1024
+
+
 class GatewayConfig(_Section, frozen=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 18789
     #: ``"loopback"``, ``"lan"`` (all interfaces) or an explicit host address.
     bind: Annotated[str, msgspec.Meta(min_length=1)] = "loopback"
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    ws: WsConfig = msgspec.field(default_factory=WsConfig)
     #: How long ``SIGTERM``/Ctrl-C lets in-flight requests finish before cancelling them.
     shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
 

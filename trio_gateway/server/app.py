@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..wire.error_body import encode_error
 from .app_state import CLEANUPS_KEY
+from .control import register_control_plane
 from .routes import register_routes
 
 __all__ = ["GatewayApp", "create_app", "error_response"]
@@ -145,4 +146,5 @@ def create_app(runtime: AgentRuntime) -> GatewayApp:
         return error_response(GatewayError("The gateway failed to handle this request."))
 
     register_routes(app, runtime)
+    register_control_plane(app, runtime)
     return GatewayApp(app, runtime)
