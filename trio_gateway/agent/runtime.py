@@ -310,15 +310,20 @@ class AgentRuntime:
             prepared.model_ref,
         )
         started = time.monotonic()
-        await emit(
-            RunStarted(prepared.run_id, target.agent.id, target.session_key, prepared.model_ref)
-        )
         with active.abort_scope:
             finish: FinishReason | None = None
             error: GatewayError | None = None
             try:
                 try:
                     with trio.fail_after(prepared.timeout_seconds):
+                        await emit(
+                            RunStarted(
+                                prepared.run_id,
+                                target.agent.id,
+                                target.session_key,
+                                prepared.model_ref,
+                            )
+                        )
                         finish = await self._loop(prepared, emit, state)
                 except trio.TooSlowError as exc:
                     raise RunTimeoutError(

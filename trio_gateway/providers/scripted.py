@@ -78,6 +78,8 @@ class ScriptedProvider:
                 if isinstance(step, Say):
                     await emit(TextDelta(step.text))
                     record.emitted.append(step.text)
+                    # A real upstream yields between tokens (it waits for the network).
+                    await trio.lowlevel.checkpoint()
                 elif isinstance(step, Pause):
                     await trio.sleep(step.seconds)
                 elif isinstance(step, Fail):

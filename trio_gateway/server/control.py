@@ -289,8 +289,8 @@ class ControlConnection:
             self._outgoing_send.send_nowait(frame)
         except trio.WouldBlock:
             self.close(4008, "slow_consumer")
-        except trio.ClosedResourceError:
-            pass
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the connection is over; a detached run goes on without it
 
     def queue_event(self, event: str, payload: object) -> None:
         self.event_seq += 1
@@ -519,7 +519,7 @@ class ControlConnection:
             self.queue(encode_response(request.id, _result_payload(result, prepared.run_id)))
 
         if params.detached and runtime.background is not None:
-            runtime.background.start_soon(run)
+            runtime.background.start_soon(_detached, run, prepared.run_id)
         else:
             await run()
 
@@ -618,6 +618,15 @@ class ControlConnection:
     async def _config_get(self, params: Mapping[str, object]) -> object:
         await trio.lowlevel.checkpoint()
         return redacted(self.runtime.config)
+
+
+async def _detached(run: Callable[[], Awaitable[None]], run_id: str) -> None:
+    """A detached run in the gateway's background nursery: a failure there must not take the
+    nursery (and every other detached run) down with it."""
+    try:
+        await run()
+    except Exception:
+        logger.exception("control.detached_run.crashed run_id=%s", run_id)
 
 
 def _as_async(feed: Callable[[RunEvent], None]) -> Callable[[RunEvent], Awaitable[None]]:

@@ -70,6 +70,13 @@ async def serve_gateway(
     config.graceful_timeout = runtime.config.gateway.shutdown_grace_seconds
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    await serve(
-        create_app(runtime), config, shutdown_trigger=shutdown_trigger, task_status=task_status
-    )
+    config.websocket_max_message_size = runtime.config.gateway.ws.max_frame_bytes
+    app = create_app(runtime)
+    # Detached runs (started over the control plane) belong to the gateway, not to a client.
+    async with trio.open_nursery() as background:
+        runtime.background = background
+        try:
+            await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+        finally:
+            runtime.background = None
+            background.cancel_scope.cancel(reason="the gateway is shutting down")
