@@ -36,7 +36,7 @@ def retryable(status: int = 503, retry_after: float | None = None) -> UpstreamEr
 
 
 def target(provider: FlakyProvider, model: str, retries: int = 2) -> ModelTarget:
-    return ModelTarget(f"p/{model}", provider, model, RetryPolicy(retries, 1.0, 5.0))
+    return ModelTarget(f"p/{model}", provider, model, RetryPolicy(retries, 1.0, 10.0))
 
 
 async def collect(chain: list[ModelTarget]) -> tuple[list[str], str]:
@@ -105,3 +105,15 @@ def test_retry_policy_delay_is_capped() -> None:
     policy = RetryPolicy(10, 1.0, 5.0)
     assert [policy.delay(n, None) for n in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
     assert policy.delay(0, 30.0) == 30.0
+
+
+async def test_failover_moves_on_when_retry_after_is_too_long(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    primary = FlakyProvider(100, retryable(429, retry_after=3600))
+    backup = FlakyProvider(0, retryable())
+    start = trio.current_time()
+    _, used = await collect([target(primary, "a"), target(backup, "b")])
+    assert used == "p/b"
+    assert len(primary.calls) == 1
+    assert trio.current_time() == start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -10,8 +11,10 @@ import trio
 from gateway_harness import make_config
 
 from trio_gateway.agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunStarted
+from trio_gateway.agent.events import ToolStarted
 from trio_gateway.errors import InvalidRequestError, ProviderError, RunTimeoutError
-from trio_gateway.providers import TextDelta
+from trio_gateway.messages import ToolCall
+from trio_gateway.providers import Completion, Emit, ModelRequest, TextDelta, ToolCallDelta
 from trio_gateway.providers.scripted import Fail, Hang, Say, ScriptedProvider
 from trio_gateway.wire.chat import ChatRequest
 
@@ -195,3 +198,69 @@ async def test_runtime_agent_model_and_system_prompt_fall_back_to_defaults() -> 
     assert bare.instructions[0].content == "Default prompt."
     own = await runtime.prepare(chat(user("x")), header_agent_id="own")
     assert own.model_ref == "local/small"
+
+
+def test_close_tool_calls_answers_calls_left_open() -> None:
+    from trio_gateway.agent.prompt import close_tool_calls
+    from trio_gateway.messages import Message, ToolCall
+
+    call_a, call_b = ToolCall("a", "f", "{}"), ToolCall("b", "g", "{}")
+    messages = [
+        Message("user", "q"),
+        Message("assistant", "", tool_calls=(call_a, call_b)),
+        Message("tool", "ok", tool_call_id="a"),
+        Message("user", "never mind"),
+    ]
+    closed = close_tool_calls(messages)
+    assert [(m.role, m.tool_call_id) for m in closed] == [
+        ("user", None),
+        ("assistant", None),
+        ("tool", "a"),
+        ("tool", "b"),
+        ("user", None),
+    ]
+    assert closed[3].content.startswith("Error:")
+    assert close_tool_calls(closed) == closed
+
+
+class ToolCallingProvider:
+    """Calls ``name`` on its first call, streaming the call's id before its name (as some
+    OpenAI-compatible servers do); answers with text once it sees a tool result."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+
+    async def stream(self, request: ModelRequest, emit: Emit) -> Completion:
+        self.calls += 1
+        if request.messages[-1].role == "tool":
+            await emit(TextDelta("done"))
+            return Completion("stop")
+        await emit(ToolCallDelta(0, id="call_1"))
+        await emit(ToolCallDelta(0, name=self.name, arguments='{"a"'))
+        await emit(ToolCallDelta(0, arguments=": 1}"))
+        return Completion("tool_calls", tool_calls=(ToolCall("call_1", self.name, '{"a": 1}'),))
+
+
+async def test_runtime_client_tool_call_deltas_keep_an_id_sent_before_the_name() -> None:
+    provider = ToolCallingProvider("lookup")
+    runtime = AgentRuntime(make_config(), providers={"local": provider})
+    tools = [{"type": "function", "function": {"name": "lookup"}}]
+    recorder = Recorder()
+    result = await runtime.run(await runtime.prepare(chat(user("q"), tools=tools)), recorder)
+    deltas = [e for e in recorder.events if isinstance(e, ToolCallDelta)]
+    assert deltas[0] == ToolCallDelta(0, "call_1", "lookup", '{"a"')
+    assert "".join(d.arguments for d in deltas) == '{"a": 1}'
+    assert result.finish_reason == "tool_calls"
+
+
+async def test_runtime_last_tool_round_does_not_run_tools(tmp_path: Path) -> None:
+    provider = ToolCallingProvider("current_time")
+    config = make_config({"agents": {"defaults": {"maxToolIterations": 1}}})
+    runtime = AgentRuntime(config, providers={"local": provider}, state_dir=tmp_path)
+    recorder = Recorder()
+    result = await runtime.run(await runtime.prepare(chat(user("q"))), recorder)
+    assert result.error is not None
+    assert result.error.code == "max_tool_iterations"
+    assert not any(isinstance(e, ToolStarted) for e in recorder.events)
+    assert provider.calls == 1

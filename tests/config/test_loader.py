@@ -538,6 +538,7 @@ def test_redacted_uses_the_file_key_names() -> None:
                 "maxBodyBytes": 4194304,
                 "keepAliveSeconds": 15.0,
                 "streamBufferEvents": 64,
+                "streamStallSeconds": 30.0,
             },
             "ws": {
                 "handshakeTimeoutSeconds": 10.0,

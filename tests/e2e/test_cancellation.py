@@ -139,3 +139,36 @@ async def test_slow_reader_applies_backpressure_to_the_run(nursery: trio.Nursery
     with trio.fail_after(BOUND):
         await provider.call_ended.wait()
     assert provider.calls[0].outcome == "cancelled"
+
+
+async def test_client_that_stops_reading_frees_the_run_after_the_stall_deadline(
+    nursery: trio.Nursery,
+) -> None:
+    """hypercorn would hold a non-reading client's send forever: the stall deadline frees the
+    run, its session lane and its run slot while the connection is still open."""
+    provider = ScriptedProvider([Say("x" * 4096)] * 20_000 + [Hang()])
+    gateway = await start_gateway(
+        nursery,
+        {"gateway": {"http": {"streamBufferEvents": 4, "streamStallSeconds": 0.3}}},
+        providers={"local": provider},
+    )
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    body = b'{"stream": true, "messages": [{"role": "user", "content": "x"}]}'
+    request = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-epiloop-session-key: stalled\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(request)
+        await stream.receive_some(1024)  # the headers arrived; now stop reading
+        with trio.fail_after(BOUND * 2):
+            await provider.call_ended.wait()
+        assert provider.calls[0].outcome == "cancelled"
+        with trio.fail_after(BOUND):  # the run records its turn, then lets go of its ticket
+            while gateway.runtime.admission.statistics().running:
+                await trio.sleep(0.01)
+        assert gateway.runtime.admission.statistics().busy_sessions == 0
+        session = await gateway.runtime.sessions.get("stalled")
+        assert session is not None
+        assert session.last_status == "aborted"

@@ -5,7 +5,8 @@ while nothing has been emitted yet, a *retryable* upstream failure (429, 5xx, co
 timeouts) is retried with exponential backoff (``retryDelaySeconds``, doubled each time, capped
 at ``retryMaxDelaySeconds``, and never sooner than the upstream's ``Retry-After``) up to
 ``maxRetries`` times; then, or at once for a failure that retrying cannot fix, the next model in
-the chain is tried. Once the first event has been emitted there is no retry and no fallback:
+the chain is tried — at once, too, when the upstream asks to wait longer than
+``retryMaxDelaySeconds``. Once the first event has been emitted there is no retry and no fallback:
 the client has seen output, so the error is surfaced as it is.
 """
 
@@ -71,7 +72,8 @@ async def call_with_failover(
                 if emitted:
                     raise
                 last_error = exc
-                if exc.retryable and attempt < target.retry.max_retries:
+                too_long = (exc.retry_after or 0.0) > target.retry.max_delay_seconds
+                if exc.retryable and attempt < target.retry.max_retries and not too_long:
                     delay = target.retry.delay(attempt, exc.retry_after)
                     logger.info(
                         "model.retry model=%s attempt=%d delay_s=%.2f status=%s",

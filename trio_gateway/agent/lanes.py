@@ -112,9 +112,13 @@ class Admission:
         if lane is None:
             lane = self._lanes[session_key] = _Gate(1)
         if not lane.try_take():
-            with trio.move_on_after(lane_wait_seconds):
-                await lane.wait_turn()
-                lane = None  # now held
+            try:
+                with trio.move_on_after(lane_wait_seconds):
+                    await lane.wait_turn()
+                    lane = None  # now held
+            except BaseException:
+                self._drop_idle_lane(session_key)
+                raise
             if lane is not None:
                 self._drop_idle_lane(session_key)
                 raise SessionBusyError(

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from ..messages import Message, Role, ToolCall, ToolSpec
 from ..wire import chat as wire
 
-__all__ = ["client_tool_specs", "split_request", "to_message"]
+__all__ = ["client_tool_specs", "close_tool_calls", "split_request", "to_message"]
 
 _ROLES: Mapping[type, Role] = {
     wire.SystemMessage: "system",
@@ -56,3 +56,37 @@ def client_tool_specs(tools: Sequence[wire.Tool] | None) -> list[ToolSpec]:
         )
         for tool in tools or ()
     ]
+
+
+def close_tool_calls(messages: Sequence[Message]) -> list[Message]:
+    """The messages with a result for every tool call (upstreams refuse a call left open).
+
+    A call can be left without a result when a client ends a turn on a client tool call and
+    then sends a new message instead of the result; it gets an error result right after the
+    results the call's turn does have.
+    """
+    closed: list[Message] = []
+    open_calls: list[ToolCall] = []
+
+    def close_open() -> None:
+        closed.extend(
+            Message(
+                "tool",
+                "Error: no result was provided for this tool call.",
+                name=call.name,
+                tool_call_id=call.id,
+            )
+            for call in open_calls
+        )
+        open_calls.clear()
+
+    for message in messages:
+        if message.role == "tool":
+            open_calls[:] = [c for c in open_calls if c.id != message.tool_call_id]
+        else:
+            close_open()
+        closed.append(message)
+        if message.tool_calls:
+            open_calls.extend(message.tool_calls)
+    close_open()
+    return closed

@@ -82,7 +82,7 @@ from .events import (
 )
 from .failover import ModelTarget, RetryPolicy, call_with_failover
 from .lanes import Admission, Ticket
-from .prompt import client_tool_specs, split_request
+from .prompt import client_tool_specs, close_tool_calls, split_request
 from .routing import RunTarget, resolve_target
 
 __all__ = ["AgentRuntime", "PreparedRun", "RunResult", "open_runtime"]
@@ -218,12 +218,7 @@ class AgentRuntime:
         if not target.stateless:
             session = await self.sessions.get(target.session_key)
             if session is not None and session.agent_id.lower() != agent.id.lower():
-                raise InvalidRequestError(
-                    "This session key belongs to another agent; a session can only be used "
-                    "with the agent that created it.",
-                    param="x-epiloop-session-key",
-                    code="session_agent_mismatch",
-                )
+                raise _session_mismatch()
         agent_tools = self._agent_tools[agent.id]
         client_tools = client_tool_specs(chat.tools)
         for index, spec in enumerate(client_tools):
@@ -387,10 +382,11 @@ class AgentRuntime:
 
     async def _loop(self, prepared: PreparedRun, emit: EmitEvent, state: _RunState) -> FinishReason:
         history, new = await self._conversation(prepared, state)
-        messages = [*prepared.instructions, *history, *new]
+        messages = close_tool_calls([*prepared.instructions, *history, *new])
         client_names = {spec.name for spec in prepared.client_tools}
-        for _ in range(prepared.max_tool_iterations):
-            request = replace(prepared.request, messages=tuple(messages))
+        request = prepared.request
+        for iteration in range(prepared.max_tool_iterations):
+            request = replace(request, messages=tuple(messages))
             state.call_start = len(state.parts)
             completion = await self._model_call(prepared, request, emit, state, client_names)
             state.usage += completion.usage
@@ -405,6 +401,8 @@ class AgentRuntime:
                 reply = Message("assistant", state.text(), tool_calls=client_calls)
                 state.produced.append(TranscriptEntry.of(reply))
                 return "tool_calls"
+            if iteration == prepared.max_tool_iterations - 1:
+                break  # no round left to show the model the results: do not run the tools
             assistant = Message("assistant", state.call_text(), tool_calls=calls)
             state.produced.append(TranscriptEntry.of(assistant, internal=True))
             state.pending_calls = calls
@@ -412,6 +410,8 @@ class AgentRuntime:
             state.pending_calls = ()
             state.produced.extend(TranscriptEntry.of(r, internal=True) for r in results)
             messages += [assistant, *results]
+            # A forced tool_choice applies to the first call only, or the loop could not end.
+            request = replace(request, tool_choice=None)
         raise RunError(
             f"The agent called tools {prepared.max_tool_iterations} times without reaching an "
             "answer (maxToolIterations).",
@@ -429,6 +429,10 @@ class AgentRuntime:
         if session is None:
             state.new_entries = [TranscriptEntry.of(m) for m in conversation]
             return [], conversation
+        if session.agent_id.lower() != prepared.target.agent.id.lower():
+            # Checked in prepare too; checked again here, under the session's lane, because
+            # another agent's run may have created the session in between.
+            raise _session_mismatch()
         reconciled = reconcile(session.transcript, conversation)
         kept = (
             session.transcript if reconciled.keep is None else session.transcript[: reconciled.keep]
@@ -447,6 +451,8 @@ class AgentRuntime:
     ) -> Completion:
         parts, reasoning, indexes = state.parts, state.reasoning, state.client_indexes
         indexes.clear()
+        #: Pieces of calls whose name has not arrived yet: (id, arguments so far).
+        unnamed: dict[int, tuple[str | None, str]] = {}
 
         async def route(event: ModelEvent) -> None:
             if type(event) is TextDelta:
@@ -456,19 +462,29 @@ class AgentRuntime:
                 reasoning.append(event.text)
                 await emit(event)
             elif type(event) is ToolCallDelta:
-                if event.name is not None and event.index not in indexes:
-                    if event.name not in client_names:
+                index = event.index
+                if index not in indexes:
+                    if event.name is None:
+                        call_id, arguments = unnamed.get(index, (None, ""))
+                        unnamed[index] = (call_id or event.id, arguments + event.arguments)
                         return
-                    indexes[event.index] = state.client_calls_seen
+                    call_id, arguments = unnamed.pop(index, (None, ""))
+                    if event.name not in client_names:
+                        indexes[index] = -1  # an agent tool: the client never sees it
+                        return
+                    indexes[index] = state.client_calls_seen
                     state.client_calls_seen += 1
-                client_index = indexes.get(event.index)
-                if client_index is not None:
+                    event = ToolCallDelta(
+                        index, event.id or call_id, event.name, arguments + event.arguments
+                    )
+                client_index = indexes[index]
+                if client_index >= 0:
                     await emit(replace(event, index=client_index))
 
         try:
             completion, _ = await call_with_failover(prepared.chain, request, route)
-        except GatewayError:
-            raise
+        except (GatewayError, trio.BrokenResourceError, trio.ClosedResourceError):
+            raise  # ours, or the consumer went away: not a provider bug
         except Exception as exc:
             # A provider bug, not an upstream answer: keep the details in the log only.
             logger.exception("provider.crashed run_id=%s", prepared.run_id)
@@ -552,6 +568,15 @@ class AgentRuntime:
                 logger.exception("session.record.failed run_id=%s", prepared.run_id)
         if scope.cancelled_caught:
             logger.error("session.record.failed run_id=%s reason=timeout", prepared.run_id)
+
+
+def _session_mismatch() -> InvalidRequestError:
+    return InvalidRequestError(
+        "This session key belongs to another agent; a session can only be used with the agent "
+        "that created it.",
+        param="x-epiloop-session-key",
+        code="session_agent_mismatch",
+    )
 
 
 @asynccontextmanager

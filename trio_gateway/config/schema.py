@@ -66,6 +66,8 @@ class HttpConfig(_Section, frozen=True):
     keep_alive_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15.0
     #: Events buffered between an agent run and a slow client before the run waits.
     stream_buffer_events: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 64
+    #: A stream whose client reads nothing for this long is abandoned: its run is aborted.
+    stream_stall_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
 
 
 class AuthConfig(_Section, frozen=True):

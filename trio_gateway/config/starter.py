@@ -51,4 +51,10 @@ def redacted(config: Config) -> dict[str, object]:
     for key in ("token", "password"):
         if auth.get(key) is not None:
             auth[key] = REDACTED
+    for provider in data["models"]["providers"].values():
+        if provider.get("apiKey") is not None:
+            provider["apiKey"] = REDACTED
+        # Headers often carry credentials (Authorization, x-api-key): show only their names.
+        for name in provider.get("headers", {}):
+            provider["headers"][name] = REDACTED
     return data

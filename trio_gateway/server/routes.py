@@ -85,6 +85,7 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
                 include_usage=chat.include_usage,
                 keep_alive_seconds=http.keep_alive_seconds,
                 buffer_events=http.stream_buffer_events,
+                stall_seconds=http.stream_stall_seconds,
             )
             response = Response(stream, status=200, content_type="text/event-stream")
             response.headers.update(_SSE_HEADERS)

@@ -51,6 +51,7 @@ class ChatStreamBody(ResponseBody):
         include_usage: bool,
         keep_alive_seconds: float,
         buffer_events: int,
+        stall_seconds: float,
     ) -> None:
         self._runtime = runtime
         self._prepared = prepared
@@ -61,6 +62,7 @@ class ChatStreamBody(ResponseBody):
         self._include_usage = include_usage
         self._keep_alive_seconds = keep_alive_seconds
         self._buffer_events = buffer_events
+        self._stall_seconds = stall_seconds
         self._stack = AsyncExitStack()
         self._nursery: trio.Nursery | None = None
         self._receive: trio.MemoryReceiveChannel[RunEvent] | None = None
@@ -80,16 +82,40 @@ class ChatStreamBody(ResponseBody):
     ) -> None:
         assert self._nursery is not None
         assert self._receive is not None
-        self._receive.close()
         if exc_type is not None:
-            # The send loop failed or was cancelled (typically: the client went away).
+            # The send loop failed or was cancelled (typically: the client went away). Cancel
+            # before closing the channel, so a producer blocked on a full channel sees
+            # Cancelled (an aborted run), not a broken channel.
             self._nursery.cancel_scope.cancel(reason="the response stream was abandoned")
+        self._receive.close()
         await self._stack.__aexit__(exc_type, exc_value, tb)
 
     async def _produce(self, send: trio.MemorySendChannel[RunEvent]) -> None:
+        nursery = self._nursery
+        assert nursery is not None
+        stall_seconds = self._stall_seconds
+
+        async def deliver(event: RunEvent) -> None:
+            try:
+                send.send_nowait(event)  # the usual case: the writer keeps up
+                await trio.lowlevel.checkpoint()
+                return
+            except trio.WouldBlock:
+                pass
+            with trio.move_on_after(stall_seconds) as scope:
+                await send.send(event)
+            if scope.cancelled_caught:
+                # The client stopped reading (hypercorn would hold the send forever): free the
+                # run, its lane and its slot; it is recorded as aborted.
+                logger.info(
+                    "stream.stalled run_id=%s seconds=%g", self._prepared.run_id, stall_seconds
+                )
+                nursery.cancel_scope.cancel(reason="the client stopped reading the stream")
+                await trio.lowlevel.checkpoint()
+
         with send, self._ticket:
             try:
-                await self._runtime.run(self._prepared, send.send)
+                await self._runtime.run(self._prepared, deliver)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 # The writer stopped reading; it is already ending the response.
                 pass
