@@ -47,41 +47,30 @@ class SSEDecoder:
         self._after_cr = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        self._buffer += chunk
+        """The events that ``chunk`` completes. Linear in the input: every byte is scanned a
+        bounded number of times, however the stream is split into chunks."""
+        if self._after_cr and chunk:
+            self._after_cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]  # the second half of a CRLF split across chunks
+        if b"\r" in chunk:
+            # A CR at the very end ends its line now; an LF that follows it later is dropped.
+            self._after_cr = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\n" not in chunk:
+            self._buffer += chunk
+            return []
+        lines = (self._buffer + chunk).split(b"\n")
+        self._buffer = lines.pop()  # the incomplete last line, if any
         events: list[SSEEvent] = []
-        while (line := self._next_line()) is not None:
-            event = self._process_line(line)
+        for raw in lines:
+            if self._first_line:
+                self._first_line = False
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            event = self._process_line(raw.decode("utf-8", errors="replace"))
             if event is not None:
                 events.append(event)
         return events
-
-    def _next_line(self) -> str | None:
-        buffer = self._buffer
-        if self._after_cr and buffer:
-            self._after_cr = False
-            if buffer[:1] == b"\n":
-                buffer = buffer[1:]
-        cr = buffer.find(b"\r")
-        lf = buffer.find(b"\n")
-        if cr == -1 and lf == -1:
-            self._buffer = buffer
-            return None
-        end = cr if cr != -1 and (lf == -1 or cr < lf) else lf
-        if end == cr:
-            if buffer[cr + 1 : cr + 2] == b"\n":
-                skip = 2
-            else:
-                skip = 1
-                # A CR that ends the buffer: a following LF would be part of this line ending.
-                self._after_cr = cr == len(buffer) - 1
-        else:
-            skip = 1
-        raw = buffer[:end]
-        self._buffer = buffer[end + skip :]
-        if self._first_line:
-            self._first_line = False
-            raw = raw.removeprefix(b"\xef\xbb\xbf")
-        return raw.decode("utf-8", errors="replace")
 
     def _process_line(self, line: str) -> SSEEvent | None:
         if not line:
