@@ -1,4 +1,6 @@
-"""The ``epiloop`` command: ``gateway`` serves, ``config init|validate|show`` manage the config.
+"""The ``epiloop`` command: ``gateway`` serves, ``config init|validate|show`` manage the config;
+``agent``, ``sessions``, ``health`` and ``status`` talk to a running gateway over its WebSocket
+control plane (``agent --local`` runs in-process instead).
 
 This is the only module that configures logging handlers and talks to the terminal.
 """
@@ -10,7 +12,10 @@ import os
 import secrets
 import signal
 import sys
-from functools import partial
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial, wraps
 from pathlib import Path
 
 import click
@@ -18,7 +23,9 @@ import msgspec
 import trio
 
 from ._version import __version__
-from .agent import open_runtime
+from .agent import RunEvent, open_runtime
+from .agent.events import ToolFinished, ToolStarted
+from .agent.routing import select_agent
 from .auth import is_loopback_host, needs_secret
 from .config import (
     Config,
@@ -29,8 +36,23 @@ from .config import (
     starter_config,
     state_dir,
 )
-from .errors import ConfigError
+from .control_client import (
+    GATEWAY_UNREACHABLE,
+    ControlClient,
+    is_auth_failure,
+    open_control_client,
+)
+from .errors import (
+    ConfigError,
+    ControlPlaneError,
+    GatewayError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    RequestError,
+)
+from .providers.base import ReasoningDelta, TextDelta
 from .server import check_exposure, resolve_host, serve_gateway
+from .wire.chat import ChatRequest
 
 __all__ = ["main"]
 
@@ -183,3 +205,719 @@ def config_show(config_file: Path | None) -> None:
     for name, source in sorted(loaded.secret_sources.items()):
         click.echo(f"gateway.auth.{name} from {source}", err=True)
     click.echo(msgspec.json.format(msgspec.json.encode(redacted(loaded.config)), indent=2))
+
+
+# -- talking to a running gateway: agent, sessions, health, status ---------------------------
+#
+# These commands speak the WebSocket control plane (trio_gateway.control_client). Exit status:
+# 0 done, 1 the run or request failed, 2 usage or configuration error, 3 the gateway is not
+# running, 4 authentication failed, 130 interrupted (Ctrl-C).
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_AUTH = 4
+EXIT_INTERRUPTED = 130
+
+#: Longest tool arguments shown in a ``[tool]`` line.
+_TOOL_ARGS_SHOWN = 80
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "*", "")
+
+
+class _Exit(Exception):
+    """Ends a command: ``message`` on stderr, exit status ``exit_code`` (see ``_exits``)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+def _exits(command: Callable[..., None]) -> Callable[..., None]:
+    """Turn an ``_Exit`` raised by ``command`` into its message and exit status."""
+
+    @wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> None:
+        try:
+            command(*args, **kwargs)
+        except _Exit as exc:
+            click.echo(exc.message, err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where the control plane is and the credential to give it."""
+
+    url: str
+    token: str | None
+    password: str | None
+
+
+def _gateway_url(config: Config) -> str:
+    host = resolve_host(config.gateway.bind)
+    if host in _WILDCARD_HOSTS:
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    if config.gateway.port == 0:
+        raise _Exit("gateway.port is 0 (a random port): pass --url ws://HOST:PORT/ws", EXIT_USAGE)
+    return f"ws://{host}:{config.gateway.port}/ws"
+
+
+def _control_url(url: str) -> str:
+    """Accept the gateway's own ``http://host:port`` (as ``epiloop gateway`` prints it)."""
+    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
+        if url.startswith(http):
+            url = ws + url[len(http) :]
+            if url.count("/") == 2:  # no path: the control plane's
+                url += "/ws"
+    return url
+
+
+def _target(
+    url: str | None, token: str | None, password: str | None, config_file: Path | None
+) -> _Target:
+    if url is not None:
+        url = _control_url(url)
+    if url is not None and (token is not None or password is not None):
+        return _Target(url, token, password)
+    try:
+        config = load_config(config_file).config
+    except ConfigError as exc:
+        raise _Exit(f"invalid configuration: {exc}", EXIT_USAGE) from exc
+    if token is None and password is None:
+        auth = config.gateway.auth
+        if auth.mode == "token":
+            token = auth.token
+        elif auth.mode == "password":
+            password = auth.password
+    return _Target(url if url is not None else _gateway_url(config), token, password)
+
+
+def _client_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options every command that talks to a running gateway takes (and ``_exits``)."""
+    options = (
+        click.option(
+            "--url",
+            envvar="EPILOOP_GATEWAY_URL",
+            help="The control plane (default: $EPILOOP_GATEWAY_URL, else "
+            "ws://127.0.0.1:<gateway.port>/ws).",
+        ),
+        click.option(
+            "--token",
+            help="The gateway token (default: gateway.auth.token or $EPILOOP_GATEWAY_TOKEN).",
+        ),
+        click.option(
+            "--password",
+            help="The gateway password, in auth mode password (default: gateway.auth.password "
+            "or $EPILOOP_GATEWAY_PASSWORD).",
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Config file to read the port and credentials from.",
+        ),
+    )
+    command = _exits(command)
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _control_failure(error: ControlPlaneError, url: str) -> _Exit:
+    """The message and exit status for a control-plane error."""
+    if error.code == GATEWAY_UNREACHABLE:
+        return _Exit(
+            f"the gateway is not running at {url} (start it with 'epiloop gateway')",
+            EXIT_UNREACHABLE,
+        )
+    if is_auth_failure(error):
+        return _Exit("authentication failed: check gateway.auth / EPILOOP_GATEWAY_TOKEN", EXIT_AUTH)
+    if error.code in ("invalid_params", "invalid_url", "invalid_request_error"):
+        return _Exit(error.message, EXIT_USAGE)
+    return _Exit(f"{error.message} ({error.code})", EXIT_FAILED)
+
+
+def _run_client(target: _Target, work: Callable[[ControlClient], Awaitable[int]]) -> None:
+    """Connect, do ``work`` and exit with its status; control-plane errors become messages."""
+
+    async def connected() -> int:
+        async with open_control_client(
+            target.url, token=target.token, password=target.password
+        ) as client:
+            return await work(client)
+
+    try:
+        status = trio.run(connected)
+    except ControlPlaneError as exc:
+        raise _control_failure(exc, target.url) from exc
+    except KeyboardInterrupt:
+        raise _Exit("interrupted", EXIT_INTERRUPTED) from None
+    if status:
+        sys.exit(status)
+
+
+def _print_json(payload: object) -> None:
+    click.echo(msgspec.json.format(msgspec.json.encode(payload), indent=2))
+
+
+class _Printer:
+    """Renders a run as it happens: the answer on stdout, tools and reasoning on stderr."""
+
+    def __init__(self, *, quiet: bool, reasoning: bool) -> None:
+        self.quiet = quiet
+        self.show_reasoning = reasoning
+        self.mid_line = False
+        #: A ``[tool]`` line starts on a line of its own on a terminal; the answer written to a
+        #: file or pipe stays exactly the answer.
+        self.shared_terminal = sys.stdout.isatty() and sys.stderr.isatty()
+        self._tool_args: dict[str, str] = {}
+
+    def text(self, delta: str) -> None:
+        if self.quiet or not delta:
+            return
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+        self.mid_line = not delta.endswith("\n")
+
+    def reasoning(self, delta: str) -> None:
+        if self.quiet or not self.show_reasoning:
+            return
+        click.echo(click.style(delta, dim=True), err=True, nl=False)
+
+    def tool_started(self, call_id: str, arguments: str) -> None:
+        self._tool_args[call_id] = arguments
+
+    def tool_finished(self, call_id: str, name: str, ok: bool) -> None:
+        if self.quiet:
+            return
+        arguments = self._tool_args.pop(call_id, "")
+        if len(arguments) > _TOOL_ARGS_SHOWN:
+            arguments = arguments[: _TOOL_ARGS_SHOWN - 1] + "…"
+        if self.shared_terminal:
+            self._break_line()
+        click.echo(f"[tool] {name}({arguments}) → {'ok' if ok else 'error'}", err=True)
+
+    def end(self) -> None:
+        """Finish the answer's last line."""
+        self._break_line()
+
+    def _break_line(self) -> None:
+        if self.mid_line:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.mid_line = False
+
+
+class _EventView(msgspec.Struct, frozen=True):
+    """The part of an ``agent`` event payload the CLI renders."""
+
+    stream: str
+    data: dict[str, object] = msgspec.field(default_factory=dict)
+
+
+class _ErrorView(msgspec.Struct, frozen=True):
+    code: str | None = None
+    message: str = ""
+
+
+class _ResultView(msgspec.Struct, frozen=True):
+    """The part of a run's final result the CLI reads."""
+
+    status: str
+    error: _ErrorView | None = None
+
+
+def _show_event(printer: _Printer, payload: dict[str, object]) -> None:
+    try:
+        event = msgspec.convert(payload, _EventView)
+    except msgspec.ValidationError:
+        return  # not one we know how to show
+    data = event.data
+    delta = data.get("delta")
+    if event.stream == "assistant" and isinstance(delta, str):
+        printer.text(delta)
+    elif event.stream == "reasoning" and isinstance(delta, str):
+        printer.reasoning(delta)
+    elif event.stream == "tool":
+        call_id, name = str(data.get("callId", "")), str(data.get("name", "?"))
+        if data.get("phase") == "start":
+            printer.tool_started(call_id, str(data.get("arguments", "")))
+        elif data.get("phase") == "result":
+            printer.tool_finished(call_id, name, data.get("ok") is True)
+
+
+def _finish_run(printer: _Printer, result: dict[str, object], *, as_json: bool) -> int:
+    """Print the end of a run; its exit status."""
+    printer.end()
+    if as_json:
+        _print_json(result)
+    try:
+        view = msgspec.convert(result, _ResultView)
+    except msgspec.ValidationError:
+        click.echo(f"unexpected result from the gateway: {result!r}", err=True)
+        return EXIT_FAILED
+    if view.status == "completed":
+        return 0
+    if view.status == "aborted":
+        click.echo("the run was aborted", err=True)
+        return EXIT_FAILED
+    error = view.error or _ErrorView()
+    code = f" ({error.code})" if error.code else ""
+    click.echo(f"the run failed: {error.message or 'no reason given'}{code}", err=True)
+    return EXIT_FAILED
+
+
+def _unknown_agent_message(agent_id: str, available: list[str]) -> str:
+    return f"unknown agent '{agent_id}' (available: {', '.join(available) or 'none'})"
+
+
+async def _unknown_agent(client: ControlClient, agent_id: str) -> _Exit:
+    try:
+        listed = await client.request("agents.list")
+    except ControlPlaneError:
+        listed = {}
+    agents = listed.get("agents")
+    ids = [
+        str(entry.get("id"))
+        for entry in (agents if isinstance(agents, list) else [])
+        if isinstance(entry, dict)
+    ]
+    return _Exit(_unknown_agent_message(agent_id, ids), EXIT_USAGE)
+
+
+@dataclass
+class _Interrupt:
+    """Ctrl-C during a run: cancels ``scope`` (the run) instead of raising KeyboardInterrupt."""
+
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    happened: bool = False
+
+    async def watch(self, signals: AsyncIterator[int]) -> None:
+        async for _ in signals:
+            self.happened = True
+            self.scope.cancel(reason="SIGINT: the user interrupted the run")
+            return
+
+
+async def _agent_remote(
+    target: _Target,
+    message: str,
+    *,
+    agent_id: str | None,
+    session_key: str | None,
+    printer: _Printer,
+) -> dict[str, object] | None:
+    """Run over the control plane; ``None`` if Ctrl-C aborted the run."""
+    interrupt = _Interrupt()
+    result: dict[str, object] | None = None
+    failure: ControlPlaneError | _Exit | None = None
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(interrupt.watch, signals)
+            try:
+                with interrupt.scope:
+                    async with open_control_client(
+                        target.url, token=target.token, password=target.password
+                    ) as client:
+                        try:
+                            # Cancelling run_agent (Ctrl-C) sends agent.abort, bounded.
+                            result = await client.run_agent(
+                                message,
+                                agent_id=agent_id,
+                                session_key=session_key,
+                                on_event=partial(_show_event, printer),
+                            )
+                        except ControlPlaneError as exc:
+                            if exc.code != "model_not_found" or agent_id is None:
+                                raise
+                            failure = await _unknown_agent(client, agent_id)
+            except (ControlPlaneError, _Exit) as exc:
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel(reason="the run is over")
+    if isinstance(failure, ControlPlaneError):
+        raise _control_failure(failure, target.url) from failure
+    if failure is not None:
+        raise failure
+    if result is None and not interrupt.happened:
+        raise _Exit("the run ended without a result", EXIT_FAILED)
+    return result
+
+
+async def _agent_local(
+    config: Config,
+    state: Path,
+    message: str,
+    *,
+    agent_id: str | None,
+    session_key: str | None,
+    printer: _Printer,
+) -> dict[str, object] | None:
+    """The same run in this process, without a gateway; ``None`` if Ctrl-C aborted it."""
+    try:
+        agent = select_agent(config, header_agent_id=agent_id, model="epiloop")
+    except ModelNotFoundError as exc:
+        available = [entry.id for entry in config.agents.entries]
+        raise _Exit(_unknown_agent_message(agent_id or "", available), EXIT_USAGE) from exc
+    except RequestError as exc:
+        raise _Exit(exc.message, EXIT_USAGE) from exc
+    chat = msgspec.convert({"messages": [{"role": "user", "content": message}]}, ChatRequest)
+
+    async def emit(event: RunEvent) -> None:
+        if isinstance(event, TextDelta):
+            printer.text(event.text)
+        elif isinstance(event, ReasoningDelta):
+            printer.reasoning(event.text)
+        elif isinstance(event, ToolStarted):
+            printer.tool_started(event.call_id, event.arguments)
+        elif isinstance(event, ToolFinished):
+            printer.tool_finished(event.call_id, event.name, event.ok)
+
+    interrupt = _Interrupt()
+    result: dict[str, object] | None = None
+    failure: _Exit | None = None
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with open_runtime(config, state_dir=state) as runtime, trio.open_nursery() as nursery:
+            nursery.start_soon(interrupt.watch, signals)
+            try:
+                with interrupt.scope:
+                    prepared = await runtime.prepare(
+                        chat,
+                        header_agent_id=agent.id,
+                        header_session_key=session_key or f"agent:{agent.id.lower()}:main",
+                    )
+                    ticket = await runtime.admit(prepared)
+                    with ticket:
+                        run = await runtime.run(prepared, emit)
+                    result = {
+                        "runId": prepared.run_id,
+                        "status": run.status,
+                        "text": run.text,
+                        "stopReason": run.finish_reason,
+                        "usage": {
+                            "promptTokens": run.usage.prompt_tokens,
+                            "completionTokens": run.usage.completion_tokens,
+                        },
+                    }
+                    if run.error is not None:
+                        result["error"] = {"code": run.error.code, "message": run.error.message}
+            except (InvalidRequestError, ModelNotFoundError) as exc:
+                failure = _Exit(exc.message, EXIT_USAGE)
+            except GatewayError as exc:
+                failure = _Exit(f"{exc.message} ({exc.code})", EXIT_FAILED)
+            finally:
+                nursery.cancel_scope.cancel(reason="the run is over")
+    if failure is not None:
+        raise failure
+    return result
+
+
+@main.command("agent")
+@click.option("-m", "--message", required=True, help="The message to send.")
+@click.option("--agent", "agent_id", help="The agent (default: the default agent).")
+@click.option(
+    "--session-key",
+    help="The session (default: the agent's main session, agent:<id>:main).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print only the final result, as JSON.")
+@click.option("--local", is_flag=True, help="Run in this process, without a gateway.")
+@click.option("--reasoning", is_flag=True, help="Show the model's reasoning (dim, on stderr).")
+@_client_options
+def agent_command(
+    message: str,
+    agent_id: str | None,
+    session_key: str | None,
+    as_json: bool,
+    local: bool,
+    reasoning: bool,
+    url: str | None,
+    token: str | None,
+    password: str | None,
+    config_file: Path | None,
+) -> None:
+    """Send a message to an agent and stream its answer.
+
+    Without --local it goes through the running gateway. Ctrl-C aborts the run (exit 130).
+    """
+    printer = _Printer(quiet=as_json, reasoning=reasoning)
+    if local:
+        try:
+            config = load_config(config_file).config
+        except ConfigError as exc:
+            raise _Exit(f"invalid configuration: {exc}", EXIT_USAGE) from exc
+        run = partial(
+            _agent_local,
+            config,
+            state_dir(),
+            message,
+            agent_id=agent_id,
+            session_key=session_key,
+            printer=printer,
+        )
+    else:
+        target = _target(url, token, password, config_file)
+        run = partial(
+            _agent_remote,
+            target,
+            message,
+            agent_id=agent_id,
+            session_key=session_key,
+            printer=printer,
+        )
+    result = trio.run(run)
+    if result is None:
+        printer.end()
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    status = _finish_run(printer, result, as_json=as_json)
+    if status:
+        sys.exit(status)
+
+
+@main.group()
+def sessions() -> None:
+    """List, show, reset and delete the gateway's sessions."""
+
+
+def _when(value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+class _SessionView(msgspec.Struct, frozen=True, rename="camel"):
+    key: str
+    agent_id: str = "?"
+    updated_at: float | None = None
+    last_status: str | None = None
+    message_count: int = 0
+
+
+class _ToolCallView(msgspec.Struct, frozen=True):
+    name: str = "?"
+    arguments: str = ""
+
+
+class _EntryView(msgspec.Struct, frozen=True, rename="camel"):
+    role: str
+    content: str = ""
+    status: str = "completed"
+    tool_calls: list[_ToolCallView] = msgspec.field(default_factory=list)
+    internal: bool = False
+
+
+def _transcript_line(entry: _EntryView) -> str:
+    parts = [entry.content.replace("\\", "\\\\").replace("\n", "\\n")] if entry.content else []
+    parts.extend(f"→ {call.name}({call.arguments})" for call in entry.tool_calls)
+    line = f"{entry.role}: {' '.join(parts)}".rstrip()
+    if entry.status != "completed":
+        line += f" [{entry.status}]"
+    return line
+
+
+def _not_found_is_usage(
+    work: Callable[[ControlClient], Awaitable[int]], key: str
+) -> Callable[[ControlClient], Awaitable[int]]:
+    """``not_found`` from a session method: a clear message and exit 1."""
+
+    async def wrapped(client: ControlClient) -> int:
+        try:
+            return await work(client)
+        except ControlPlaneError as exc:
+            if exc.code != "not_found":
+                raise
+            click.echo(f"no session '{key}'", err=True)
+            return EXIT_FAILED
+
+    return wrapped
+
+
+@sessions.command("list")
+@click.option("--agent", "agent_id", help="Only this agent's sessions.")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
+@_client_options
+def sessions_list(
+    agent_id: str | None,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    password: str | None,
+    config_file: Path | None,
+) -> None:
+    """List sessions, most recently used first."""
+
+    async def work(client: ControlClient) -> int:
+        params = {"agentId": agent_id} if agent_id is not None else None
+        payload = await client.request("sessions.list", params)
+        if as_json:
+            _print_json(payload)
+            return 0
+        listed = msgspec.convert(payload.get("sessions", []), list[_SessionView])
+        if not listed:
+            click.echo("no sessions")
+            return 0
+        rows = [("KEY", "AGENT", "MESSAGES", "LAST", "UPDATED")]
+        rows += [
+            (s.key, s.agent_id, str(s.message_count), s.last_status or "-", _when(s.updated_at))
+            for s in listed
+        ]
+        _table(rows)
+        return 0
+
+    _run_client(_target(url, token, password, config_file), work)
+
+
+@sessions.command("show")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
+@_client_options
+def sessions_show(
+    key: str,
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    password: str | None,
+    config_file: Path | None,
+) -> None:
+    """Print a session's transcript, one message per line."""
+
+    async def work(client: ControlClient) -> int:
+        payload = await client.request("sessions.get", {"key": key})
+        if as_json:
+            _print_json(payload)
+            return 0
+        for entry in msgspec.convert(payload.get("transcript", []), list[_EntryView]):
+            click.echo(_transcript_line(entry))
+        return 0
+
+    _run_client(_target(url, token, password, config_file), _not_found_is_usage(work, key))
+
+
+@sessions.command("reset")
+@click.argument("key")
+@_client_options
+def sessions_reset(
+    key: str, url: str | None, token: str | None, password: str | None, config_file: Path | None
+) -> None:
+    """Empty a session's transcript (the key stays)."""
+
+    async def work(client: ControlClient) -> int:
+        await client.request("sessions.reset", {"key": key})
+        click.echo(f"reset {key}")
+        return 0
+
+    _run_client(_target(url, token, password, config_file), _not_found_is_usage(work, key))
+
+
+@sessions.command("delete")
+@click.argument("key")
+@_client_options
+def sessions_delete(
+    key: str, url: str | None, token: str | None, password: str | None, config_file: Path | None
+) -> None:
+    """Delete a session and its transcript."""
+
+    async def work(client: ControlClient) -> int:
+        await client.request("sessions.delete", {"key": key})
+        click.echo(f"deleted {key}")
+        return 0
+
+    _run_client(_target(url, token, password, config_file), _not_found_is_usage(work, key))
+
+
+@main.command("health")
+@_client_options
+def health(
+    url: str | None, token: str | None, password: str | None, config_file: Path | None
+) -> None:
+    """Check that the gateway is up: prints "ok" and exits 0 when it is."""
+
+    async def work(client: ControlClient) -> int:
+        payload = await client.request("health")
+        if payload.get("ok") is not True:
+            click.echo(f"not ok: {payload!r}", err=True)
+            return EXIT_FAILED
+        click.echo("ok")
+        return 0
+
+    _run_client(_target(url, token, password, config_file), work)
+
+
+class _RunView(msgspec.Struct, frozen=True, rename="camel"):
+    run_id: str
+    agent_id: str = "?"
+    session_key: str = "?"
+    age_seconds: float = 0.0
+    text_chars: int = 0
+    source: str = "?"
+
+
+class _AdmissionView(msgspec.Struct, frozen=True, rename="camel"):
+    running: int = 0
+    queued: int = 0
+    busy_sessions: int = 0
+    waiting_for_session: int = 0
+
+
+class _StatusView(msgspec.Struct, frozen=True, rename="camel"):
+    uptime_seconds: float = 0.0
+    runs: list[_RunView] = msgspec.field(default_factory=list)
+    admission: _AdmissionView = msgspec.field(default_factory=_AdmissionView)
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
+@_client_options
+def status(
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    password: str | None,
+    config_file: Path | None,
+) -> None:
+    """Show the runs in progress and the admission counters."""
+
+    async def work(client: ControlClient) -> int:
+        payload = await client.request("status")
+        if as_json:
+            _print_json(payload)
+            return 0
+        view = msgspec.convert(payload, _StatusView)
+        counts = view.admission
+        click.echo(
+            f"up {view.uptime_seconds:.0f}s; running {counts.running}, queued {counts.queued}, "
+            f"busy sessions {counts.busy_sessions}, waiting for a session "
+            f"{counts.waiting_for_session}"
+        )
+        if not view.runs:
+            click.echo("no runs in progress")
+            return 0
+        rows = [("RUN", "AGENT", "SESSION", "AGE", "TEXT", "SOURCE")]
+        rows += [
+            (
+                run.run_id,
+                run.agent_id,
+                run.session_key,
+                f"{run.age_seconds:.1f}s",
+                f"{run.text_chars} chars",
+                run.source,
+            )
+            for run in view.runs
+        ]
+        _table(rows)
+        return 0
+
+    _run_client(_target(url, token, password, config_file), work)
