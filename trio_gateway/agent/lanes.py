@@ -18,6 +18,7 @@ leaves its queue, and a grant that raced with the cancellation is passed on, nev
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -101,17 +102,40 @@ class AdmissionStatistics:
 
 
 class Admission:
-    def __init__(self, *, max_concurrent: int, max_queued: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_concurrent: int,
+        max_queued: int,
+        on_change: Callable[[Admission], None] | None = None,
+    ) -> None:
         self._slots = _Gate(max_concurrent)
         self._max_queued = max_queued
         self._lanes: dict[str, _Gate] = {}
+        #: Called (synchronously) when the queues change: exports their depth.
+        self._on_change = on_change or (lambda admission: None)
+
+    def resize(self, *, max_concurrent: int, max_queued: int) -> None:
+        """New limits, for new admissions (a config reload); runs already admitted stay."""
+        self._slots.capacity = max_concurrent
+        self._max_queued = max_queued
+        while self._slots.waiters and self._slots.held < max_concurrent:
+            self._slots.held += 1
+            self._slots.release()  # hands the new unit to the first waiter
 
     async def admit(self, session_key: str, *, lane_wait_seconds: float) -> Ticket:
         """Wait for the session's lane, then for a run slot; see the module docstring."""
+        try:
+            return await self._admit(session_key, lane_wait_seconds)
+        finally:
+            self._on_change(self)
+
+    async def _admit(self, session_key: str, lane_wait_seconds: float) -> Ticket:
         lane = self._lanes.get(session_key)
         if lane is None:
             lane = self._lanes[session_key] = _Gate(1)
         if not lane.try_take():
+            self._on_change(self)
             try:
                 with trio.move_on_after(lane_wait_seconds):
                     await lane.wait_turn()
@@ -133,6 +157,7 @@ class Admission:
                         "retry shortly.",
                         retry_after=1,
                     )
+                self._on_change(self)
                 await self._slots.wait_turn()
         except BaseException:
             self._release_lane(session_key)
@@ -142,6 +167,7 @@ class Admission:
     def _release(self, session_key: str) -> None:
         self._slots.release()
         self._release_lane(session_key)
+        self._on_change(self)
 
     def _release_lane(self, session_key: str) -> None:
         self._lanes[session_key].release()

@@ -30,12 +30,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import msgspec
 import trio
 
+from .. import metrics
+from ..auth import needs_secret
 from ..config import AgentConfig, Config
+from ..config.loader import load_config
 from ..config.loader import state_dir as default_state_dir
 from ..config.schema import EchoProviderConfig
 from ..errors import (
+    ConfigError,
+    DrainingError,
     GatewayError,
     InvalidRequestError,
     ProviderError,
@@ -44,6 +50,7 @@ from ..errors import (
     RunTimeoutError,
     ToolError,
 )
+from ..logs import run_id_var
 from ..messages import Message, ToolCall, ToolSpec
 from ..providers import build_providers
 from ..providers.base import (
@@ -77,6 +84,7 @@ from .events import (
     RunFinished,
     RunResult,
     RunStarted,
+    RunTimings,
     ToolFinished,
     ToolStarted,
 )
@@ -129,6 +137,10 @@ class _RunState:
     #: Index into ``parts`` where the current model call's text starts.
     call_start: int = 0
     usage: TokenUsage = field(default_factory=TokenUsage)
+    upstream_seconds: float = 0.0
+    tool_seconds: float = 0.0
+    started_at: float = field(default_factory=time.monotonic)
+    first_text_at: float | None = None
     new_entries: list[TranscriptEntry] = field(default_factory=list)
     produced: list[TranscriptEntry] = field(default_factory=list)
     keep: int | None = None
@@ -142,6 +154,15 @@ class _RunState:
 
     def call_text(self) -> str:
         return "".join(self.parts[self.call_start :])
+
+    def timings(self, started: float) -> RunTimings:
+        first = None if self.first_text_at is None else self.first_text_at - started
+        return RunTimings(
+            upstream=self.upstream_seconds,
+            tools=self.tool_seconds,
+            total=time.monotonic() - started,
+            first_text=first,
+        )
 
 
 class AgentRuntime:
@@ -168,17 +189,85 @@ class AgentRuntime:
         #: Where detached runs live (set by whoever serves the runtime; see serve_gateway).
         self.background: trio.Nursery | None = None
         self.started_at = time.time()
+        #: Set when the gateway begins shutting down: /readyz answers 503 from then on.
+        self.draining = False
         self.admission = Admission(
-            max_concurrent=defaults.max_concurrent, max_queued=defaults.max_queued
+            max_concurrent=defaults.max_concurrent,
+            max_queued=defaults.max_queued,
+            on_change=_export_queue_depth,
         )
-        self._chains = {agent.id: self._chain(agent) for agent in config.agents.entries}
-        self._agent_tools = {
+        #: Where the config came from (a file path), for ``reload``; ``None``: not reloadable.
+        self.config_path: Path | None = None
+        #: Providers replaced by a reload; runs that started before it may still use them.
+        self.retired_providers: list[Mapping[str, Provider]] = []
+        self._chains, self._agent_tools = self._derive(config)
+
+    def _derive(
+        self, config: Config
+    ) -> tuple[dict[str, tuple[ModelTarget, ...]], dict[str, dict[str, Tool]]]:
+        """The per-agent model chains and tools for ``config`` (with ``self.providers``)."""
+        defaults = config.agents.defaults
+        chains = {agent.id: self._chain(agent, config) for agent in config.agents.entries}
+        tools = {
             agent.id: {tool.spec.name: tool for tool in self.tools.tools_for(agent, defaults)}
             for agent in config.agents.entries
         }
+        return chains, tools
 
-    def _chain(self, agent: AgentConfig) -> tuple[ModelTarget, ...]:
-        defaults = self.config.agents.defaults
+    def reload(self, config: Config) -> list[str]:
+        """Apply a new, validated config to new runs; runs in progress keep what they started
+        with. Returns warnings about settings that need a restart to apply."""
+        current = self.config
+        auth = config.gateway.auth
+        if needs_secret(auth):
+            # The running gateway may be using a generated secret: keep it rather than lock
+            # every client out.
+            if current.gateway.auth.mode != auth.mode or current.gateway.auth.secret is None:
+                raise ConfigError(
+                    f"no {auth.mode} is set; the running gateway would refuse every request",
+                    path=f"gateway.auth.{auth.mode}",
+                )
+            kept = msgspec.structs.replace(auth, **{auth.mode: current.gateway.auth.secret})
+            gateway = msgspec.structs.replace(config.gateway, auth=kept)
+            config = msgspec.structs.replace(config, gateway=gateway)
+        providers = build_providers(config)
+        previous_providers = self.providers
+        self.providers = providers
+        try:
+            chains, tools = self._derive(config)
+        except BaseException:
+            self.providers = previous_providers
+            raise
+        self.retired_providers.append(previous_providers)
+        self.config, self._chains, self._agent_tools = config, chains, tools
+        defaults = config.agents.defaults
+        self.admission.resize(
+            max_concurrent=defaults.max_concurrent, max_queued=defaults.max_queued
+        )
+        warnings = []
+        if config.session != current.session:
+            warnings.append("session settings change only after a restart")
+        old_gateway, new_gateway = current.gateway, config.gateway
+        if (old_gateway.port, old_gateway.bind) != (new_gateway.port, new_gateway.bind):
+            warnings.append("gateway.port and gateway.bind change only after a restart")
+        if old_gateway.ws != new_gateway.ws:
+            warnings.append("gateway.ws settings apply to new connections")
+        logger.info(
+            "config.reloaded agents=%s warnings=%d",
+            ",".join(agent.id for agent in config.agents.entries),
+            len(warnings),
+        )
+        return warnings
+
+    def reload_from_file(self) -> list[str]:
+        """Load the config file again and :meth:`reload` it (``ConfigError`` if invalid: the
+        current config stays)."""
+        if self.config_path is None:
+            raise ConfigError("this gateway runs on the embedded default: there is no file")
+        return self.reload(load_config(self.config_path).config)
+
+    def _chain(self, agent: AgentConfig, config: Config) -> tuple[ModelTarget, ...]:
+        defaults = config.agents.defaults
         fallbacks = agent.fallbacks if agent.fallbacks is not None else defaults.fallbacks
         chain = []
         for ref in (agent.model or defaults.model, *fallbacks):
@@ -186,7 +275,7 @@ class AgentRuntime:
             provider = self.providers.get(provider_name)
             if provider is None:
                 raise ProviderError(f"No provider named {provider_name!r} is available.")
-            settings = self.config.models.providers.get(provider_name)
+            settings = config.models.providers.get(provider_name)
             retry = RetryPolicy()
             if settings is not None and not isinstance(settings, EchoProviderConfig):
                 retry = RetryPolicy(
@@ -262,7 +351,13 @@ class AgentRuntime:
         )
 
     async def admit(self, prepared: PreparedRun) -> Ticket:
-        """Wait for the session's lane and a run slot; raise 409/429 errors when refused."""
+        """Wait for the session's lane and a run slot; raise 409/429 errors when refused, and
+        503 once the gateway is draining for shutdown."""
+        if self.draining:
+            raise DrainingError(
+                "The gateway is shutting down and starts no new runs; retry shortly.",
+                retry_after=1,
+            )
         return await self.admission.admit(
             prepared.target.session_key,
             lane_wait_seconds=self.config.session.queue_timeout_seconds,
@@ -276,6 +371,7 @@ class AgentRuntime:
         While it runs, the run is listed in :attr:`active_runs` (``source`` says which transport
         started it), where ``agent.abort`` can stop it and others can follow its events.
         """
+        run_id_token = run_id_var.set(prepared.run_id)  # every log line of the run carries it
         target = prepared.target
         active = ActiveRun(prepared.run_id, target.agent.id, target.session_key, source)
         self.active_runs.register(active)
@@ -288,11 +384,24 @@ class AgentRuntime:
         result = RunResult(
             "aborted", "", None, TokenUsage(), RunAbortedError("The run was cancelled.")
         )
+        metrics.ACTIVE_RUNS.labels(source).inc()
+        started = time.monotonic()
         try:
             result = await self._run(prepared, publishing_emit, active)
             return result
+        except BaseException:
+            metrics.DISCONNECT_CANCELLED_RUNS.inc()  # cancelled from outside: the client left
+            raise
         finally:
+            metrics.ACTIVE_RUNS.labels(source).dec()
+            agent_id = target.agent.id
+            metrics.RUN_DURATION.labels(agent_id, result.status).observe(time.monotonic() - started)
+            if result.timings.first_text is not None:
+                metrics.TTFT.labels(agent_id).observe(result.timings.first_text)
+            metrics.TOKENS.labels(agent_id, "in").inc(result.usage.prompt_tokens)
+            metrics.TOKENS.labels(agent_id, "out").inc(result.usage.completion_tokens)
             self.active_runs.finish(active, result)
+            run_id_var.reset(run_id_token)
 
     async def _run(self, prepared: PreparedRun, emit: EmitEvent, active: ActiveRun) -> RunResult:
         target = prepared.target
@@ -351,7 +460,8 @@ class AgentRuntime:
                     duration_ms,
                 )
                 await emit(RunFailed(error))
-                return RunResult("failed", state.text(), None, state.usage, error)
+                timings = state.timings(started)
+                return RunResult("failed", state.text(), None, state.usage, error, timings=timings)
             assert finish is not None
             await self._record(prepared, state, "completed")
             logger.info(
@@ -362,7 +472,8 @@ class AgentRuntime:
                 state.usage.total_tokens,
                 duration_ms,
             )
-            await emit(RunFinished(finish, state.usage))
+            timings = state.timings(started)
+            await emit(RunFinished(finish, state.usage, timings))
             last = state.produced[-1] if state.produced else None
             client_calls = last.tool_calls if last is not None and finish == "tool_calls" else ()
             return RunResult(
@@ -372,13 +483,15 @@ class AgentRuntime:
                 state.usage,
                 tool_calls=client_calls,
                 reasoning="".join(state.reasoning),
+                timings=timings,
             )
         # Only an abort gets here: the scope caught its own cancellation (the partial turn was
         # recorded as aborted on the way out).
-        error = RunAbortedError("The run was aborted (agent.abort).")
+        error = RunAbortedError(f"The run was aborted ({active.abort_reason}).")
         logger.info("run.aborted run_id=%s agent=%s", prepared.run_id, target.agent.id)
         await emit(RunFailed(error))
-        return RunResult("aborted", state.text(), None, state.usage, error)
+        timings = state.timings(started)
+        return RunResult("aborted", state.text(), None, state.usage, error, timings=timings)
 
     async def _loop(self, prepared: PreparedRun, emit: EmitEvent, state: _RunState) -> FinishReason:
         history, new = await self._conversation(prepared, state)
@@ -388,7 +501,11 @@ class AgentRuntime:
         for iteration in range(prepared.max_tool_iterations):
             request = replace(request, messages=tuple(messages))
             state.call_start = len(state.parts)
-            completion = await self._model_call(prepared, request, emit, state, client_names)
+            call_started = time.monotonic()
+            try:
+                completion = await self._model_call(prepared, request, emit, state, client_names)
+            finally:
+                state.upstream_seconds += time.monotonic() - call_started
             state.usage += completion.usage
             calls = completion.tool_calls
             if not calls:
@@ -406,7 +523,11 @@ class AgentRuntime:
             assistant = Message("assistant", state.call_text(), tool_calls=calls)
             state.produced.append(TranscriptEntry.of(assistant, internal=True))
             state.pending_calls = calls
-            results = await self._run_tools(prepared, calls, emit)
+            tools_started = time.monotonic()
+            try:
+                results = await self._run_tools(prepared, calls, emit)
+            finally:
+                state.tool_seconds += time.monotonic() - tools_started
             state.pending_calls = ()
             state.produced.extend(TranscriptEntry.of(r, internal=True) for r in results)
             messages += [assistant, *results]
@@ -456,6 +577,8 @@ class AgentRuntime:
 
         async def route(event: ModelEvent) -> None:
             if type(event) is TextDelta:
+                if not parts:
+                    state.first_text_at = time.monotonic()
                 parts.append(event.text)
                 await emit(event)
             elif type(event) is ReasoningDelta:
@@ -524,12 +647,16 @@ class AgentRuntime:
             if tool is None:
                 available = ", ".join(sorted(prepared.agent_tools)) or "none"
                 raise ToolError(f"Unknown tool {call.name!r}. Available tools: {available}.")
-            return True, await call_tool(tool, call.arguments, context)
+            output = await call_tool(tool, call.arguments, context)
         except ToolError as exc:
+            metrics.TOOL_CALLS.labels(call.name if tool else "unknown", "error").inc()
             return False, f"Error: {exc.message}"
         except Exception:
             logger.exception("tool.crashed run_id=%s tool=%s", prepared.run_id, call.name)
+            metrics.TOOL_CALLS.labels(call.name, "error").inc()
             return False, "Error: the tool failed unexpectedly."
+        metrics.TOOL_CALLS.labels(call.name, "ok").inc()
+        return True, output
 
     async def _record(self, prepared: PreparedRun, state: _RunState, status: RunStatus) -> None:
         """Store the turn; shielded and bounded, so a cancelled run is recorded too."""
@@ -570,6 +697,12 @@ class AgentRuntime:
             logger.error("session.record.failed run_id=%s reason=timeout", prepared.run_id)
 
 
+def _export_queue_depth(admission: Admission) -> None:
+    stats = admission.statistics()
+    metrics.QUEUE_DEPTH.labels("slots").set(stats.queued)
+    metrics.QUEUE_DEPTH.labels("sessions").set(stats.waiting_for_session)
+
+
 def _session_mismatch() -> InvalidRequestError:
     return InvalidRequestError(
         "This session key belongs to another agent; a session can only be used with the agent "
@@ -580,12 +713,25 @@ def _session_mismatch() -> InvalidRequestError:
 
 
 @asynccontextmanager
-async def open_runtime(config: Config, *, state_dir: Path) -> AsyncIterator[AgentRuntime]:
+async def open_runtime(
+    config: Config, *, state_dir: Path, config_path: Path | None = None
+) -> AsyncIterator[AgentRuntime]:
     """The runtime for ``config`` with its configured session store and providers, closed on
-    exit (the store flushed, the providers' HTTP connections closed)."""
+    exit (the store flushed, the providers' HTTP connections closed, those a reload replaced
+    too). ``config_path`` is the file :meth:`AgentRuntime.reload_from_file` reads."""
+    runtime: AgentRuntime | None = None
     providers = build_providers(config)
     try:
         async with open_session_store(config.session, state_dir) as sessions:
-            yield AgentRuntime(config, providers=providers, sessions=sessions, state_dir=state_dir)
+            runtime = AgentRuntime(
+                config, providers=providers, sessions=sessions, state_dir=state_dir
+            )
+            runtime.config_path = config_path
+            yield runtime
     finally:
         await close_providers(providers)
+        if runtime is not None:
+            for retired in runtime.retired_providers[1:]:
+                await close_providers(retired)
+            if runtime.providers is not providers:
+                await close_providers(runtime.providers)

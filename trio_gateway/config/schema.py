@@ -7,6 +7,7 @@ are checked by :func:`check_config`, which reports the dotted path of the offend
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 
@@ -29,6 +30,7 @@ __all__ = [
     "GatewayConfig",
     "HttpConfig",
     "HttpFetchToolConfig",
+    "LoggingConfig",
     "ModelsConfig",
     "OpenAIChatProviderConfig",
     "ProviderConfig",
@@ -52,10 +54,17 @@ class ChatCompletionsEndpoint(_Section, frozen=True):
     enabled: bool = False
 
 
+class MetricsEndpoint(_Section, frozen=True):
+    enabled: bool = True
+    #: Ask for the gateway's bearer credential (turn off for a scraper on a private network).
+    require_auth: bool = True
+
+
 class EndpointsConfig(_Section, frozen=True):
     chat_completions: ChatCompletionsEndpoint = msgspec.field(
         default_factory=ChatCompletionsEndpoint
     )
+    metrics: MetricsEndpoint = msgspec.field(default_factory=MetricsEndpoint)
 
 
 class HttpConfig(_Section, frozen=True):
@@ -68,12 +77,31 @@ class HttpConfig(_Section, frozen=True):
     stream_buffer_events: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 64
     #: A stream whose client reads nothing for this long is abandoned: its run is aborted.
     stream_stall_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    #: A request body must arrive within this long (slow senders get 408).
+    body_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    #: Largest request head (request line and headers).
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 16 * 1024
+    #: Most messages in one chat request.
+    max_messages: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
+    #: Most characters of message content in one chat request, all messages together.
+    max_content_chars: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 2_000_000
+    #: Requests and WebSocket connections served at once; more get 503 at once.
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+
+
+class AuthRateLimit(_Section, frozen=True):
+    """Failed credential checks allowed per client address (loopback clients are exempt)."""
+
+    enabled: bool = True
+    max_failures: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
+    window_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
 
 
 class AuthConfig(_Section, frozen=True):
     mode: Literal["token", "password", "none"] = "token"
     token: str | None = None
     password: str | None = None
+    rate_limit: AuthRateLimit = msgspec.field(default_factory=AuthRateLimit)
 
     @property
     def secret(self) -> str | None:
@@ -100,6 +128,14 @@ class WsConfig(_Section, frozen=True):
     send_queue_frames: Annotated[int, msgspec.Meta(ge=8, le=1 << 20)] = 1024
 
 
+class LoggingConfig(_Section, frozen=True):
+    """What ``epiloop gateway`` logs to stderr (``--log-format`` / ``--log-level`` win)."""
+
+    #: ``"console"`` (one human-readable line per record) or ``"json"`` (one object per line).
+    format: Literal["console", "json"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class GatewayConfig(_Section, frozen=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 18789
     #: ``"loopback"``, ``"lan"`` (all interfaces) or an explicit host address.
@@ -107,6 +143,9 @@ class GatewayConfig(_Section, frozen=True):
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     ws: WsConfig = msgspec.field(default_factory=WsConfig)
+    #: Proxies (addresses or CIDR networks) whose ``X-Forwarded-For`` names the client.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     #: How long ``SIGTERM``/Ctrl-C lets in-flight requests finish before cancelling them.
     shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
 
@@ -303,6 +342,14 @@ def check_config(config: Config) -> None:
                 f"expected an http:// or https:// URL, got {provider.base_url!r}",
                 path=f"models.providers.{name}.baseUrl",
             )
+    for index, proxy in enumerate(config.gateway.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"expected an IP address or CIDR network, got {proxy!r}",
+                path=f"gateway.trustedProxies[{index}]",
+            ) from None
     auth = config.gateway.auth
     if auth.mode in ("token", "password") and getattr(auth, auth.mode) == "":
         raise ConfigError("must not be empty", path=f"gateway.auth.{auth.mode}")

@@ -9,30 +9,38 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 
 import trio
 from hypercorn.typing import (
     ASGIReceiveCallable,
     ASGISendCallable,
     ASGISendEvent,
+    HTTPScope,
     Scope,
+    WebsocketScope,
 )
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from .. import metrics
 from ..agent import AgentRuntime
 from ..errors import (
     GatewayError,
+    HeadersTooLargeError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
     RequestError,
+    ServiceUnavailableError,
 )
+from ..logs import accepted_request_id, bind_request_id
 from ..wire.error_body import encode_error
 from .app_state import CLEANUPS_KEY
 from .control import register_control_plane
+from .ops import register_ops_routes
 from .routes import register_routes
 
 __all__ = ["GatewayApp", "create_app", "error_response"]
@@ -84,6 +92,31 @@ def _translate_http_exception(exc: HTTPException) -> GatewayError:
     return GatewayError("The gateway failed to handle this request.")
 
 
+def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The client's ``x-request-id`` if it is usable, else a generated one."""
+    value = next((value for name, value in headers if name.lower() == b"x-request-id"), None)
+    return accepted_request_id(value)
+
+
+class _EchoingSend:
+    """``send`` that adds ``x-request-id`` to the response headers and remembers the status."""
+
+    def __init__(self, send: ASGISendCallable, request_id: str) -> None:
+        self._send = send
+        self._header = (b"x-request-id", request_id.encode("ascii"))
+        self.status: int | None = None
+
+    async def __call__(self, message: ASGISendEvent) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = list(message["headers"])
+            if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                headers.append(self._header)
+            message = message.copy()
+            message["headers"] = headers
+        await self._send(message)
+
+
 class GatewayApp:
     """The ASGI application hypercorn serves: the quart-trio app behind a final-send shield.
 
@@ -91,19 +124,95 @@ class GatewayApp:
     last ``send()``; then ``Connection: close`` is ignored, HTTP/1.0 streams never end and
     keep-alive timeouts never fire. Sending the final body message shielded (with a bound)
     lets hypercorn finish the response properly.
+
+    It also binds the request id (the client's ``x-request-id`` or a generated one, echoed in
+    the response) for everything the request does, and logs ``request.complete`` / ``.failed``.
     """
 
     def __init__(self, quart_app: QuartTrio, runtime: AgentRuntime) -> None:
         self.quart_app = quart_app
         self.runtime = runtime
+        #: Requests and WebSocket connections being served.
+        self.in_flight = 0
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
+        if scope["type"] == "lifespan":
+            await self.quart_app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await _refuse(scope, send, refusal)
+            return
+        self.in_flight += 1
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    def _refusal(self, scope: HTTPScope | WebsocketScope) -> GatewayError | None:
+        """Refuse a request at the door: too many in flight, or an oversized head."""
+        http = self.runtime.config.gateway.http
+        if self.in_flight >= http.max_in_flight:
+            return ServiceUnavailableError(
+                "The gateway is serving as many requests as it may (gateway.http.maxInFlight); "
+                "retry shortly.",
+                retry_after=1,
+            )
+        head = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if head > http.max_header_bytes:
+            return HeadersTooLargeError(
+                "The request headers are too large (gateway.http.maxHeaderBytes)."
+            )
+        return None
+
+    async def _serve(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "websocket":
+            with bind_request_id(_request_id(scope["headers"])):
+                await self.quart_app(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.quart_app(scope, receive, send)
             return
+        with bind_request_id(_request_id(scope["headers"])) as request_id:
+            echoing = _EchoingSend(send, request_id)
+            # As sent (%-escapes kept: no decoded newline reaches a log line), without the query
+            # string, which may hold secrets.
+            method, path = scope["method"], scope["raw_path"].decode("ascii", "backslashreplace")
+            logger.debug("request.started method=%s path=%s", method, path)
+            started = time.monotonic()
+            error: str | None = None
+            try:
+                await self._serve_http(scope, receive, echoing)
+            except BaseException as exc:
+                error = type(exc).__name__
+                raise
+            finally:
+                seconds = time.monotonic() - started
+                if echoing.status is not None and error is None:
+                    logger.info(
+                        "request.complete method=%s path=%s status=%d duration_ms=%.1f",
+                        method,
+                        path,
+                        echoing.status,
+                        seconds * 1000,
+                    )
+                else:  # raised, or ended without a response (the client went away)
+                    logger.info(
+                        "request.failed method=%s path=%s status=%s error=%s duration_ms=%.1f",
+                        method,
+                        path,
+                        echoing.status or "-",
+                        error or "no_response",
+                        seconds * 1000,
+                    )
 
+    async def _serve_http(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
         cleanups: list[Callable[[], None]] = []
         scope[CLEANUPS_KEY] = cleanups  # type: ignore[literal-required]  # our own scope key
 
@@ -121,13 +230,32 @@ class GatewayApp:
                 cleanup()
 
 
+async def _refuse(
+    scope: HTTPScope | WebsocketScope, send: ASGISendCallable, error: GatewayError
+) -> None:
+    """Answer without the framework: a JSON error for HTTP, a close for a WebSocket."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1013, "reason": error.code or ""})
+        return
+    body = encode_error(error)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if error.retry_after is not None:
+        headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
+    await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 def create_app(runtime: AgentRuntime) -> GatewayApp:
     """Build the application for ``runtime`` (its config decides what is enabled)."""
     app = QuartTrio("trio_gateway")
+    # "/v1//models" is not "/v1/models": answer 404, not a redirect clients may not follow.
+    app.url_map.merge_slashes = False
     http = runtime.config.gateway.http
     app.config.update(
         # Streams own their deadlines (the run's timeoutSeconds); quart's 60 s cut is off.
         RESPONSE_TIMEOUT=None,
+        # A request body must arrive in time (slowloris senders get 408).
+        BODY_TIMEOUT=http.body_timeout_seconds,
         MAX_CONTENT_LENGTH=http.max_body_bytes,
         JSON_SORT_KEYS=False,
     )
@@ -142,9 +270,18 @@ def create_app(runtime: AgentRuntime) -> GatewayApp:
 
     @app.errorhandler(Exception)
     async def handle_unexpected(error: Exception) -> Response:
-        logger.error("request.failed", exc_info=error)
+        logger.error("request.crashed", exc_info=error)
         return error_response(GatewayError("The gateway failed to handle this request."))
 
     register_routes(app, runtime)
+    register_ops_routes(app, runtime)
     register_control_plane(app, runtime)
+
+    @app.after_request
+    async def count_request(response: Response) -> Response:
+        rule = request.url_rule
+        route = rule.rule if rule is not None else "unmatched"
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        return response
+
     return GatewayApp(app, runtime)

@@ -32,6 +32,8 @@ from ..auth import check_secret
 from ..config import redacted
 from ..errors import (
     AuthenticationError,
+    AuthRateLimitedError,
+    ConfigError,
     GatewayError,
     OverloadedError,
     SessionBusyError,
@@ -48,6 +50,7 @@ from ..wire.frames import (
     encode_response,
     parse_request,
 )
+from .app_state import guard_credentials
 
 __all__ = ["register_control_plane"]
 
@@ -67,6 +70,7 @@ METHODS = (
     "sessions.reset",
     "sessions.delete",
     "config.get",
+    "config.reload",
 )
 EVENTS = ("connect.challenge", "tick", "agent")
 #: Bound on sending a close frame to a client that may not be reading.
@@ -134,6 +138,10 @@ class _InvalidParams(GatewayError):
 
 class _NotFound(GatewayError):
     code = "not_found"
+
+
+class _InvalidConfig(GatewayError):
+    code = "invalid_config"
 
 
 _P = TypeVar("_P", bound=_Params)
@@ -277,6 +285,7 @@ class ControlConnection:
             "sessions.reset": self._sessions_reset,
             "sessions.delete": self._sessions_delete,
             "config.get": self._config_get,
+            "config.reload": self._config_reload,
         }
 
     # -- outgoing ---------------------------------------------------------------------------
@@ -395,8 +404,18 @@ class ControlConnection:
                 )
             )
             await self._end(4003, "protocol_mismatch")
+        auth = self.runtime.config.gateway.auth
         try:
-            check_secret(self.runtime.config.gateway.auth, params.auth.token, params.auth.password)
+            guard_credentials(
+                self.runtime,
+                websocket.scope,
+                websocket.headers.get("X-Forwarded-For"),
+                lambda: check_secret(auth, params.auth.token, params.auth.password),
+                transport="ws",
+            )
+        except AuthRateLimitedError as exc:
+            self.queue(_error_frame(request.id, exc))
+            await self._end(4001, "auth_failed")
         except AuthenticationError as exc:
             self.queue(encode_error_response(request.id, code="auth_failed", message=exc.message))
             await self._end(4001, "auth_failed")
@@ -614,6 +633,14 @@ class ControlConnection:
         if not await self.runtime.sessions.delete(key):
             raise _NotFound(f"No session {key!r}.")
         return {"deleted": True}
+
+    async def _config_reload(self, params: Mapping[str, object]) -> object:
+        await trio.lowlevel.checkpoint()
+        try:
+            warnings = self.runtime.reload_from_file()
+        except ConfigError as exc:
+            raise _InvalidConfig(f"config not reloaded, the running config stays: {exc}") from exc
+        return {"reloaded": True, "source": str(self.runtime.config_path), "warnings": warnings}
 
     async def _config_get(self, params: Mapping[str, object]) -> object:
         await trio.lowlevel.checkpoint()

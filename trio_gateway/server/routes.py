@@ -16,11 +16,16 @@ from quart_trio import QuartTrio
 
 from ..agent import AgentRuntime, RunEvent
 from ..agent.routing import agent_id_from_model, select_agent
-from ..auth import check_authorization
 from ..errors import EndpointDisabledError, ModelNotFoundError
-from ..wire.chat import parse_chat_request
-from ..wire.chunks import FunctionCallOut, ToolCallOut, Usage, encode_completion
-from .app_state import request_cleanups
+from ..wire.chat import check_limits, parse_chat_request
+from ..wire.chunks import (
+    FunctionCallOut,
+    ToolCallOut,
+    Usage,
+    encode_completion,
+    server_timing,
+)
+from .app_state import authorize, request_cleanups
 from .streaming import ChatStreamBody
 
 __all__ = ["register_routes"]
@@ -49,17 +54,17 @@ async def _discard(event: RunEvent) -> None:
 
 
 def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
-    config = runtime.config
-    http = config.gateway.http
     started = int(time.time())
 
+    # The config is read per request: a reload applies to the next one.
     def check_enabled_and_authorized() -> None:
-        if not http.endpoints.chat_completions.enabled:
+        config = runtime.config
+        if not config.gateway.http.endpoints.chat_completions.enabled:
             raise EndpointDisabledError(
                 "The OpenAI-compatible chat completions endpoint is disabled. "
                 f"Enable it with {_ENABLE_KEY}: true in the gateway config."
             )
-        check_authorization(config.gateway.auth, request.headers.get("Authorization"))
+        authorize(runtime)
 
     @app.route("/v1/chat/completions", methods=["POST"], provide_automatic_options=False)
     async def chat_completions() -> Response:
@@ -67,12 +72,19 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
         body = await request.get_data(as_text=False)
         assert isinstance(body, bytes)
         chat = parse_chat_request(body)
+        limits = runtime.config.gateway.http
+        check_limits(
+            chat, max_messages=limits.max_messages, max_content_chars=limits.max_content_chars
+        )
         prepared = await runtime.prepare(
             chat,
             header_agent_id=request.headers.get("x-epiloop-agent-id"),
             header_session_key=request.headers.get("x-epiloop-session-key"),
         )
+        queue_started = time.monotonic()
         ticket = await runtime.admit(prepared)  # a 409 or 429 comes before the first byte
+        queue_seconds = time.monotonic() - queue_started
+        http = runtime.config.gateway.http
         if chat.stream:
             # The body releases the ticket when its run ends; the app releases it after the
             # response in any case (a client gone before the body started, say).
@@ -86,6 +98,7 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
                 keep_alive_seconds=http.keep_alive_seconds,
                 buffer_events=http.stream_buffer_events,
                 stall_seconds=http.stream_stall_seconds,
+                queue_seconds=queue_seconds,
             )
             response = Response(stream, status=200, content_type="text/event-stream")
             response.headers.update(_SSE_HEADERS)
@@ -111,13 +124,21 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
             tool_calls=tool_calls,
             reasoning=result.reasoning,
         )
-        return Response(payload, status=200, content_type="application/json")
+        response = Response(payload, status=200, content_type="application/json")
+        timings = result.timings
+        response.headers["Server-Timing"] = server_timing(
+            queue=queue_seconds,
+            upstream=timings.upstream,
+            tools=timings.tools,
+            gateway=timings.gateway,
+        )
+        return response
 
     @app.route("/v1/models", methods=["GET"], provide_automatic_options=False)
     async def list_models() -> Response:
         check_enabled_and_authorized()
         models = _ModelList(
-            [_Model(f"epiloop:{agent.id}", started) for agent in config.agents.entries]
+            [_Model(f"epiloop:{agent.id}", started) for agent in runtime.config.agents.entries]
         )
         return Response(msgspec.json.encode(models), status=200, content_type="application/json")
 
@@ -127,6 +148,6 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
         if agent_id_from_model(model) is None and model.lower() != "epiloop":
             # Chat requests send any other name to the default agent; a lookup is exact.
             raise ModelNotFoundError(f"The model {model!r} does not exist.", param="model")
-        agent = select_agent(config, header_agent_id=None, model=model)
+        agent = select_agent(runtime.config, header_agent_id=None, model=model)
         found = _Model(f"epiloop:{agent.id}", started)
         return Response(msgspec.json.encode(found), status=200, content_type="application/json")

@@ -23,6 +23,10 @@ from .app import create_app
 
 __all__ = ["check_exposure", "resolve_host", "serve_gateway"]
 
+#: How long before the grace period ends the remaining runs are aborted (so their clients get
+#: an in-band error and their turns are recorded before the connections are cut).
+ABORT_LEAD_SECONDS = 0.5
+
 logger = logging.getLogger(__name__)
 
 
@@ -71,12 +75,33 @@ async def serve_gateway(
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.websocket_max_message_size = runtime.config.gateway.ws.max_frame_bytes
+    config.h11_max_incomplete_size = runtime.config.gateway.http.max_header_bytes
     app = create_app(runtime)
+
+    grace = runtime.config.gateway.shutdown_grace_seconds
+
+    async def abort_stragglers() -> None:
+        # Just before hypercorn cancels what is left, end the remaining runs properly: an
+        # in-band error for their clients, the partial turn recorded as aborted.
+        await trio.sleep(max(0.0, grace - ABORT_LEAD_SECONDS))
+        aborted = runtime.active_runs.abort_all("the gateway is shutting down")
+        if aborted:
+            logger.info("shutdown.aborted_runs count=%d", len(aborted))
+
+    async def drain_then_shut_down() -> None:
+        if shutdown_trigger is None:
+            await trio.sleep_forever()
+        else:
+            await shutdown_trigger()
+        runtime.draining = True
+        logger.info("shutdown.draining grace_seconds=%g", grace)
+        background.start_soon(abort_stragglers)
+
     # Detached runs (started over the control plane) belong to the gateway, not to a client.
     async with trio.open_nursery() as background:
         runtime.background = background
         try:
-            await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+            await serve(app, config, shutdown_trigger=drain_then_shut_down, task_status=task_status)
         finally:
             runtime.background = None
             background.cancel_scope.cancel(reason="the gateway is shutting down")

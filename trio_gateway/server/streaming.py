@@ -25,11 +25,12 @@ from types import TracebackType
 import trio
 from quart.wrappers.response import ResponseBody
 
+from .. import metrics
 from ..agent import AgentRuntime, PreparedRun, RunEvent, RunFailed, RunFinished
 from ..agent.lanes import Ticket
 from ..errors import RunError
 from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
-from ..wire.chunks import ChunkEncoder, Usage
+from ..wire.chunks import ChunkEncoder, Usage, timing_extension
 from ..wire.error_body import encode_error_event
 from ..wire.sse import DONE, KEEP_ALIVE
 
@@ -52,6 +53,7 @@ class ChatStreamBody(ResponseBody):
         keep_alive_seconds: float,
         buffer_events: int,
         stall_seconds: float,
+        queue_seconds: float = 0.0,
     ) -> None:
         self._runtime = runtime
         self._prepared = prepared
@@ -63,11 +65,14 @@ class ChatStreamBody(ResponseBody):
         self._keep_alive_seconds = keep_alive_seconds
         self._buffer_events = buffer_events
         self._stall_seconds = stall_seconds
+        self._queue_seconds = queue_seconds
         self._stack = AsyncExitStack()
         self._nursery: trio.Nursery | None = None
         self._receive: trio.MemoryReceiveChannel[RunEvent] | None = None
 
     async def __aenter__(self) -> ChatStreamBody:
+        metrics.ACTIVE_STREAMS.inc()
+        self._stack.callback(metrics.ACTIVE_STREAMS.dec)
         nursery = await self._stack.enter_async_context(trio.open_nursery())
         send, receive = trio.open_memory_channel[RunEvent](self._buffer_events)
         self._nursery, self._receive = nursery, receive
@@ -186,6 +191,14 @@ class ChatStreamBody(ResponseBody):
     def _ending(self, finished: RunFinished) -> bytes:
         ending = self._encoder.finish(finished.finish_reason)
         if self._include_usage:
-            usage = finished.usage
-            ending += self._encoder.usage(Usage.of(usage.prompt_tokens, usage.completion_tokens))
+            usage, timings = finished.usage, finished.timings
+            extension = timing_extension(
+                queue=self._queue_seconds,
+                upstream=timings.upstream,
+                tools=timings.tools,
+                gateway=timings.gateway,
+            )
+            ending += self._encoder.usage(
+                Usage.of(usage.prompt_tokens, usage.completion_tokens), extension
+            )
         return ending + DONE

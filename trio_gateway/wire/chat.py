@@ -31,6 +31,7 @@ __all__ = [
     "ToolCall",
     "ToolMessage",
     "UserMessage",
+    "check_limits",
     "message_text",
     "parse_chat_request",
 ]
@@ -227,3 +228,24 @@ def message_text(message: Message) -> str:
     if isinstance(content, str):
         return content
     return "\n".join(part.text or "" for part in content)
+
+
+def check_limits(request: ChatRequest, *, max_messages: int, max_content_chars: int) -> None:
+    """Refuse a request with more messages, or more content, than the gateway accepts."""
+    if len(request.messages) > max_messages:
+        raise InvalidRequestError(
+            f"Too many messages: {len(request.messages)} (at most {max_messages}; "
+            "gateway.http.maxMessages).",
+            param="messages",
+            code="too_many_messages",
+        )
+    total = 0
+    for message in request.messages:
+        total += len(message_text(message))
+        if total > max_content_chars:
+            raise InvalidRequestError(
+                f"The messages hold more than {max_content_chars} characters of content "
+                "(gateway.http.maxContentChars).",
+                param="messages",
+                code="content_too_long",
+            )

@@ -19,6 +19,8 @@ __all__ = [
     "ToolCallOut",
     "Usage",
     "encode_completion",
+    "server_timing",
+    "timing_extension",
 ]
 
 _encode = msgspec.json.encode
@@ -170,6 +172,29 @@ class ChunkEncoder:
             + b"}]}\n\n"
         )
 
-    def usage(self, usage: Usage) -> bytes:
-        """The usage chunk sent when ``stream_options.include_usage`` is true (no choices)."""
-        return encode_data(self._head + b'],"usage":' + _encode(usage) + b"}")
+    def usage(self, usage: Usage, extension: object = None) -> bytes:
+        """The usage chunk sent when ``stream_options.include_usage`` is true (no choices).
+
+        ``extension``, when given, is added as an ``"epiloop"`` object: stock OpenAI clients
+        ignore fields they do not know.
+        """
+        extra = b"" if extension is None else b',"epiloop":' + _encode(extension)
+        return encode_data(self._head + b'],"usage":' + _encode(usage) + extra + b"}")
+
+
+def server_timing(*, queue: float, upstream: float, tools: float, gateway: float) -> str:
+    """A ``Server-Timing`` header value (durations given in seconds, sent in milliseconds)."""
+    parts = (("queue", queue), ("upstream", upstream), ("tool", tools), ("gateway", gateway))
+    return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in parts)
+
+
+def timing_extension(*, queue: float, upstream: float, tools: float, gateway: float) -> object:
+    """The same figures for the ``epiloop`` object of a stream's usage chunk (milliseconds)."""
+    return {
+        "timing": {
+            "queue_ms": round(queue * 1000, 1),
+            "upstream_ms": round(upstream * 1000, 1),
+            "tool_ms": round(tools * 1000, 1),
+            "gateway_ms": round(gateway * 1000, 1),
+        }
+    }

@@ -1,0 +1,272 @@
+"""Operator endpoints, metrics, Server-Timing and config reload."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import trio
+from gateway_harness import TOKEN, make_config, start_gateway
+
+from trio_gateway.errors import ConfigError
+from trio_gateway.providers.scripted import Pause, Say, ScriptedProvider
+from trio_gateway.sessions import MemorySessionStore
+from trio_gateway.sessions.store import SessionInfo
+
+BOUND = 20
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
+    match = re.search("^" + pattern + "$", text, re.MULTILINE)
+    return float(match[1]) if match else 0.0
+
+
+async def test_ops_healthz_needs_no_auth_and_touches_nothing(nursery: trio.Nursery) -> None:
+    sessions = MemorySessionStore()
+    gateway = await start_gateway(nursery, sessions=sessions)
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{gateway.url}/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert len(sessions) == 0
+    assert gateway.runtime.active_runs.running() == []
+
+
+async def test_ops_readyz_reports_each_check(nursery: trio.Nursery) -> None:
+    class BrokenStore(MemorySessionStore):
+        async def list_sessions(
+            self, *, agent_id: str | None = None, limit: int = 100
+        ) -> list[SessionInfo]:
+            raise OSError("disk gone")
+
+    gateway = await start_gateway(nursery)
+    broken = await start_gateway(nursery, sessions=BrokenStore())
+    async with httpx.AsyncClient() as http:
+        ready = await http.get(f"{gateway.url}/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"config": True, "sessionStore": True, "notDraining": True}
+        gateway.runtime.draining = True
+        draining = await http.get(f"{gateway.url}/readyz")
+        assert draining.status_code == 503
+        assert draining.json()["checks"]["notDraining"] is False
+        store = await http.get(f"{broken.url}/readyz")
+        assert store.status_code == 503
+        assert store.json()["checks"]["sessionStore"] is False
+
+
+async def test_ops_metrics_count_requests_runs_and_tokens(nursery: trio.Nursery) -> None:
+    gateway = await start_gateway(nursery)
+    async with httpx.AsyncClient() as http:
+        refused = await http.get(f"{gateway.url}/metrics")
+        assert refused.status_code == 401
+        before = (await http.get(f"{gateway.url}/metrics", headers=gateway.headers)).text
+        await http.post(
+            f"{gateway.api_url}/chat/completions",
+            json={"messages": [{"role": "user", "content": "count these words"}]},
+            headers=gateway.headers,
+        )
+        await http.post(f"{gateway.api_url}/chat/completions", json={"messages": []})
+        response = await http.get(f"{gateway.url}/metrics", headers=gateway.headers)
+    assert response.headers["content-type"].startswith("text/plain")
+    after = response.text
+
+    def grew(name: str, labels: str = "") -> float:
+        return metric_value(after, name, labels) - metric_value(before, name, labels)
+
+    ok = 'method="POST",route="/v1/chat/completions",status="200"'
+    assert grew("epiloop_http_requests_total", ok) == 1
+    unauthorized = 'method="POST",route="/v1/chat/completions",status="401"'
+    assert grew("epiloop_http_requests_total", unauthorized) == 1
+    assert grew("epiloop_auth_failures_total", 'transport="http"') == 1
+    assert grew("epiloop_tokens_total", 'agent="main",direction="out"') == 3
+    assert grew("epiloop_time_to_first_token_seconds_count", 'agent="main"') == 1
+    assert grew("epiloop_run_duration_seconds_count", 'agent="main",status="completed"') == 1
+    assert metric_value(after, "epiloop_active_runs", 'source="http"') == 0
+
+
+async def test_ops_metrics_can_be_public_or_disabled(nursery: trio.Nursery) -> None:
+    public = await start_gateway(
+        nursery, {"gateway": {"http": {"endpoints": {"metrics": {"requireAuth": False}}}}}
+    )
+    disabled = await start_gateway(
+        nursery, {"gateway": {"http": {"endpoints": {"metrics": {"enabled": False}}}}}
+    )
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{public.url}/metrics")).status_code == 200
+        off = await http.get(f"{disabled.url}/metrics", headers=disabled.headers)
+    assert off.status_code == 404
+    assert off.json()["error"]["code"] == "endpoint_disabled"
+
+
+async def test_ops_server_timing_on_answers_and_in_the_usage_chunk(nursery: trio.Nursery) -> None:
+    provider = ScriptedProvider([Pause(0.05), Say("hi")])
+    gateway = await start_gateway(nursery, providers={"local": provider})
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{gateway.api_url}/chat/completions",
+            json={"messages": [{"role": "user", "content": "x"}]},
+            headers=gateway.headers,
+        )
+    timing = {
+        name: float(value)
+        for name, value in re.findall(r"(\w+);dur=([\d.]+)", response.headers["server-timing"])
+    }
+    assert set(timing) == {"queue", "upstream", "tool", "gateway"}
+    assert timing["upstream"] >= 50
+    async with openai.AsyncOpenAI(base_url=gateway.api_url, api_key=TOKEN, max_retries=0) as sdk:
+        stream = await sdk.chat.completions.create(
+            model="epiloop",
+            messages=[{"role": "user", "content": "x"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    extension = chunks[-1].model_extra or {}
+    assert set(extension["epiloop"]["timing"]) == {
+        "queue_ms",
+        "upstream_ms",
+        "tool_ms",
+        "gateway_ms",
+    }
+    assert extension["epiloop"]["timing"]["upstream_ms"] >= 50
+
+
+async def test_ops_reload_applies_to_new_runs_and_spares_running_streams(
+    nursery: trio.Nursery,
+) -> None:
+    provider = ScriptedProvider([Say("before "), Pause(0.3), Say("after")])
+    gateway = await start_gateway(nursery, providers={"local": provider})
+    runtime = gateway.runtime
+    async with httpx.AsyncClient() as http, trio.open_nursery() as requests:
+        streamed: list[str] = []
+
+        async def stream() -> None:
+            response = await http.post(
+                f"{gateway.api_url}/chat/completions",
+                json={"stream": True, "messages": [{"role": "user", "content": "x"}]},
+                headers=gateway.headers,
+            )
+            streamed.append(response.text)
+
+        requests.start_soon(stream)
+        with trio.fail_after(BOUND):
+            await provider.call_started.wait()
+        new = make_config({"agents": {"list": [{"id": "solo", "systemPrompt": "Alone."}]}})
+        runtime.providers = {"local": provider}  # the reload builds fresh ones
+        warnings = runtime.reload(new)
+        assert warnings == []
+        models = await http.get(f"{gateway.api_url}/models", headers=gateway.headers)
+        assert [m["id"] for m in models.json()["data"]] == ["epiloop:solo"]
+    assert streamed[0].endswith("data: [DONE]\n\n")
+    assert "after" in streamed[0]
+
+
+def test_ops_reload_refuses_an_invalid_file_and_keeps_the_config(tmp_path: Path) -> None:
+    from trio_gateway.agent import AgentRuntime
+
+    runtime = AgentRuntime(make_config())
+    runtime.config_path = tmp_path / "epiloop.json"
+    runtime.config_path.write_text("{ agents: { list: [ { id: 'x', modle: 1 } ] } }")
+    with pytest.raises(ConfigError) as caught:
+        runtime.reload_from_file()
+    assert "modle" in str(caught.value)
+    assert [agent.id for agent in runtime.config.agents.entries] == ["main", "helper"]
+
+
+async def test_ops_sighup_reloads_the_cli_gateway(tmp_path: Path) -> None:
+    config_file = tmp_path / "epiloop.json"
+
+    def write(agent_ids: list[str]) -> None:
+        agents = ", ".join(f'{{ id: "{a}" }}' for a in agent_ids)
+        config_file.write_text(
+            f'{{ gateway: {{ auth: {{ token: "{TOKEN}" }}, http: {{ endpoints: '
+            f"{{ chatCompletions: {{ enabled: true }} }} }} }}, agents: {{ list: [{agents}] }} }}"
+        )
+
+    write(["one"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPILOOP_")}
+    env["EPILOOP_STATE_DIR"] = str(tmp_path)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_gateway", "gateway", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    try:
+        output = ""
+        with trio.fail_after(BOUND):
+            while (found := re.search(r"Listening on (http://\S+)", output)) is None:
+                chunk = await process.stdout.receive_some()
+                assert chunk, output
+                output += chunk.decode()
+        url = found[1]
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+
+        async def model_ids(http: httpx.AsyncClient) -> list[str]:
+            response = await http.get(f"{url}/v1/models", headers=headers)
+            return [m["id"] for m in response.json()["data"]]
+
+        async with httpx.AsyncClient() as http:
+            assert await model_ids(http) == ["epiloop:one"]
+            write(["one", "two"])
+            process.send_signal(signal.SIGHUP)
+            with trio.fail_after(BOUND):
+                while await model_ids(http) != ["epiloop:one", "epiloop:two"]:
+                    await trio.sleep(0.05)
+            config_file.write_text("{ not json5")
+            process.send_signal(signal.SIGHUP)
+            await trio.sleep(0.3)
+            assert await model_ids(http) == ["epiloop:one", "epiloop:two"]
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(BOUND):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_ops_reload_over_the_control_plane(nursery: trio.Nursery, tmp_path: Path) -> None:
+    from trio_websocket import open_websocket_url
+
+    gateway = await start_gateway(nursery)
+    gateway.runtime.config_path = tmp_path / "epiloop.json"
+    gateway.runtime.config_path.write_text(
+        json.dumps(
+            {
+                "gateway": {"auth": {"token": TOKEN}},
+                "agents": {"list": [{"id": "fresh"}]},
+            }
+        )
+    )
+    url = gateway.url.replace("http://", "ws://") + "/ws"
+    async with open_websocket_url(url) as ws:
+        await ws.get_message()
+        await ws.send_message(
+            json.dumps(
+                {
+                    "type": "req",
+                    "id": "c",
+                    "method": "connect",
+                    "params": {"auth": {"token": TOKEN}},
+                }
+            )
+        )
+        await ws.get_message()
+        await ws.send_message(json.dumps({"type": "req", "id": "r", "method": "config.reload"}))
+        with trio.fail_after(BOUND):
+            reply = json.loads(await ws.get_message())
+    assert reply["ok"] is True
+    assert reply["payload"]["reloaded"] is True
+    assert [a.id for a in gateway.runtime.config.agents.entries] == ["fresh"]
