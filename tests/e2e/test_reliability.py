@@ -312,9 +312,18 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def test_soak_mixed_traffic_returns_to_baseline(nursery: trio.Nursery) -> None:
-    """A small version of the soak scenario: streaming, non-streaming, disconnects and upstream
-    faults, then nothing is left running or open."""
+@pytest.mark.parametrize(
+    "batches",
+    [
+        pytest.param(10, id="300-requests"),
+        pytest.param(100, id="3000-requests", marks=pytest.mark.slow),
+    ],
+)
+async def test_soak_mixed_traffic_returns_to_baseline(
+    nursery: trio.Nursery, batches: int
+) -> None:
+    """The soak scenario: streaming, non-streaming, disconnects and upstream faults, then
+    nothing is left running or open. 300 requests in the suite; 3,000 with ``-m slow``."""
     mock = MockUpstream(
         {
             "ok": Scenario(tokens=["a", "b", "c", "d"], pace=0.002),
@@ -363,16 +372,16 @@ async def test_soak_mixed_traffic_returns_to_baseline(nursery: trio.Nursery) -> 
             key = str(response.status_code)
         outcomes[key] = outcomes.get(key, 0) + 1
 
-    with trio.fail_after(60):
+    with trio.fail_after(60 * batches / 10):
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=20)) as http:
-            for batch in range(10):
+            for batch in range(batches):
                 async with trio.open_nursery() as requests:
                     for index in range(batch * 30, batch * 30 + 30):
                         requests.start_soon(one, http, index)
         with trio.fail_after(BOUND):
             while gateway.runtime.active_runs.running():
                 await trio.sleep(0.05)
-    assert sum(outcomes.values()) == 300
+    assert sum(outcomes.values()) == batches * 30
     assert outcomes.get("500", 0) == 0
     statistics = gateway.runtime.admission.statistics()
     assert (statistics.running, statistics.queued, statistics.busy_sessions) == (0, 0, 0)

@@ -1,0 +1,114 @@
+"""An ASGI entry point for running the gateway under hypercorn directly, e.g. with workers::
+
+    EPILOOP_CONFIG_PATH=/etc/epiloop/epiloop.json \\
+    PROMETHEUS_MULTIPROC_DIR=/run/epiloop/metrics \\
+        hypercorn -k trio --workers 2 --bind 127.0.0.1:18789 trio_gateway.server.asgi:app
+
+hypercorn imports ``module:app`` in every worker, so the app must exist at import time, while
+the gateway's app needs a runtime that lives inside the worker's trio run (the providers' HTTP
+pools, the session store). :data:`app` bridges the two with the ASGI lifespan: on startup it
+loads the config the way ``epiloop gateway`` does (``$EPILOOP_CONFIG_PATH``,
+``$EPILOOP_STATE_DIR``), opens the runtime and a background nursery for detached runs, and hands
+the lifespan on to the app; on shutdown it marks the runtime as draining.
+
+Each worker has its own runtime: its own ``maxConcurrent`` / ``maxQueued``, session lanes and
+failed-auth counts (so limits apply per worker). Sessions are shared through the SQLite store.
+The config must hold the secret (a generated one would differ between workers). With
+``PROMETHEUS_MULTIPROC_DIR`` set (an empty directory), ``/metrics`` sums every worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    LifespanScope,
+    Scope,
+)
+
+from ..agent import open_runtime
+from ..auth import needs_secret
+from ..config import EMBEDDED_SOURCE, LoadedConfig, load_config, state_dir
+from ..errors import ConfigError
+from ..logs import configure_logging
+from .app import GatewayApp, create_app
+
+__all__ = ["EnvironmentGateway", "app"]
+
+
+def _load() -> LoadedConfig:
+    loaded = load_config()
+    if needs_secret(loaded.config.gateway.auth):
+        raise ConfigError(
+            "every worker must check the same credential: set gateway.auth.token (or "
+            "EPILOOP_GATEWAY_TOKEN) instead of relying on a generated one",
+            path="gateway.auth",
+            source=loaded.source,
+        )
+    return loaded
+
+
+class EnvironmentGateway:
+    """The gateway as a plain ASGI app whose runtime opens in the ASGI lifespan."""
+
+    def __init__(self) -> None:
+        self._app: GatewayApp | None = None
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if self._app is None:
+            raise RuntimeError("the gateway starts in the ASGI lifespan: is lifespan off?")
+        await self._app(scope, receive, send)
+
+    async def _lifespan(
+        self, scope: LifespanScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        startup = await receive()
+        try:
+            loaded = _load()
+        except ConfigError as exc:
+            await send(
+                {"type": "lifespan.startup.failed", "message": f"invalid configuration: {exc}"}
+            )
+            return
+        config = loaded.config
+        logging_config = config.gateway.logging
+        configure_logging(level=logging_config.level, fmt=logging_config.format)
+        config_path = None if loaded.source == EMBEDDED_SOURCE else Path(loaded.source)
+        async with (
+            open_runtime(config, state_dir=state_dir(), config_path=config_path) as runtime,
+            trio.open_nursery() as background,
+        ):
+            runtime.background = background
+            gateway = create_app(runtime)
+            self._app = gateway
+            replayed = False
+
+            async def lifespan_receive() -> ASGIReceiveEvent:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return startup
+                event = await receive()
+                if event["type"] == "lifespan.shutdown":
+                    runtime.draining = True
+                return event
+
+            try:
+                await gateway(scope, lifespan_receive, send)
+            finally:
+                self._app = None
+                runtime.background = None
+                background.cancel_scope.cancel(reason="the worker is shutting down")
+
+
+#: What hypercorn serves: ``trio_gateway.server.asgi:app``.
+app = EnvironmentGateway()
