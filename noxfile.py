@@ -30,3 +30,14 @@ def tests(session: nox.Session) -> None:
     """The whole test suite (the same command as the README and CI)."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmark suite, short profile (under two minutes); see benchmarks/README.md.
+
+    ``nox -s bench -- --profile long`` runs the long one; other arguments go to
+    ``benchmarks/run.py`` too. Results land in benchmarks/results/ (git-ignored).
+    """
+    session.install("-e", ".")
+    session.run("python", "benchmarks/run.py", "--profile", "short", *session.posargs)

@@ -103,10 +103,13 @@ class ChatStreamBody(ResponseBody):
         async def deliver(event: RunEvent) -> None:
             try:
                 send.send_nowait(event)  # the usual case: the writer keeps up
-                await trio.lowlevel.checkpoint()
-                return
             except trio.WouldBlock:
                 pass
+            else:
+                # No scheduling round trip per token: the provider yields when it waits for
+                # the network, and the writer then takes everything queued in one chunk.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                return
             with trio.move_on_after(stall_seconds) as scope:
                 await send.send(event)
             if scope.cancelled_caught:

@@ -1,0 +1,558 @@
+"""The result document of a benchmark run: machine, versions, scenarios, targets; JSON and markdown.
+
+Benchmark tooling. :class:`Report` is what ``run.py`` writes as JSON; :func:`markdown` renders
+it as the tables ``RESULTS.md`` keeps; :func:`check_targets` compares it with the issue's
+targets (measured by the suite, never asserted in tests).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+from scenarios import (
+    DisconnectResult,
+    MemoryResult,
+    Profile,
+    ProfileResult,
+    WorkersResult,
+)
+from summary import Comparison, Percentiles, PhaseSummary
+
+__all__ = ["Machine", "Report", "TargetCheck", "check_targets", "machine", "markdown"]
+
+_PACKAGES = (
+    "trio-gateway",
+    "trio",
+    "quart",
+    "quart-trio",
+    "hypercorn",
+    "h11",
+    "httpx",
+    "httpcore",
+    "msgspec",
+    "werkzeug",
+)
+
+
+class Machine(msgspec.Struct, frozen=True):
+    cpu_model: str
+    cpus: int
+    memory_gib: float
+    kernel: str
+    python: str
+    versions: dict[str, str]
+    git_commit: str | None
+    #: Files of the working tree that differ from the commit (the gateway as measured).
+    git_modified: list[str]
+    #: Load average (1 min) when the run started: other programs on a shared machine.
+    load_average_at_start: float
+
+
+class TargetCheck(msgspec.Struct, frozen=True):
+    name: str
+    goal: str
+    measured: float | None
+    unit: str
+    met: bool | None
+    note: str = ""
+
+
+class Report(msgspec.Struct):
+    profile: Profile
+    started_at: str
+    duration_s: float
+    machine: Machine
+    pinning: str
+    gateway_startup_rss_mib: float
+    gateway_command: str
+    latency: list[Comparison] = msgspec.field(default_factory=list)
+    non_streaming: Comparison | None = None
+    memory: list[MemoryResult] = msgspec.field(default_factory=list)
+    disconnect: list[DisconnectResult] = msgspec.field(default_factory=list)
+    workers: WorkersResult | None = None
+    workers_skipped: str | None = None
+    cpu_profile: ProfileResult | None = None
+    targets: list[TargetCheck] = msgspec.field(default_factory=list)
+    scenario_seconds: dict[str, float] = msgspec.field(default_factory=dict)
+    notes: list[str] = msgspec.field(default_factory=list)
+    #: The temporary directory of the run (configs, gateway logs); removed unless kept.
+    workdir: str = ""
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.rstrip("\n")
+
+
+def machine() -> Machine:
+    """Facts about this machine and the installed versions (read-only git queries)."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = 0.0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) / 1024 / 1024
+                break
+    except OSError:
+        pass
+    versions: dict[str, str] = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    status = _git("status", "--porcelain", "--", "trio_gateway", "pyproject.toml") or ""
+    return Machine(
+        cpu_model=model,
+        cpus=os.cpu_count() or 0,
+        memory_gib=round(memory, 1),
+        kernel=platform.release(),
+        python=platform.python_version(),
+        versions=versions,
+        git_commit=(_git("rev-parse", "--short", "HEAD") or "").strip() or None,
+        git_modified=[line[3:] for line in status.splitlines() if line.strip()],
+        load_average_at_start=os.getloadavg()[0],
+    )
+
+
+# -- targets ---------------------------------------------------------------------------------------
+
+
+def _level(report: Report, concurrency: int) -> Comparison | None:
+    for comparison in report.latency:
+        if comparison.concurrency == concurrency:
+            return comparison
+    return None
+
+
+def _check(
+    name: str, goal: str, unit: str, measured: float | None, ok: Callable[[float], bool], note: str
+) -> TargetCheck:
+    return TargetCheck(name, goal, measured, unit, None if measured is None else ok(measured), note)
+
+
+def check_targets(report: Report) -> list[TargetCheck]:
+    """The issue's targets against this report's numbers (``met`` is ``None`` when a scenario
+    did not run)."""
+    checks: list[TargetCheck] = []
+    one = _level(report, 1)
+    fifty = _level(report, 50)
+    top = _level(report, 200)
+    checks.append(
+        _check(
+            "added TTFT p50, concurrency 1",
+            "<= 1 ms",
+            "ms",
+            one.added_ttft_ms.p50 if one and one.added_ttft_ms else None,
+            lambda value: value <= 1.0,
+            "gateway TTFT p50 minus direct TTFT p50",
+        )
+    )
+    checks.append(
+        _check(
+            "added inter-token gap p99, concurrency 50",
+            "<= 2 ms",
+            "ms",
+            fifty.added_gap_ms.p99 if fifty and fifty.added_gap_ms else None,
+            lambda value: value <= 2.0,
+            "gateway gap p99 minus direct gap p99",
+        )
+    )
+    checks.append(
+        _check(
+            "gateway CPU per streamed token, concurrency 50",
+            "<= 80 µs",
+            "µs",
+            fifty.gateway.cpu_per_token_us if fifty else None,
+            lambda value: value <= 80.0,
+            "gateway process CPU seconds / tokens delivered",
+        )
+    )
+    rate = None
+    note = "sustained tokens/s through the gateway (one core)"
+    if top is not None:
+        rate = top.gateway.steady_tokens_per_s or top.gateway.tokens_per_s
+        direct = top.direct.steady_tokens_per_s or top.direct.tokens_per_s
+        note += f"; offered by the load side directly: {direct:,.0f}/s"
+        if direct < 8500:
+            note += " (below the target: the load side cannot verify it)"
+    checks.append(
+        _check(
+            "streamed tokens/s, concurrency 200",
+            ">= 8,500/s",
+            "tokens/s",
+            rate,
+            lambda value: value >= 8500,
+            note,
+        )
+    )
+    checks.append(
+        _check(
+            "idle RSS",
+            "<= 60 MiB",
+            "MiB",
+            report.gateway_startup_rss_mib or None,
+            lambda value: value <= 60.0,
+            "gateway RSS after start-up, before any request",
+        )
+    )
+    per_stream = next((m.per_stream_kib for m in report.memory if m.target == "gateway"), None)
+    checks.append(
+        _check(
+            "RSS per open idle stream",
+            "<= 40 KiB",
+            "KiB",
+            per_stream,
+            lambda value: value <= 40.0,
+            "slope of gateway RSS over open idle streams",
+        )
+    )
+    cancel = next((d for d in report.disconnect if d.target == "gateway"), None)
+    checks.append(
+        _check(
+            "disconnect to upstream cancel p99",
+            "<= 10 ms",
+            "ms",
+            cancel.latency_ms.p99 if cancel and cancel.latency_ms else None,
+            lambda value: value <= 10.0,
+            "client close to the mock seeing its connection closed",
+        )
+    )
+    return checks
+
+
+# -- markdown --------------------------------------------------------------------------------------
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _signed(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+,.{digits}f}"
+
+
+def _p(values: Percentiles | None, attribute: str, digits: int = 2) -> str:
+    return "n/a" if values is None else _f(getattr(values, attribute), digits)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return lines
+
+
+def _busy(phase: PhaseSummary) -> str:
+    return "/".join(f"{share * 100:.0f}%" for share in phase.resources.core_busy.values())
+
+
+def _kernel(phase: PhaseSummary) -> str:
+    cpu = phase.resources.gateway_cpu_s
+    return "n/a" if cpu <= 0 else f"{phase.resources.gateway_system_cpu_s / cpu * 100:.0f}%"
+
+
+def _errors(phase: PhaseSummary) -> str:
+    if not phase.errors:
+        return "0"
+    kinds = ", ".join(f"{kind}: {count}" for kind, count in phase.error_kinds.items())
+    return f"{phase.errors} ({kinds})"
+
+
+def markdown(report: Report) -> str:
+    """The report as markdown tables."""
+    m = report.machine
+    out: list[str] = [
+        f"# Benchmark results: profile `{report.profile.name}`",
+        "",
+        f"Run {report.started_at}, {report.duration_s:.0f} s. Machine: {m.cpu_model}, "
+        f"{m.cpus} cores, {m.memory_gib} GiB, Linux {m.kernel}, Python {m.python}; "
+        f"load average at start {m.load_average_at_start:.2f}.",
+        "",
+        "Versions: " + ", ".join(f"{name} {version}" for name, version in m.versions.items()),
+        "",
+        f"Gateway: commit {m.git_commit or '?'}"
+        + (f" with local changes in {', '.join(m.git_modified)}" if m.git_modified else "")
+        + f"; started as `{report.gateway_command}`. Pinning: {report.pinning}.",
+        "",
+        f"Upstream: mock (`benchmarks/mock_upstream.py`), {report.profile.tokens} tokens per "
+        f"answer, first token after {report.profile.first_token_delay_s * 1000:g} ms, then one "
+        f"every {report.profile.pace_s * 1000:g} ms. Direct = the same load generator against "
+        "the mock itself.",
+        "",
+        "## Targets",
+        "",
+    ]
+    out += _table(
+        ["target", "goal", "measured", "met"],
+        [
+            [
+                check.name,
+                check.goal,
+                f"{_f(check.measured, 1)} {check.unit}",
+                {True: "yes", False: "**no**", None: "not measured"}[check.met],
+            ]
+            for check in report.targets
+        ],
+    )
+    out += [""]
+    for check in report.targets:
+        if check.note:
+            out.append(f"- {check.name}: {check.note}.")
+    if report.latency:
+        out += [
+            "",
+            "## 1. Streaming: added latency (gateway minus direct), throughput, CPU per token",
+            "",
+            "Milliseconds. *busy* = each core's busy share during the gateway phase (core 0: "
+            "gateway, core 1: load generator + mock); *bg* = CPU seconds other programs used "
+            "during the direct / gateway phase (a phase that shared its cores is not comparable).",
+            "",
+        ]
+        rows = []
+        for c in report.latency:
+            d, g = c.direct, c.gateway
+            rows.append(
+                [
+                    str(c.concurrency),
+                    f"{g.completed}/{g.requests}",
+                    f"{_p(d.ttft_ms, 'p50')} / {_p(g.ttft_ms, 'p50')}",
+                    _signed(c.added_ttft_ms.p50 if c.added_ttft_ms else None),
+                    _signed(c.added_ttft_ms.p99 if c.added_ttft_ms else None),
+                    f"{_p(d.gap_ms, 'p50')} / {_p(g.gap_ms, 'p50')}",
+                    f"{_p(d.gap_ms, 'p99')} / {_p(g.gap_ms, 'p99')}",
+                    _signed(c.added_gap_ms.p99 if c.added_gap_ms else None),
+                    f"{_f(d.steady_tokens_per_s or d.tokens_per_s, 0)} / "
+                    f"{_f(g.steady_tokens_per_s or g.tokens_per_s, 0)}",
+                    f"{_f(g.cpu_per_token_us, 1)} ({_kernel(g)})",
+                    _busy(g),
+                    f"{_f(d.resources.background_cpu_s, 1)} / "
+                    f"{_f(g.resources.background_cpu_s, 1)}",
+                    _errors(g),
+                ]
+            )
+        out += _table(
+            [
+                "C",
+                "gw ok",
+                "TTFT p50 d / gw",
+                "+TTFT p50",
+                "+TTFT p99",
+                "gap p50 d / gw",
+                "gap p99 d / gw",
+                "+gap p99",
+                "tokens/s d / gw",
+                "gw CPU µs/token (kernel)",
+                "busy",
+                "bg s d / gw",
+                "gw errors",
+            ],
+            rows,
+        )
+        out += [
+            "",
+            "Load side (mock + load generator) busy share of its core, direct / gateway: "
+            + ", ".join(
+                f"C={c.concurrency}: {c.direct.load_side_busy * 100:.0f}% / "
+                f"{c.gateway.load_side_busy * 100:.0f}%"
+                for c in report.latency
+            )
+            + ". Gateway peak RSS per level: "
+            + ", ".join(
+                f"C={c.concurrency}: {c.gateway.resources.gateway_peak_rss_mib:.0f} MiB"
+                for c in report.latency
+            )
+            + ".",
+        ]
+    if report.non_streaming is not None:
+        c = report.non_streaming
+        out += [
+            "",
+            f"## 3. Non-streaming requests at saturation (C={c.concurrency}, "
+            f"{report.profile.nonstream_s:g} s each)",
+            "",
+        ]
+        out += _table(
+            ["", "requests/s", "p50 ms", "p99 ms", "gw CPU µs/request", "busy", "errors"],
+            [
+                [
+                    phase.target,
+                    _f(phase.requests_per_s, 0),
+                    _p(phase.total_ms, "p50"),
+                    _p(phase.total_ms, "p99"),
+                    _f(phase.cpu_per_request_us, 0),
+                    _busy(phase),
+                    _errors(phase),
+                ]
+                for phase in (c.direct, c.gateway)
+            ],
+        )
+        out += ["", f"Gateway / direct requests/s: {_f(c.requests_per_s_ratio, 2)}."]
+    if report.memory:
+        out += ["", "## 4. Memory per open idle stream", ""]
+        rows = []
+        for memory in report.memory:
+            steps = ", ".join(
+                f"{step.ready}: {step.rss_mib:.1f}"
+                + (f" ({step.failed} failed)" if step.failed else "")
+                for step in memory.steps
+            )
+            rows.append(
+                [
+                    "mock upstream (reference)" if memory.target == "direct" else "gateway",
+                    _f(memory.baseline_rss_mib, 1),
+                    steps,
+                    f"{_f(memory.per_stream_kib, 1)} "
+                    f"({_f(memory.per_stream_with_baseline_kib, 1)})",
+                    _f(memory.after_close_rss_mib, 1),
+                    _f(memory.upstream_released_s, 3),
+                ]
+            )
+        out += _table(
+            [
+                "process",
+                "RSS before, MiB",
+                "open streams: RSS MiB",
+                "KiB per stream (with baseline)",
+                "RSS after close, MiB",
+                "upstream freed after s",
+            ],
+            rows,
+        )
+    if report.disconnect:
+        out += ["", "## 5. Disconnect to upstream cancel", ""]
+        out += _table(
+            [
+                "",
+                "C",
+                "disconnected",
+                "cancelled",
+                "not cancelled",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "max ms",
+            ],
+            [
+                [
+                    d.target,
+                    str(d.concurrency),
+                    str(d.disconnected),
+                    str(d.cancelled),
+                    str(d.not_cancelled),
+                    _p(d.latency_ms, "p50"),
+                    _p(d.latency_ms, "p90"),
+                    _p(d.latency_ms, "p99"),
+                    _p(d.latency_ms, "max"),
+                ]
+                for d in report.disconnect
+            ],
+        )
+    out += ["", "## 6. hypercorn --workers", ""]
+    if report.workers is not None:
+        w = report.workers
+        out += [
+            f"`{w.command}`, {w.cpus}; {w.processes} processes, idle RSS {w.idle_rss_mib:.0f} MiB "
+            "(all processes); CPU seconds per process over the scenario (master first): "
+            + ", ".join(f"{cpu:.1f}" for cpu in w.process_cpu_s)
+            + ". Single-process numbers are the pinned one-core gateway above.",
+            "",
+        ]
+        rows = []
+        for phase in w.streaming:
+            single = _level(report, phase.concurrency)
+            rows.append(
+                [
+                    f"streaming C={phase.concurrency}",
+                    _f(single.gateway.steady_tokens_per_s or single.gateway.tokens_per_s, 0)
+                    if single
+                    else "n/a",
+                    _f(phase.steady_tokens_per_s or phase.tokens_per_s, 0),
+                    _p(phase.gap_ms, "p99"),
+                    _f(phase.cpu_per_token_us, 1),
+                    _busy(phase),
+                    _errors(phase),
+                ]
+            )
+        if w.non_streaming is not None:
+            phase = w.non_streaming.gateway
+            single_plain = report.non_streaming
+            rows.append(
+                [
+                    f"non-streaming C={phase.concurrency} (requests/s)",
+                    _f(single_plain.gateway.requests_per_s, 0) if single_plain else "n/a",
+                    _f(phase.requests_per_s, 0),
+                    _p(phase.total_ms, "p99"),
+                    _f(phase.cpu_per_request_us, 0) + " /req",
+                    _busy(phase),
+                    _errors(phase),
+                ]
+            )
+        out += _table(
+            [
+                "load",
+                "1 process (tokens/s)",
+                f"{w.workers} workers",
+                "gap/latency p99 ms",
+                "CPU µs/token",
+                "busy",
+                "errors",
+            ],
+            rows,
+        )
+    else:
+        out.append(f"Not run: {report.workers_skipped or 'skipped'}.")
+    if report.cpu_profile is not None:
+        p = report.cpu_profile
+        out += [
+            "",
+            f"## Where the gateway's CPU goes (py-spy, C={p.concurrency}, {p.seconds:g} s, "
+            f"{p.breakdown.samples} samples)",
+            "",
+            f"CPU per token during the profile: {_f(p.phase.cpu_per_token_us, 1)} µs "
+            "(py-spy itself slows the gateway a little).",
+            "",
+        ]
+        out += _table(
+            ["layer", "share", "µs per token"],
+            [
+                [layer.layer, f"{layer.share * 100:.1f}%", _f(layer.us_per_token, 1)]
+                for layer in p.breakdown.layers
+            ],
+        )
+        out += ["", "Top frames by self time:", ""]
+        out += _table(
+            ["frame", "share"],
+            [[f"`{frame.frame}`", f"{frame.share * 100:.1f}%"] for frame in p.breakdown.top_self],
+        )
+    if report.notes:
+        out += ["", "## Notes", ""]
+        out += [f"- {note}" for note in report.notes]
+    seconds = ", ".join(f"{name} {value:.0f} s" for name, value in report.scenario_seconds.items())
+    out += ["", f"Scenario durations: {seconds}.", ""]
+    return "\n".join(out)

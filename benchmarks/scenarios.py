@@ -1,0 +1,600 @@
+"""The benchmark scenarios: each runs the same load against the gateway and directly against
+the mock upstream, and reports both side by side.
+
+Benchmark tooling. A :class:`Bench` holds the running processes (mock upstream, gateway) and
+the :class:`Profile` (how much of everything). Every measured phase is preceded by a warm-up
+(one request per slot) whose keep-alive connections the phase then reuses, and is measured
+with the gateway's CPU and memory (``/proc``), the load side's CPU and each core's busy time
+(:class:`summary.ResourceUse`), so a run on a shared machine can show how much other programs
+took meanwhile.
+
+1. :func:`streaming_latency`: added time to first token and inter-token gap at each
+   concurrency level, with throughput and gateway CPU per token (scenario 2 reads it at 50).
+3. :func:`non_streaming`: ``stream: false`` requests per second at saturation.
+4. :func:`idle_streams`: memory per open idle stream (streams whose first token never comes).
+5. :func:`disconnects`: client disconnect to upstream connection close, as the mock saw it.
+6. :func:`workers`: scenarios 1 and 3 again against ``hypercorn -k trio --workers N``.
+7. :func:`cpu_profile`: py-spy samples of the gateway under streaming load, by layer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import procstats
+import profiling
+import trio
+from loadgen import LoadClient, LoadResult, LoadSpec, Target, open_streams, run_load
+from processes import GatewayProcess, UpstreamProcess, open_gateway
+from summary import (
+    Comparison,
+    Percentiles,
+    PhaseSummary,
+    ResourceUse,
+    compare,
+    mib,
+    percentiles,
+    summarize,
+)
+
+__all__ = [
+    "LONG",
+    "PROFILES",
+    "SHORT",
+    "Bench",
+    "DisconnectResult",
+    "MemoryResult",
+    "Profile",
+    "ProfileResult",
+    "WorkersResult",
+    "cpu_profile",
+    "disconnects",
+    "idle_streams",
+    "non_streaming",
+    "streaming_latency",
+    "workers",
+]
+
+#: Each streamed token's text: one ``~`` each (see ``loadgen.TOKEN_MARK``).
+TOKEN_TEXT = " tok~"
+_PEAK_SAMPLE_SECONDS = 0.05
+_STREAMS_READY_BOUND = 120.0
+_SETTLE_SECONDS = 0.5
+_CLOSE_WAIT_BOUND = 10.0
+#: Other programs may use this much of one core while a phase waits for quiet.
+_QUIET_CORES = 0.1
+_QUIET_WINDOW_S = 0.25
+
+
+class Profile(msgspec.Struct, frozen=True):
+    """How much of each scenario a run does."""
+
+    name: str
+    #: Concurrency level → measured requests per round (scenario 1).
+    levels: dict[int, int]
+    rounds: int
+    tokens: int = 64
+    pace_s: float = 0.010
+    first_token_delay_s: float = 0.020
+    #: Bound of one measured phase (requests not started by then are not sent).
+    phase_max_s: float = 60.0
+    nonstream_concurrency: int = 50
+    nonstream_s: float = 4.0
+    #: Open idle streams after each step (scenario 4).
+    idle_steps: list[int] = msgspec.field(default_factory=lambda: [250, 500, 1000])
+    disconnect_concurrency: int = 20
+    disconnect_requests: int = 200
+    disconnect_after_tokens: int = 8
+    workers: int = 2
+    workers_levels: list[int] = msgspec.field(default_factory=lambda: [200])
+    #: Seconds of py-spy sampling at concurrency ``profile_concurrency`` (0: no profile).
+    profile_s: float = 0.0
+    profile_concurrency: int = 50
+    #: Before each measured phase, wait up to this long for other programs to leave the cores
+    #: nearly idle (a shared machine), within ``quiet_budget_s`` for the whole run.
+    quiet_wait_s: float = 2.0
+    quiet_budget_s: float = 8.0
+
+
+SHORT = Profile(
+    name="short",
+    levels={1: 8, 10: 30, 50: 150, 200: 400},
+    rounds=1,
+    nonstream_s=4.0,
+)
+LONG = Profile(
+    name="long",
+    levels={1: 40, 10: 300, 50: 1000, 200: 2400},
+    rounds=2,
+    phase_max_s=120.0,
+    nonstream_s=15.0,
+    idle_steps=[500, 1000, 2000, 3000],
+    disconnect_requests=1000,
+    workers_levels=[50, 200],
+    profile_s=20.0,
+    quiet_wait_s=20.0,
+    quiet_budget_s=240.0,
+)
+PROFILES = {profile.name: profile for profile in (SHORT, LONG)}
+
+
+@dataclass
+class Bench:
+    """What the scenarios run against."""
+
+    profile: Profile
+    upstream: UpstreamProcess
+    gateway: GatewayProcess
+    workdir: Path
+    #: CPUs of the gateway and of the load side (``None``: not pinned).
+    gateway_cpus: set[int] | None
+    load_cpus: set[int] | None
+    #: Every CPU this run may use (the workers of scenario 6 get them all).
+    all_cpus: set[int] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    #: Seconds spent waiting for quiet so far, and phases that started without it.
+    quiet_waited_s: float = 0.0
+    noisy_phases: int = 0
+    #: When a list: every measured run's per-request records are kept here (``--raw``).
+    raw: list[LoadResult] | None = None
+
+    @property
+    def direct(self) -> Target:
+        return Target("direct", "127.0.0.1", self.upstream.port, "bench")
+
+    def through(self, gateway: GatewayProcess) -> Target:
+        return Target(
+            "gateway",
+            gateway.host,
+            gateway.port,
+            "epiloop:main",
+            headers={"Authorization": f"Bearer {gateway.token}"},
+        )
+
+    async def streaming_upstream(self, *, first_token_delay: float | None = None) -> None:
+        profile = self.profile
+        await self.upstream.set_scenario(
+            [TOKEN_TEXT] * profile.tokens,
+            first_token_delay=(
+                profile.first_token_delay_s if first_token_delay is None else first_token_delay
+            ),
+            pace=profile.pace_s,
+        )
+
+    async def instant_upstream(self) -> None:
+        await self.upstream.set_scenario(
+            [TOKEN_TEXT] * self.profile.tokens, first_token_delay=0.0, pace=0.0
+        )
+
+
+# -- measuring one phase -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    at: float
+    gateway: procstats.ProcSample
+    upstream_cpu: float
+    loadgen_cpu: float
+    busy: dict[int, float]
+
+
+def _snapshot(bench: Bench, gateway_pid: int) -> _Snapshot:
+    return _Snapshot(
+        at=time.monotonic(),
+        gateway=procstats.sample_tree(gateway_pid),
+        upstream_cpu=procstats.sample(bench.upstream.pid).cpu_seconds,
+        loadgen_cpu=procstats.sample(os.getpid()).cpu_seconds,
+        busy=procstats.cpu_busy_seconds(),
+    )
+
+
+def _our_cpu(bench: Bench, gateway_pid: int) -> float:
+    return (
+        procstats.sample_tree(gateway_pid).cpu_seconds
+        + procstats.sample(bench.upstream.pid).cpu_seconds
+        + procstats.sample(os.getpid()).cpu_seconds
+    )
+
+
+async def wait_quiet(bench: Bench, gateway_pid: int) -> float:
+    """Wait (bounded by the profile) until other programs use less than a tenth of a core;
+    return the cores they used in the last window."""
+    profile = bench.profile
+    bound = min(profile.quiet_wait_s, profile.quiet_budget_s - bench.quiet_waited_s)
+    started = time.monotonic()
+    while True:
+        busy_before = sum(procstats.cpu_busy_seconds().values())
+        ours_before = _our_cpu(bench, gateway_pid)
+        window_start = time.monotonic()
+        await trio.sleep(_QUIET_WINDOW_S)
+        window = time.monotonic() - window_start
+        busy = sum(procstats.cpu_busy_seconds().values()) - busy_before
+        others = max(0.0, busy - (_our_cpu(bench, gateway_pid) - ours_before)) / window
+        waited = time.monotonic() - started
+        if others <= _QUIET_CORES or waited >= bound:
+            bench.quiet_waited_s += waited
+            if others > _QUIET_CORES:
+                bench.noisy_phases += 1
+            return others
+
+
+async def _watch_peak(pid: int, peak: list[int]) -> None:
+    while True:
+        peak[0] = max(peak[0], procstats.sample_tree(pid).rss_bytes)
+        await trio.sleep(_PEAK_SAMPLE_SECONDS)
+
+
+async def measure(
+    bench: Bench, client: LoadClient, spec: LoadSpec, gateway_pid: int
+) -> tuple[LoadResult, ResourceUse]:
+    """Run ``spec`` and measure what every process used meanwhile."""
+    await bench.upstream.records()  # the mock keeps every request's record until asked
+    await wait_quiet(bench, gateway_pid)
+    for pid in procstats.tree(gateway_pid):
+        procstats.reset_peak(pid)
+    before = _snapshot(bench, gateway_pid)
+    peak = [before.gateway.rss_bytes]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_peak, gateway_pid, peak)
+        result = await run_load(client, spec)
+        nursery.cancel_scope.cancel(reason="the phase is over")
+    after = _snapshot(bench, gateway_pid)
+    elapsed = after.at - before.at
+    busy = {core: after.busy[core] - before.busy.get(core, 0.0) for core in after.busy}
+    gateway_cpu = after.gateway.cpu_seconds - before.gateway.cpu_seconds
+    upstream_cpu = after.upstream_cpu - before.upstream_cpu
+    loadgen_cpu = after.loadgen_cpu - before.loadgen_cpu
+    resources = ResourceUse(
+        gateway_cpu_s=gateway_cpu,
+        gateway_system_cpu_s=after.gateway.system_seconds - before.gateway.system_seconds,
+        gateway_rss_mib=mib(after.gateway.rss_bytes),
+        gateway_peak_rss_mib=mib(max(peak[0], after.gateway.peak_rss_bytes)),
+        upstream_cpu_s=upstream_cpu,
+        loadgen_cpu_s=loadgen_cpu,
+        core_busy={str(core): seconds / elapsed for core, seconds in sorted(busy.items())},
+        background_cpu_s=sum(busy.values()) - gateway_cpu - upstream_cpu - loadgen_cpu,
+    )
+    return result, resources
+
+
+async def _phase(
+    bench: Bench,
+    target: Target,
+    spec: LoadSpec,
+    gateway_pid: int,
+    *,
+    rounds: int = 1,
+    warm_up: bool = True,
+) -> PhaseSummary:
+    runs: list[LoadResult] = []
+    parts: list[ResourceUse] = []
+    for _ in range(rounds):
+        client = LoadClient(target)
+        try:
+            if warm_up:
+                warm = LoadSpec(
+                    concurrency=spec.concurrency,
+                    requests=spec.concurrency,
+                    max_seconds=spec.max_seconds,
+                    stream=spec.stream,
+                )
+                await run_load(client, warm)
+            result, resources = await measure(bench, client, spec, gateway_pid)
+        finally:
+            client.close()
+        if bench.raw is not None:
+            bench.raw.append(result)
+        runs.append(result)
+        parts.append(resources)
+    return summarize(runs, parts, gateway=target.name != "direct")
+
+
+# -- 1 and 2: streaming latency, throughput and CPU per token ------------------------------------
+
+
+async def streaming_latency(bench: Bench) -> list[Comparison]:
+    """Scenario 1 (and 2): the same streaming load, direct then through the gateway, at each
+    concurrency level."""
+    profile = bench.profile
+    await bench.streaming_upstream()
+    comparisons: list[Comparison] = []
+    for concurrency, requests in profile.levels.items():
+        spec = LoadSpec(concurrency, requests, profile.phase_max_s)
+        direct = await _phase(bench, bench.direct, spec, bench.gateway.pid, rounds=profile.rounds)
+        gateway = await _phase(
+            bench, bench.through(bench.gateway), spec, bench.gateway.pid, rounds=profile.rounds
+        )
+        comparisons.append(compare(direct, gateway))
+    return comparisons
+
+
+# -- 3: non-streaming requests per second ---------------------------------------------------------
+
+
+async def non_streaming(
+    bench: Bench, gateway: GatewayProcess | None = None, direct: PhaseSummary | None = None
+) -> Comparison:
+    """Scenario 3: closed-loop ``stream: false`` requests for a fixed time, an upstream that
+    answers at once (64 tokens, no delay). ``direct``: reuse that direct phase."""
+    profile = bench.profile
+    gateway = gateway or bench.gateway
+    await bench.instant_upstream()
+    spec = LoadSpec(
+        profile.nonstream_concurrency,
+        requests=10_000_000,
+        max_seconds=profile.nonstream_s,
+        stream=False,
+    )
+    if direct is None:
+        direct = await _phase(bench, bench.direct, spec, gateway.pid)
+    through = await _phase(bench, bench.through(gateway), spec, gateway.pid)
+    return compare(direct, through)
+
+
+# -- 4: memory per open idle stream ---------------------------------------------------------------
+
+
+class MemoryStep(msgspec.Struct, frozen=True):
+    streams: int
+    ready: int
+    failed: int
+    rss_mib: float
+    #: Seconds it took to open this step's streams.
+    open_s: float
+
+
+class MemoryResult(msgspec.Struct, frozen=True):
+    target: str
+    #: RSS of the measured process before the first stream.
+    baseline_rss_mib: float
+    steps: list[MemoryStep]
+    #: Least-squares slope of RSS over the open streams of the steps (the baseline is left
+    #: out: the first streams reuse memory that earlier requests freed).
+    per_stream_kib: float | None
+    #: The same slope with the baseline as a point (0 streams).
+    per_stream_with_baseline_kib: float | None
+    #: After every stream was closed.
+    after_close_rss_mib: float
+    #: Seconds from closing every client connection until the mock's open connections were
+    #: back to where they were (``None``: not within the bound).
+    upstream_released_s: float | None
+
+
+def _slope(points: list[tuple[float, float]]) -> float | None:
+    if len(points) < 2:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    denominator = sum((x - mean_x) ** 2 for x, _ in points)
+    if denominator == 0:
+        return None
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / denominator
+
+
+async def _hold_idle_streams(bench: Bench, target: Target, pid: int) -> MemoryResult:
+    baseline_connections = (await bench.upstream.stats()).open_connections
+    await trio.sleep(_SETTLE_SECONDS)
+    baseline = procstats.sample_tree(pid).rss_bytes
+    points = [(0.0, float(baseline))]
+    steps: list[MemoryStep] = []
+    async with AsyncExitStack() as stack:
+        opened = 0
+        for count in bench.profile.idle_steps:
+            started = time.monotonic()
+            streams = await stack.enter_async_context(open_streams(target, count - opened))
+            with trio.move_on_after(_STREAMS_READY_BOUND):
+                await streams.settled.wait()
+            open_s = time.monotonic() - started
+            await trio.sleep(_SETTLE_SECONDS)
+            rss = procstats.sample_tree(pid).rss_bytes
+            ready = (steps[-1].ready if steps else 0) + streams.ready
+            failed = (steps[-1].failed if steps else 0) + streams.failed
+            steps.append(MemoryStep(count, ready, failed, mib(rss), open_s))
+            points.append((float(ready), float(rss)))
+            opened = count
+        closed_at = time.monotonic()
+    released: float | None = None
+    with trio.move_on_after(_CLOSE_WAIT_BOUND):
+        while True:  # the mock is another process: poll it
+            if (await bench.upstream.stats()).open_connections <= baseline_connections:
+                released = time.monotonic() - closed_at
+                break
+            await trio.sleep(0.01)
+    await trio.sleep(_SETTLE_SECONDS)
+    slope = _slope(points[1:])
+    with_baseline = _slope(points)
+    return MemoryResult(
+        target=target.name,
+        baseline_rss_mib=mib(baseline),
+        steps=steps,
+        per_stream_kib=None if slope is None else slope / 1024,
+        per_stream_with_baseline_kib=None if with_baseline is None else with_baseline / 1024,
+        after_close_rss_mib=mib(procstats.sample_tree(pid).rss_bytes),
+        upstream_released_s=released,
+    )
+
+
+async def idle_streams(bench: Bench) -> list[MemoryResult]:
+    """Scenario 4: open streams whose first token never comes (the mock holds them), in steps;
+    RSS at each step. The "direct" line is the mock upstream's own RSS, for scale. Run it on a
+    fresh gateway: a few complete streams first (imports and caches a first request fills),
+    then the steps."""
+    await bench.instant_upstream()
+    for target in (bench.direct, bench.through(bench.gateway)):
+        client = LoadClient(target)
+        try:
+            await run_load(client, LoadSpec(10, 20, 30.0))
+        finally:
+            client.close()
+    await bench.streaming_upstream(first_token_delay=3600.0)
+    direct = await _hold_idle_streams(bench, bench.direct, bench.upstream.pid)
+    gateway = await _hold_idle_streams(bench, bench.through(bench.gateway), bench.gateway.pid)
+    return [direct, gateway]
+
+
+# -- 5: disconnect to upstream cancel -------------------------------------------------------------
+
+
+class DisconnectResult(msgspec.Struct, frozen=True):
+    target: str
+    concurrency: int
+    requests: int
+    disconnected: int
+    #: Disconnected requests whose upstream connection the mock saw closed by its client.
+    cancelled: int
+    #: ...and those it did not (still open, or closed by the mock itself after finishing).
+    not_cancelled: int
+    latency_ms: Percentiles | None
+    errors: dict[str, int]
+
+
+async def _disconnect_phase(bench: Bench, target: Target) -> DisconnectResult:
+    profile = bench.profile
+    await bench.upstream.records()  # forget earlier requests
+    spec = LoadSpec(
+        profile.disconnect_concurrency,
+        profile.disconnect_requests,
+        profile.phase_max_s,
+        disconnect_after_tokens=profile.disconnect_after_tokens,
+        keep_alive=False,
+    )
+    client = LoadClient(target)
+    try:
+        result = await run_load(client, spec)
+    finally:
+        client.close()
+    await trio.sleep(_SETTLE_SECONDS)  # let the last closes reach the mock
+    records = {record.tag: record for record in await bench.upstream.records() if record.tag}
+    latencies: list[float] = []
+    disconnected = not_cancelled = 0
+    errors: dict[str, int] = {}
+    for request in result.results:
+        if request.error is not None:
+            errors[request.error] = errors.get(request.error, 0) + 1
+        if request.disconnected_at is None:
+            continue
+        disconnected += 1
+        record = records.get(request.tag)
+        if record is None or record.closed_at is None or record.closed_by != "client":
+            not_cancelled += 1
+            continue
+        latencies.append(record.closed_at - request.disconnected_at)
+    return DisconnectResult(
+        target=target.name,
+        concurrency=spec.concurrency,
+        requests=len(result.results),
+        disconnected=disconnected,
+        cancelled=len(latencies),
+        not_cancelled=not_cancelled,
+        latency_ms=percentiles(latencies),
+        errors=errors,
+    )
+
+
+async def disconnects(bench: Bench) -> list[DisconnectResult]:
+    """Scenario 5: each stream is closed by the client after a few tokens; latency from that
+    close to the mock upstream seeing its connection closed (``time.monotonic()`` in both
+    processes)."""
+    await bench.streaming_upstream()
+    direct = await _disconnect_phase(bench, bench.direct)
+    gateway = await _disconnect_phase(bench, bench.through(bench.gateway))
+    return [direct, gateway]
+
+
+# -- 6: hypercorn --workers N ---------------------------------------------------------------------
+
+
+class WorkersResult(msgspec.Struct, frozen=True):
+    workers: int
+    #: How the workers were started, and on which CPUs.
+    command: str
+    cpus: str
+    processes: int
+    idle_rss_mib: float
+    #: CPU seconds of each process of the tree over the whole scenario (master first): how
+    #: evenly the workers shared the load.
+    process_cpu_s: list[float]
+    streaming: list[PhaseSummary]
+    non_streaming: Comparison | None
+    error: str | None = None
+
+
+async def workers(bench: Bench, direct_plain: PhaseSummary | None = None) -> WorkersResult:
+    """Scenario 6: the gateway under ``hypercorn -k trio --workers N``
+    (``trio_gateway.server.asgi:app``) on every core (N workers on a 2-core machine need both;
+    the load side stays on its core)."""
+    profile = bench.profile
+    command = f"hypercorn -k trio --workers {profile.workers} trio_gateway.server.asgi:app"
+    # Set explicitly: unpinned, the gateway would inherit the load generator's core.
+    cpus = bench.all_cpus or None
+    async with open_gateway(
+        bench.upstream.url, bench.workdir, cpus=cpus, workers=profile.workers
+    ) as gateway:
+        await trio.sleep(_SETTLE_SECONDS)
+        idle = procstats.sample_tree(gateway.pid)
+        members = procstats.tree(gateway.pid)
+        cpu_before = [procstats.sample(pid).cpu_seconds for pid in members]
+        await bench.streaming_upstream()
+        streaming: list[PhaseSummary] = []
+        for concurrency in profile.workers_levels:
+            requests = profile.levels.get(concurrency, concurrency * 2)
+            spec = LoadSpec(concurrency, requests, profile.phase_max_s)
+            streaming.append(await _phase(bench, bench.through(gateway), spec, gateway.pid))
+        plain = await non_streaming(bench, gateway, direct_plain)
+        cpu_after = [procstats.sample(pid).cpu_seconds for pid in members]
+        return WorkersResult(
+            workers=profile.workers,
+            command=command,
+            cpus=f"on cores {','.join(map(str, sorted(cpus)))}" if cpus else "not pinned",
+            processes=idle.processes,
+            idle_rss_mib=mib(idle.rss_bytes),
+            process_cpu_s=[
+                after - before for before, after in zip(cpu_before, cpu_after, strict=True)
+            ],
+            streaming=streaming,
+            non_streaming=plain,
+        )
+
+
+# -- 7: where the CPU goes ------------------------------------------------------------------------
+
+
+class ProfileResult(msgspec.Struct, frozen=True):
+    concurrency: int
+    seconds: float
+    phase: PhaseSummary
+    breakdown: profiling.Breakdown
+    raw_path: str
+
+
+async def cpu_profile(bench: Bench) -> ProfileResult:
+    """py-spy on the gateway during a streaming phase at ``profile_concurrency``. py-spy runs
+    on the load side's core and pauses the gateway briefly for each sample."""
+    profile = bench.profile
+    await bench.streaming_upstream()
+    target = bench.through(bench.gateway)
+    spec = LoadSpec(profile.profile_concurrency, 10_000_000, profile.profile_s + 0.5)
+    raw = bench.workdir / "py-spy-gateway.txt"
+    client = LoadClient(target)
+    try:
+        await run_load(client, LoadSpec(spec.concurrency, spec.concurrency, 30.0))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(profiling.record, bench.gateway.pid, profile.profile_s, raw)
+            result, resources = await measure(bench, client, spec, bench.gateway.pid)
+    finally:
+        client.close()
+    phase = summarize([result], [resources], gateway=True)
+    text = await trio.Path(raw).read_text(errors="replace")
+    return ProfileResult(
+        concurrency=spec.concurrency,
+        seconds=profile.profile_s,
+        phase=phase,
+        breakdown=profiling.breakdown(text, cpu_per_token_us=phase.cpu_per_token_us),
+        raw_path=str(raw),
+    )
