@@ -319,9 +319,7 @@ def open_fds() -> int:
         pytest.param(100, id="3000-requests", marks=pytest.mark.slow),
     ],
 )
-async def test_soak_mixed_traffic_returns_to_baseline(
-    nursery: trio.Nursery, batches: int
-) -> None:
+async def test_soak_mixed_traffic_returns_to_baseline(nursery: trio.Nursery, batches: int) -> None:
     """The soak scenario: streaming, non-streaming, disconnects and upstream faults, then
     nothing is left running or open. 300 requests in the suite; 3,000 with ``-m slow``."""
     mock = MockUpstream(
