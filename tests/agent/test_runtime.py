@@ -264,3 +264,26 @@ async def test_runtime_last_tool_round_does_not_run_tools(tmp_path: Path) -> Non
     assert result.error.code == "max_tool_iterations"
     assert not any(isinstance(e, ToolStarted) for e in recorder.events)
     assert provider.calls == 1
+
+
+def test_history_messages_do_not_repeat_text_said_before_tool_calls() -> None:
+    from trio_gateway.agent.runtime import history_messages
+    from trio_gateway.sessions import TranscriptEntry
+
+    call = ToolCall("c1", "current_time", "{}")
+    transcript = [
+        TranscriptEntry("user", "what time is it?"),
+        TranscriptEntry("assistant", "Let me check. ", tool_calls=(call,), internal=True),
+        TranscriptEntry("tool", "noon", tool_call_id="c1", internal=True),
+        TranscriptEntry("assistant", "Let me check. It is noon."),
+        TranscriptEntry("user", "thanks"),
+        TranscriptEntry("assistant", "Let me check. You are welcome."),  # not after tools
+    ]
+    assert [m.content for m in history_messages(transcript)] == [
+        "what time is it?",
+        "Let me check. ",
+        "noon",
+        "It is noon.",
+        "thanks",
+        "Let me check. You are welcome.",
+    ]

@@ -155,7 +155,9 @@ async def test_control_oversized_frame_after_auth_closes_1009(nursery: trio.Nurs
         assert (await closed_with(ws))[0] == 1009
 
 
-@pytest.mark.parametrize(("payload", "code"), [(b"\x00\x01", 1003), ("not json", 1007)])
+@pytest.mark.parametrize(
+    ("payload", "code"), [(b"\x00\x01", 1003), (b"", 1003), ("not json", 1007)]
+)
 async def test_control_bad_frames_close_the_connection(
     nursery: trio.Nursery, payload: str | bytes, code: int
 ) -> None:

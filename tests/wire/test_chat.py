@@ -579,3 +579,16 @@ def test_parse_chat_request_stream_null_means_not_streaming() -> None:
 
     assert request.stream is None
     assert not request.stream
+
+
+def test_parse_chat_request_invalid_utf8_inside_a_string_is_invalid_json() -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_chat_request(b'{"messages": [{"role": "user", "content": "\xff"}]}')
+    assert caught.value.code == "invalid_json"
+
+
+def test_parse_chat_request_survives_deep_nesting() -> None:
+    deep = b'{"messages": [{"role": "user", "content": "x"}], "tool_choice": {"a": '
+    deep += b"[" * 100_000 + b"]" * 100_000 + b"}}"
+    with pytest.raises(InvalidRequestError):
+        parse_chat_request(deep)

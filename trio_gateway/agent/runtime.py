@@ -560,7 +560,7 @@ class AgentRuntime:
         )
         state.keep = reconciled.keep
         state.new_entries = [TranscriptEntry.of(m) for m in reconciled.new]
-        return [entry.to_message() for entry in kept], list(reconciled.new)
+        return history_messages(kept), list(reconciled.new)
 
     async def _model_call(
         self,
@@ -695,6 +695,28 @@ class AgentRuntime:
                 logger.exception("session.record.failed run_id=%s", prepared.run_id)
         if scope.cancelled_caught:
             logger.error("session.record.failed run_id=%s reason=timeout", prepared.run_id)
+
+
+def history_messages(transcript: Sequence[TranscriptEntry]) -> list[Message]:
+    """A stored transcript as model input.
+
+    A run's final reply holds all the text its client saw, including what the model said
+    before calling tools; that text is also in the run's internal tool-calling entries. The
+    reply keeps only what is new, so the model never reads the same words twice.
+    """
+    messages: list[Message] = []
+    said = ""  # the text of the internal assistant entries since the last visible entry
+    for entry in transcript:
+        message = entry.to_message()
+        if entry.internal:
+            if entry.role == "assistant":
+                said += entry.content
+        else:
+            if entry.role == "assistant" and said and entry.content.startswith(said):
+                message = replace(message, content=entry.content[len(said) :])
+            said = ""
+        messages.append(message)
+    return messages
 
 
 def _export_queue_depth(admission: Admission) -> None:

@@ -357,7 +357,7 @@ class ControlConnection:
 
     async def _receive(self, limit: int) -> str:
         data = await websocket.receive()
-        if isinstance(data, bytes):
+        if not isinstance(data, str):  # bytes, or None for an empty binary frame (quart-trio)
             await self._end(1003, "binary frames are not supported")
         if len(data) > limit or len(data.encode("utf-8")) > limit:
             await self._end(1009, "frame_too_large")

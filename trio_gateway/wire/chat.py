@@ -161,6 +161,15 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise InvalidRequestError(
             f"The request body is not valid JSON ({exc}).", code="invalid_json"
         ) from exc
+    except UnicodeDecodeError as exc:
+        # msgspec reports invalid UTF-8 inside a string this way, not as a DecodeError.
+        raise InvalidRequestError(
+            "The request body is not valid JSON (invalid UTF-8 in a string).", code="invalid_json"
+        ) from exc
+    except RecursionError as exc:
+        raise InvalidRequestError(
+            "The request body is nested too deeply.", code="invalid_json"
+        ) from exc
     _check_rules(request)
     return request
 

@@ -47,12 +47,14 @@ class _Id(msgspec.Struct):
 def parse_request(text: str | bytes) -> RequestFrame:
     try:
         return _decoder.decode(text)
+    except (RecursionError, UnicodeDecodeError) as exc:
+        raise FrameError("not a request frame: nested too deeply or not UTF-8") from exc
     except msgspec.DecodeError as exc:
         request_id: str | None = None
         try:
             candidate = msgspec.json.decode(text, type=_Id).id
             request_id = candidate if isinstance(candidate, str) else None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             pass
         raise FrameError(f"not a request frame: {exc}", request_id=request_id) from exc
 
