@@ -917,6 +917,7 @@ class _RunView(msgspec.Struct, frozen=True, rename="camel"):
     session_key: str = "?"
     age_seconds: float = 0.0
     text_chars: int = 0
+    deltas: int = 0
     source: str = "?"
 
 
@@ -967,7 +968,7 @@ def status(
                 run.agent_id,
                 run.session_key,
                 f"{run.age_seconds:.1f}s",
-                f"{run.text_chars} chars",
+                f"{run.deltas} tokens, {run.text_chars} chars",
                 run.source,
             )
             for run in view.runs

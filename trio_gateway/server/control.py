@@ -476,6 +476,8 @@ class ControlConnection:
                 "startedAt": run.started_at,
                 "ageSeconds": round(now - run.started_at, 3),
                 "textChars": run.text_chars,
+                # Text deltas streamed so far: the upstream's tokens, as it sent them.
+                "deltas": len(run.parts),
             }
             for run in self.runtime.active_runs.running()
         ]
