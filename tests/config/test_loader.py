@@ -549,3 +549,13 @@ def test_redacted_uses_the_file_key_names() -> None:
         return []
 
     assert all("_" not in key for key in keys(data))
+
+
+def test_redacted_hides_credentials_in_a_base_url() -> None:
+    config = parse_config(
+        "{models: {providers: {local: {api: 'echo'}, up: {api: 'openai-chat', "
+        "baseUrl: 'https://user:s3cret@example.com/v1'}}}}"
+    )
+    data: dict[str, Any] = redacted(config)
+    assert data["models"]["providers"]["up"]["baseUrl"] == "https://<redacted>@example.com/v1"
+    assert "s3cret" not in repr(data)

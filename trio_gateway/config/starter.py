@@ -54,7 +54,22 @@ def redacted(config: Config) -> dict[str, object]:
     for provider in data["models"]["providers"].values():
         if provider.get("apiKey") is not None:
             provider["apiKey"] = REDACTED
+        base_url = provider.get("baseUrl")
+        if isinstance(base_url, str):
+            provider["baseUrl"] = _without_userinfo(base_url)
         # Headers often carry credentials (Authorization, x-api-key): show only their names.
         for name in provider.get("headers", {}):
             provider["headers"][name] = REDACTED
     return data
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` part replaced by the redaction marker."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    host = authority.rpartition("@")[2]
+    return f"{scheme}://{REDACTED}@{host}{slash}{path}"

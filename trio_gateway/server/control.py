@@ -420,7 +420,7 @@ class ControlConnection:
             self.queue(encode_error_response(request.id, code="auth_failed", message=exc.message))
             await self._end(4001, "auth_failed")
         logger.info(
-            "control.connected client=%s version=%s", params.client.name, params.client.version
+            "control.connected client=%r version=%r", params.client.name, params.client.version
         )
         payload = {
             "protocol": PROTOCOL_VERSION,
