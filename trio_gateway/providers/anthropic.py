@@ -46,7 +46,7 @@ from .base import (
     TokenUsage,
     ToolCallDelta,
 )
-from .upstream import USER_AGENT, UpstreamClient, bad_response, resolve_api_key
+from .upstream import HttpProvider, bad_response
 
 __all__ = ["AnthropicProvider", "MessagesStreamParser", "encode_messages_request"]
 
@@ -375,7 +375,7 @@ class MessagesStreamParser:
 # -- the provider -----------------------------------------------------------------------------
 
 
-class AnthropicProvider:
+class AnthropicProvider(HttpProvider):
     """Anthropic's Messages API (``api: "anthropic-messages"``).
 
     ``name`` is the provider's key under ``models.providers``. The API key is ``apiKey``, else
@@ -391,26 +391,14 @@ class AnthropicProvider:
         environ: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.name = name
         self.config = config
-        api_key, missing_env = resolve_api_key(config.api_key, config.api_key_env, environ)
-        headers = {
-            "user-agent": USER_AGENT,
-            "accept": "text/event-stream",
-            "anthropic-version": config.anthropic_version,
-        }
-        if api_key:
-            headers["x-api-key"] = api_key
-        headers.update({key.lower(): value for key, value in config.headers.items()})
-        self._upstream = UpstreamClient(
-            provider=name,
-            base_url=config.base_url,
-            headers=headers,
-            connect_timeout=config.connect_timeout_seconds,
-            first_token_timeout=config.first_token_timeout_seconds,
-            idle_timeout=config.idle_timeout_seconds,
-            missing_key_env=missing_env,
+        super().__init__(
+            config,
+            name=name,
+            environ=environ,
             transport=transport,
+            fixed_headers={"anthropic-version": config.anthropic_version},
+            key_header=lambda key: ("x-api-key", key),
         )
 
     async def stream(self, request: ModelRequest, emit: Emit) -> Completion:
@@ -418,12 +406,3 @@ class AnthropicProvider:
         return await self._upstream.stream(
             "v1/messages", body, MessagesStreamParser(self.name), emit, model=request.model
         )
-
-    async def aclose(self) -> None:
-        await self._upstream.aclose()
-
-    async def __aenter__(self) -> AnthropicProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()

@@ -38,7 +38,7 @@ from .base import (
     TokenUsage,
     ToolCallDelta,
 )
-from .upstream import USER_AGENT, UpstreamClient, bad_response, resolve_api_key
+from .upstream import HttpProvider, bad_response
 
 __all__ = ["ChatStreamParser", "OpenAIChatProvider", "encode_chat_request"]
 
@@ -306,7 +306,7 @@ class ChatStreamParser:
 # -- the provider -----------------------------------------------------------------------------
 
 
-class OpenAIChatProvider:
+class OpenAIChatProvider(HttpProvider):
     """An OpenAI-compatible Chat Completions upstream (``api: "openai-chat"``).
 
     ``name`` is the provider's key under ``models.providers`` (used in messages and logs).
@@ -323,22 +323,14 @@ class OpenAIChatProvider:
         environ: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.name = name
         self.config = config
-        api_key, missing_env = resolve_api_key(config.api_key, config.api_key_env, environ)
-        headers = {"user-agent": USER_AGENT, "accept": "text/event-stream"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        headers.update({key.lower(): value for key, value in config.headers.items()})
-        self._upstream = UpstreamClient(
-            provider=name,
-            base_url=config.base_url,
-            headers=headers,
-            connect_timeout=config.connect_timeout_seconds,
-            first_token_timeout=config.first_token_timeout_seconds,
-            idle_timeout=config.idle_timeout_seconds,
-            missing_key_env=missing_env,
+        super().__init__(
+            config,
+            name=name,
+            environ=environ,
             transport=transport,
+            fixed_headers={},
+            key_header=lambda key: ("authorization", f"Bearer {key}"),
         )
 
     async def stream(self, request: ModelRequest, emit: Emit) -> Completion:
@@ -349,12 +341,3 @@ class OpenAIChatProvider:
             emit,
             model=request.model,
         )
-
-    async def aclose(self) -> None:
-        await self._upstream.aclose()
-
-    async def __aenter__(self) -> OpenAIChatProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()

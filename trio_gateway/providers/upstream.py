@@ -42,22 +42,28 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, Self
 
 import httpx
 import msgspec
 import trio
 
 from .._version import __version__
+from ..config.schema import AnthropicProviderConfig, OpenAIChatProviderConfig
 from ..errors import ConfigError, UpstreamError
 from ..wire.sse import SSEDecoder, SSEEvent
 from .base import Completion, Emit, ModelEvent
 
+#: The config of either HTTP provider (they share every connection setting).
+UpstreamSettings = OpenAIChatProviderConfig | AnthropicProviderConfig
+
 __all__ = [
     "USER_AGENT",
+    "HttpProvider",
     "StreamParser",
     "UpstreamClient",
+    "UpstreamSettings",
     "bad_response",
     "error_message_from_body",
     "resolve_api_key",
@@ -401,3 +407,47 @@ class UpstreamClient:
             error.retryable,
             (trio.current_time() - started) * 1000,
         )
+
+
+class HttpProvider:
+    """What the HTTP providers share: the pooled :class:`UpstreamClient` built from their
+    config (API key from ``apiKey`` or the variable ``apiKeyEnv`` names, read now; ``environ``
+    defaults to ``os.environ``), and closing it. Subclasses say how the key is sent and which
+    fixed headers the API wants, and implement ``stream``."""
+
+    def __init__(
+        self,
+        config: UpstreamSettings,
+        *,
+        name: str,
+        environ: Mapping[str, str] | None,
+        transport: httpx.AsyncBaseTransport | None,
+        fixed_headers: Mapping[str, str],
+        key_header: Callable[[str], tuple[str, str]],
+    ) -> None:
+        self.name = name
+        api_key, missing_env = resolve_api_key(config.api_key, config.api_key_env, environ)
+        headers = {"user-agent": USER_AGENT, "accept": "text/event-stream", **fixed_headers}
+        if api_key:
+            header, value = key_header(api_key)
+            headers[header] = value
+        headers.update({key.lower(): value for key, value in config.headers.items()})
+        self._upstream = UpstreamClient(
+            provider=name,
+            base_url=config.base_url,
+            headers=headers,
+            connect_timeout=config.connect_timeout_seconds,
+            first_token_timeout=config.first_token_timeout_seconds,
+            idle_timeout=config.idle_timeout_seconds,
+            missing_key_env=missing_env,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
