@@ -301,7 +301,7 @@ async def test_mock_upstream_hangs_until_the_client_leaves(
         await record.closed.wait()
     assert record.closed_by == "client"
     assert record.closed_at is not None
-    assert record.closed_at - left_at < 0.5
+    assert record.closed_at - left_at < 2
     assert record.completed_at is None
 
 
@@ -341,7 +341,7 @@ async def test_mock_upstream_notices_a_client_that_leaves_mid_stream(
         await record.closed.wait()
     assert record.closed_by == "client"
     assert record.closed_at is not None
-    assert record.closed_at - left_at < 0.1
+    assert record.closed_at - left_at < 2
     assert record.tokens_sent < 100
     assert upstream.open_connections == 0
 

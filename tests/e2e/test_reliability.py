@@ -190,7 +190,7 @@ async def test_flood_beyond_capacity_is_refused_fast_and_health_stays_up(
     assert set(statuses) <= {200, 429}
     assert statuses.count(200) >= 8
     assert statuses.count(429) >= 40
-    assert max(health_latencies) < 1.0  # a generous bound: health never waits for runs
+    assert max(health_latencies) < 2.0  # a generous bound: health never waits for runs
     assert gateway.runtime.admission.statistics().running == 0
 
 
