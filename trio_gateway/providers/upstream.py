@@ -54,6 +54,7 @@ from ..config.schema import AnthropicProviderConfig, OpenAIChatProviderConfig
 from ..errors import ConfigError, UpstreamError
 from ..wire.sse import SSEDecoder, SSEEvent
 from .base import Completion, Emit, ModelEvent
+from .http11 import Http11Transport
 
 #: The config of either HTTP provider (they share every connection setting).
 UpstreamSettings = OpenAIChatProviderConfig | AnthropicProviderConfig
@@ -240,7 +241,11 @@ class UpstreamClient:
                     max_connections=None, max_keepalive_connections=_KEEPALIVE_CONNECTIONS
                 ),
                 follow_redirects=False,
-                transport=transport,
+                transport=(
+                    Http11Transport(max_keepalive=_KEEPALIVE_CONNECTIONS)
+                    if transport is None
+                    else transport
+                ),
             )
         except (httpx.InvalidURL, TypeError, ValueError) as exc:
             raise ConfigError(

@@ -1,0 +1,286 @@
+"""The lean HTTP/1.1 transport, against scripted raw servers on 127.0.0.1 (plain and TLS).
+
+Each test server answers every request on a connection with the next scripted reply (raw
+bytes, so malformed answers are possible), and records how many connections it accepted and
+when each one closed, so reuse and prompt closing are visible from outside.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+import httpx
+import pytest
+import trio
+import trustme
+
+from trio_gateway.providers.http11 import Http11Transport
+
+BOUND = 5.0
+
+#: A reply: raw bytes to write, then whether to close the connection afterwards.
+Reply = tuple[bytes, bool]
+
+
+def ok(body: bytes, *, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+def chunked(*parts: bytes) -> bytes:
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
+
+
+@dataclass
+class RawServer:
+    replies: list[Reply]
+    port: int = 0
+    connections: int = 0
+    closed: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    closed_event: trio.Event = field(default_factory=trio.Event)
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        self.connections += 1
+        buffer = b""
+        try:
+            while self.replies:
+                while b"\r\n\r\n" not in buffer:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(buffer) < length:
+                    buffer += await stream.receive_some(65536)
+                self.requests.append(head + b"\r\n\r\n" + buffer[:length])
+                buffer = buffer[length:]
+                data, close = self.replies.pop(0)
+                await stream.send_all(data)
+                if close:
+                    return
+            # No more replies: wait for the client to close.
+            while await stream.receive_some(65536):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.closed += 1
+            self.closed_event.set()
+            await trio.aclose_forcefully(stream)
+
+
+@asynccontextmanager
+async def raw_server(
+    replies: list[Reply], *, wrap: Callable[[trio.SocketStream], trio.abc.Stream] | None = None
+) -> AsyncIterator[RawServer]:
+    server = RawServer(list(replies))
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await server.handle(stream if wrap is None else wrap(stream))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        server.port = listeners[0].socket.getsockname()[1]
+        yield server
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def client(
+    port: int, *, scheme: str = "http", transport: Http11Transport | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=f"{scheme}://127.0.0.1:{port}", transport=transport or Http11Transport()
+    ) as http:
+        yield http
+
+
+async def test_content_length_and_chunked_bodies_reuse_one_connection() -> None:
+    replies = [(ok(b"hello"), False), (chunked(b"data: a\n\n", b"data: b\n\n"), False)]
+    async with raw_server(replies) as server, client(server.port) as http:
+        with trio.fail_after(BOUND):
+            first = await http.post("/one", content=b'{"x": 1}')
+            async with http.stream("POST", "/two", content=b"{}") as second:
+                parts = [part async for part in second.aiter_raw()]
+    assert first.status_code == 200
+    assert first.content == b"hello"
+    assert first.http_version == "HTTP/1.1"
+    assert b"".join(parts) == b"data: a\n\ndata: b\n\n"
+    assert server.connections == 1
+    assert server.requests[0].startswith(b"POST /one HTTP/1.1\r\n")
+    assert server.requests[0].endswith(b'\r\n\r\n{"x": 1}')
+    assert b"host: 127.0.0.1:" in server.requests[0].lower()
+
+
+async def test_a_half_read_response_closes_its_connection_at_once() -> None:
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+    replies = [(head, False), (ok(b"again"), False)]
+    async with raw_server(replies) as server, client(server.port) as http:
+        with trio.fail_after(BOUND):
+            async with http.stream("GET", "/") as response:
+                async for _ in response.aiter_raw():
+                    break
+            # The server saw the abandoned connection close; the next request opens another.
+            await server.closed_event.wait()
+            again = await http.get("/")
+    assert again.content == b"again"
+    assert server.connections == 2
+
+
+async def test_cancelling_a_read_closes_the_connection() -> None:
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    async with raw_server([(head, False)]) as server, client(server.port) as http:
+        with trio.fail_after(BOUND):
+            async with http.stream("GET", "/") as response:
+                with trio.move_on_after(0.05) as waited:
+                    async for _ in response.aiter_raw():
+                        pass
+            assert waited.cancelled_caught
+            await server.closed_event.wait()
+    assert server.closed == 1
+
+
+async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
+    replies = [(ok(b"one", extra=b""), True), (ok(b"two"), False)]
+    async with raw_server(replies) as server, client(server.port) as http:
+        with trio.fail_after(BOUND):
+            # The first answer does not say "connection: close", so the client pools the
+            # connection; the server then closes it while it is idle.
+            assert (await http.get("/")).content == b"one"
+            await server.closed_event.wait()
+            await trio.sleep(0.01)  # let the FIN arrive
+            assert (await http.get("/")).content == b"two"
+    assert server.connections == 2
+
+
+async def test_connection_close_and_a_body_ended_by_eof() -> None:
+    close_delimited = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"
+    replies = [(ok(b"x", extra=b"connection: close\r\n"), True), (close_delimited, True)]
+    async with raw_server(replies) as server, client(server.port) as http:
+        with trio.fail_after(BOUND):
+            assert (await http.get("/")).content == b"x"
+            assert (await http.get("/")).content == b"until the end"
+    assert server.connections == 2
+
+
+async def test_informational_answers_are_skipped() -> None:
+    reply = b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + ok(b"final")
+    async with raw_server([(reply, False)]) as server, client(server.port) as http:
+        with trio.fail_after(BOUND):
+            response = await http.get("/")
+    assert response.status_code == 200
+    assert response.content == b"final"
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (b"", "Server disconnected without sending a response."),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", "peer closed connection"),
+        (b"NOT HTTP AT ALL\r\n\r\n", "illegal status line"),
+    ],
+)
+async def test_broken_answers_are_remote_protocol_errors(reply: bytes, message: str) -> None:
+    async with raw_server([(reply, True)]) as server, client(server.port) as http:
+        with trio.fail_after(BOUND), pytest.raises(httpx.RemoteProtocolError) as info:
+            await http.get("/")
+    assert message in str(info.value)
+
+
+async def test_connection_refused_is_a_connect_error() -> None:
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with client(port) as http:
+        with trio.fail_after(BOUND), pytest.raises(httpx.ConnectError):
+            await http.get("/")
+
+
+async def test_timeouts_are_httpx_timeouts() -> None:
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    async with raw_server([(b"", False), (head, False)]) as server, client(server.port) as http:
+        with trio.fail_after(BOUND):
+            # The server never answers the first request: the read timeout fires.
+            with pytest.raises(httpx.ReadTimeout):
+                await http.get("/", timeout=httpx.Timeout(None, read=0.05))
+
+
+async def test_unsupported_scheme() -> None:
+    async with httpx.AsyncClient(transport=Http11Transport()) as http:
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await http.get("ftp://127.0.0.1/")
+
+
+async def test_keepalive_bound_and_closing_the_transport() -> None:
+    transport = Http11Transport(max_keepalive=1)
+    replies = [(ok(b"a"), False), (ok(b"b"), False)]
+    async with raw_server(list(replies)) as one, raw_server(list(replies)) as two:
+        async with client(one.port, transport=transport) as http_one:
+            await http_one.get("/")
+            # A second origin's connection does not fit in the pool: it is closed.
+            async with httpx.AsyncClient(transport=transport) as http_two:
+                await http_two.get(f"http://127.0.0.1:{two.port}/")
+                with trio.fail_after(BOUND):
+                    await two.closed_event.wait()
+        # Closing the client closes the transport and its pooled connection.
+        with trio.fail_after(BOUND):
+            await one.closed_event.wait()
+    with pytest.raises(RuntimeError):
+        await transport.handle_async_request(httpx.Request("GET", "http://127.0.0.1/"))
+
+
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+async def test_tls_with_a_trusted_certificate(authority: trustme.CA) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+
+    def wrap(stream: trio.SocketStream) -> trio.abc.Stream:
+        return trio.SSLStream(stream, server_context, server_side=True)
+
+    replies = [(ok(b"secure"), False), (chunked(b"data: x\n\n"), False)]
+    transport = Http11Transport(ssl_context=client_context)
+    async with (
+        raw_server(replies, wrap=wrap) as server,
+        client(server.port, scheme="https", transport=transport) as http,
+    ):
+        with trio.fail_after(BOUND):
+            assert (await http.get("/")).content == b"secure"
+            assert (await http.get("/")).content == b"data: x\n\n"
+    assert server.connections == 1
+
+
+async def test_tls_with_an_untrusted_certificate_is_a_connect_error(
+    authority: trustme.CA,
+) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+
+    def wrap(stream: trio.SocketStream) -> trio.abc.Stream:
+        return trio.SSLStream(stream, server_context, server_side=True)
+
+    # The default context (httpx's trust store) does not know the test authority.
+    async with (
+        raw_server([(ok(b"x"), False)], wrap=wrap) as server,
+        client(server.port, scheme="https") as http,
+    ):
+        with trio.fail_after(BOUND), pytest.raises(httpx.ConnectError) as info:
+            await http.get("/")
+    assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)

@@ -1,0 +1,331 @@
+"""A lean HTTP/1.1 transport for httpx: h11 on trio streams, with a keep-alive pool.
+
+The upstream read is the gateway's hottest loop: every streamed token is one small chunk of an
+upstream response. httpx's default transport (httpcore) costs about 88 µs of CPU per chunk on
+the benchmark machine (a cancel scope and an exception-mapping context manager per read, and
+nine layers of wrappers); this transport reads a chunk with one ``receive_some`` and one
+``h11.next_event`` and hands it to httpx, which keeps everything else it does (base URL,
+headers, auth, the request and response objects, proxies from the environment).
+
+What it does, and on purpose no more:
+
+* HTTP/1.1 over TCP, TLS for ``https`` (httpx's own default SSL context: the same trust store
+  and ``SSL_CERT_FILE`` handling as a plain ``httpx.AsyncClient``), ALPN ``http/1.1``.
+* One request at a time per connection; a response read to its end goes back to the pool
+  (at most ``max_keepalive`` idle connections in all, newest reused first); anything else
+  closes it at once (a cancelled read, an error, a response left half read), so an upstream
+  whose answer is abandoned sees its connection close right away and stops generating.
+* A pooled connection the server has closed meanwhile (readable while idle) is dropped before
+  use instead of failing the request.
+* httpx's ``connect``, ``read`` and ``write`` timeouts apply (``pool`` has nothing to wait for:
+  there is no connection limit). The gateway itself sets only ``connect`` and uses trio cancel
+  scopes for the rest.
+* Errors are httpx's: ``ConnectError``/``ConnectTimeout``, ``ReadError``/``WriteError``,
+  ``ReadTimeout``/``WriteTimeout``, ``RemoteProtocolError`` and ``UnsupportedProtocol``, so
+  callers translate one exception family whichever transport runs.
+
+Not supported: HTTP/2 (the gateway speaks HTTP/1.1 upstream on purpose, see
+:mod:`.upstream`), ``Expect: 100-continue`` and request bodies that must be streamed without
+being held (requests are sent in writes of up to 64 KiB as the request stream yields them).
+"""
+
+from __future__ import annotations
+
+import math
+import select
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import h11
+import httpx
+import trio
+
+__all__ = ["Http11Transport"]
+
+#: Bytes asked for per read.
+_READ_SIZE = 64 * 1024
+#: A request is written in pieces of about this size.
+_WRITE_SIZE = 64 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+_Origin = tuple[str, str, int]
+
+
+class _Connection:
+    """One upstream connection: its trio stream and its h11 state."""
+
+    __slots__ = ("fileno", "h11", "origin", "stream")
+
+    def __init__(self, origin: _Origin, stream: trio.abc.Stream, fileno: int) -> None:
+        self.origin = origin
+        self.stream = stream
+        self.fileno = fileno
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    def is_idle_and_healthy(self) -> bool:
+        """False when the server closed this idle connection or sent something unasked."""
+        if self.fileno < 0:
+            return False
+        poller = select.poll()
+        poller.register(self.fileno, select.POLLIN)
+        return not poller.poll(0)
+
+    async def close(self) -> None:
+        """Close at once (no TLS close_notify exchange): the connection is of no further use."""
+        self.fileno = -1
+        await trio.aclose_forcefully(self.stream)
+
+
+def _raw_fileno(stream: trio.abc.Stream) -> int:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket.fileno()
+    return -1  # an unknown stream: never reused
+
+
+class Http11Transport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 for :class:`httpx.AsyncClient` (``transport=Http11Transport()``).
+
+    ``max_keepalive`` bounds the idle connections kept for reuse; ``ssl_context`` defaults to
+    httpx's default context, built on the first ``https`` request.
+    """
+
+    def __init__(
+        self, *, max_keepalive: int = 64, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self._max_keepalive = max_keepalive
+        self._ssl_context = ssl_context
+        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._idle_count = 0
+        self._closed = False
+
+    # -- the pool ---------------------------------------------------------------------------
+
+    def _checkout(self, origin: _Origin) -> tuple[_Connection | None, list[_Connection]]:
+        """A healthy idle connection to ``origin`` (or ``None``), and the stale ones found."""
+        stale: list[_Connection] = []
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            self._idle_count -= 1
+            if connection.is_idle_and_healthy():
+                return connection, stale
+            stale.append(connection)
+        return None, stale
+
+    async def _checkin(self, connection: _Connection) -> None:
+        state = connection.h11
+        if (
+            self._closed
+            or self._idle_count >= self._max_keepalive
+            or state.our_state is not h11.DONE
+            or state.their_state is not h11.DONE
+        ):
+            await connection.close()
+            return
+        state.start_next_cycle()
+        self._idle.setdefault(connection.origin, []).append(connection)
+        self._idle_count += 1
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle, self._idle_count = self._idle, {}, 0
+        for connections in idle.values():
+            for connection in connections:
+                await connection.close()
+
+    # -- one request ------------------------------------------------------------------------
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        url = request.url
+        scheme = url.scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(
+                f"Request URL has an unsupported protocol '{scheme}://'.", request=request
+            )
+        if not url.host:
+            raise httpx.UnsupportedProtocol("Request URL is missing a host.", request=request)
+        origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+
+        connection, stale = self._checkout(origin)
+        for old in stale:
+            await old.close()
+        if connection is None:
+            connection = await self._connect(origin, request, timeouts.get("connect"))
+        try:
+            await self._send_request(connection, request, timeouts.get("write"))
+            response = await self._receive_head(connection, request, timeouts.get("read"))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await connection.close()
+            raise
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers.raw_items(),
+            stream=_ResponseBody(self, connection, request, timeouts.get("read")),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason},
+        )
+
+    async def _connect(
+        self, origin: _Origin, request: httpx.Request, connect_timeout: float | None
+    ) -> _Connection:
+        scheme, host, port = origin
+        stream: trio.abc.Stream
+        try:
+            with trio.fail_after(math.inf if connect_timeout is None else connect_timeout):
+                stream = await trio.open_tcp_stream(host, port)
+                if scheme == "https":
+                    if self._ssl_context is None:
+                        self._ssl_context = httpx.create_ssl_context()
+                    tls = trio.SSLStream(
+                        stream, self._ssl_context, server_hostname=host, https_compatible=True
+                    )
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(tls)
+                        raise
+                    stream = tls
+        except trio.TooSlowError as exc:
+            raise httpx.ConnectTimeout(
+                f"connecting took longer than {connect_timeout:g} seconds", request=request
+            ) from exc
+        except (OSError, trio.BrokenResourceError) as exc:
+            cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+            raise httpx.ConnectError(str(cause) or type(cause).__name__, request=request) from exc
+        return _Connection(origin, stream, _raw_fileno(stream))
+
+    async def _send_request(
+        self, connection: _Connection, request: httpx.Request, write_timeout: float | None
+    ) -> None:
+        state = connection.h11
+        try:
+            with trio.fail_after(math.inf if write_timeout is None else write_timeout):
+                out = bytearray(
+                    state.send(
+                        h11.Request(
+                            method=request.method,
+                            target=request.url.raw_path,
+                            headers=request.headers.raw,
+                        )
+                    )
+                    or b""
+                )
+                body = request.stream
+                assert isinstance(body, httpx.AsyncByteStream), "an AsyncClient request"
+                async for part in body:
+                    out += state.send(h11.Data(data=part)) or b""
+                    if len(out) >= _WRITE_SIZE:
+                        await connection.stream.send_all(out)
+                        out.clear()
+                out += state.send(h11.EndOfMessage()) or b""
+                await connection.stream.send_all(out)
+        except trio.TooSlowError as exc:
+            raise httpx.WriteTimeout("sending the request timed out", request=request) from exc
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpx.WriteError(_reason(exc), request=request) from exc
+
+    async def _receive_head(
+        self, connection: _Connection, request: httpx.Request, read_timeout: float | None
+    ) -> h11.Response:
+        state = connection.h11
+        try:
+            with trio.fail_after(math.inf if read_timeout is None else read_timeout):
+                while True:
+                    event = state.next_event()
+                    if event is h11.NEED_DATA:
+                        data = await connection.stream.receive_some(_READ_SIZE)
+                        if not data:  # before a complete head, the end is always an error
+                            raise httpx.RemoteProtocolError(
+                                "Server disconnected without sending a response.",
+                                request=request,
+                            )
+                        state.receive_data(bytes(data))  # no copy: trio returns bytes
+                    elif type(event) is h11.Response:
+                        return event
+                    elif type(event) is not h11.InformationalResponse:
+                        raise httpx.RemoteProtocolError(  # PAUSED: a client never sees it here
+                            f"Unexpected {type(event).__name__} before the response.",
+                            request=request,
+                        )
+        except trio.TooSlowError as exc:
+            raise httpx.ReadTimeout("waiting for the response timed out", request=request) from exc
+        except h11.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpx.ReadError(_reason(exc), request=request) from exc
+
+
+class _ResponseBody(httpx.AsyncByteStream):
+    """The body of one response, read straight from its connection."""
+
+    def __init__(
+        self,
+        transport: Http11Transport,
+        connection: _Connection,
+        request: httpx.Request,
+        read_timeout: float | None,
+    ) -> None:
+        self._transport = transport
+        self._connection: _Connection | None = connection
+        self._request = request
+        self._read_timeout = read_timeout
+        self._complete = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        connection = self._connection
+        if connection is None:
+            raise httpx.StreamClosed()
+        state = connection.h11
+        receive = connection.stream.receive_some
+        read_timeout = self._read_timeout
+        try:
+            while True:
+                event: Any = state.next_event()
+                if type(event) is h11.Data:
+                    yield bytes(event.data)
+                elif event is h11.NEED_DATA:
+                    if read_timeout is None:
+                        data = await receive(_READ_SIZE)
+                    else:
+                        with trio.fail_after(read_timeout):
+                            data = await receive(_READ_SIZE)
+                    state.receive_data(bytes(data))  # no copy: trio returns bytes
+                elif type(event) is h11.EndOfMessage:
+                    self._complete = True
+                    return
+                else:
+                    raise httpx.RemoteProtocolError(
+                        "The server closed the connection in the middle of the response.",
+                        request=self._request,
+                    )
+        except trio.TooSlowError as exc:
+            raise httpx.ReadTimeout(
+                "reading the response timed out", request=self._request
+            ) from exc
+        except h11.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(str(exc), request=self._request) from exc
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise httpx.ReadError(_reason(exc), request=self._request) from exc
+
+    async def aclose(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        with trio.CancelScope(shield=True):
+            if self._complete:
+                await self._transport._checkin(connection)
+            else:
+                await connection.close()
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
+    return str(cause) or type(cause).__name__
