@@ -13,6 +13,10 @@ the writer comes round are coalesced into one chunk, so a client that falls behi
 writes, not more. While the run is silent a ``: keep-alive`` comment goes out every
 ``keep_alive_seconds``. ``[DONE]`` is sent only after a run really finished; a failure becomes
 an in-band ``data: {"error": ...}`` event and the stream then ends.
+
+The keep-alives come from a third task in the same nursery, which sleeps until the stream has
+been silent for an interval and then puts a tick into the channel: the writer itself waits for
+events without a timeout, because a cancel scope per wait cost about 10 µs per token.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ __all__ = ["ChatStreamBody"]
 logger = logging.getLogger(__name__)
 
 _LOST = RunFailed(RunError("The agent run ended unexpectedly; the answer is incomplete."))
+
+
+class _KeepAliveTick:
+    """Put into the channel when the stream has been silent for a keep-alive interval."""
+
+
+_TICK = _KeepAliveTick()
+_StreamItem = RunEvent | _KeepAliveTick
 
 
 class ChatStreamBody(ResponseBody):
@@ -68,14 +80,19 @@ class ChatStreamBody(ResponseBody):
         self._queue_seconds = queue_seconds
         self._stack = AsyncExitStack()
         self._nursery: trio.Nursery | None = None
-        self._receive: trio.MemoryReceiveChannel[RunEvent] | None = None
+        self._receive: trio.MemoryReceiveChannel[_StreamItem] | None = None
+        #: When the writer last handed quart a chunk (trio time); the keep-alive task reads it.
+        self._written_at = 0.0
+        self._keep_alive_scope = trio.CancelScope()
 
     async def __aenter__(self) -> ChatStreamBody:
         metrics.ACTIVE_STREAMS.inc()
         self._stack.callback(metrics.ACTIVE_STREAMS.dec)
         nursery = await self._stack.enter_async_context(trio.open_nursery())
-        send, receive = trio.open_memory_channel[RunEvent](self._buffer_events)
+        send, receive = trio.open_memory_channel[_StreamItem](self._buffer_events)
         self._nursery, self._receive = nursery, receive
+        self._written_at = trio.current_time()
+        nursery.start_soon(self._keep_alive, send.clone())
         nursery.start_soon(self._produce, send)
         return self
 
@@ -95,7 +112,25 @@ class ChatStreamBody(ResponseBody):
         self._receive.close()
         await self._stack.__aexit__(exc_type, exc_value, tb)
 
-    async def _produce(self, send: trio.MemorySendChannel[RunEvent]) -> None:
+    async def _keep_alive(self, send: trio.MemorySendChannel[_StreamItem]) -> None:
+        """Tick while the stream is silent; ends when the producer does (its channel clone
+        must close for the writer to see the channel end)."""
+        interval = self._keep_alive_seconds
+        with self._keep_alive_scope, send:
+            while True:
+                await trio.sleep_until(self._written_at + interval)
+                now = trio.current_time()
+                if now < self._written_at + interval:
+                    continue  # something was written meanwhile
+                try:
+                    send.send_nowait(_TICK)
+                except trio.WouldBlock:
+                    pass  # events are queued: the writer is busy, not silent
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the writer has finished
+                self._written_at = now
+
+    async def _produce(self, send: trio.MemorySendChannel[_StreamItem]) -> None:
         nursery = self._nursery
         assert nursery is not None
         stall_seconds = self._stall_seconds
@@ -131,6 +166,8 @@ class ChatStreamBody(ResponseBody):
                 # A bug below the runtime's own error handling. The writer sees the channel end
                 # without a final event and reports an in-band error; the details stay here.
                 logger.exception("stream.producer.failed run_id=%s", self._prepared.run_id)
+            finally:
+                self._keep_alive_scope.cancel()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
@@ -139,21 +176,23 @@ class ChatStreamBody(ResponseBody):
         assert self._receive is not None
         receive = self._receive
         encoder = self._encoder
+        current_time = trio.current_time
         yield encoder.role()
+        self._written_at = current_time()
         while True:
+            event: _StreamItem
             try:
                 event = receive.receive_nowait()
             except trio.WouldBlock:
-                waited = await self._wait_for_event(receive)
-                if waited is None:
-                    yield KEEP_ALIVE
-                    continue
-                event = waited
+                try:
+                    event = await receive.receive()
+                except trio.EndOfChannel:
+                    event = _LOST
             except trio.EndOfChannel:
                 event = _LOST
             if type(event) is TextDelta:
                 texts = [event.text]
-                pending: RunEvent | None = None
+                pending: _StreamItem | None = None
                 while True:  # coalesce what is already queued
                     try:
                         queued = receive.receive_nowait()
@@ -165,10 +204,13 @@ class ChatStreamBody(ResponseBody):
                         pending = queued
                         break
                 yield encoder.content(texts[0] if len(texts) == 1 else "".join(texts))
+                self._written_at = current_time()
                 if pending is None:
                     continue
                 event = pending
-            if type(event) is ReasoningDelta:
+            if event is _TICK:
+                yield KEEP_ALIVE
+            elif type(event) is ReasoningDelta:
                 yield encoder.reasoning(event.text)
             elif type(event) is ToolCallDelta:
                 yield encoder.tool_call(event.index, event.id, event.name, event.arguments)
@@ -178,18 +220,11 @@ class ChatStreamBody(ResponseBody):
             elif isinstance(event, RunFailed):
                 yield encode_error_event(event.error)
                 return
-            # RunStarted and the agent's own tool activity have no place in an OpenAI stream.
-
-    async def _wait_for_event(
-        self, receive: trio.MemoryReceiveChannel[RunEvent]
-    ) -> RunEvent | None:
-        """The next event, or ``None`` when a keep-alive is due first."""
-        with trio.move_on_after(self._keep_alive_seconds):
-            try:
-                return await receive.receive()
-            except trio.EndOfChannel:
-                return _LOST
-        return None
+            else:
+                # RunStarted and the agent's own tool activity have no place in an OpenAI
+                # stream.
+                continue
+            self._written_at = current_time()
 
     def _ending(self, finished: RunFinished) -> bytes:
         ending = self._encoder.finish(finished.finish_reason)
