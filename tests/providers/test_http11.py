@@ -1,4 +1,5 @@
-"""The lean HTTP/1.1 transport, against scripted raw servers on 127.0.0.1 (plain and TLS).
+"""The lean HTTP/1.1 transport, against scripted raw servers on 127.0.0.1 (plain and TLS), and
+how an upstream client picks its transport (environment proxies).
 
 Each test server answers every request on a connection with the next scripted reply (raw
 bytes, so malformed answers are possible), and records how many connections it accepted and
@@ -14,11 +15,17 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import httpx
+import msgspec
 import pytest
 import trio
 import trustme
 
+from trio_gateway.config.schema import OpenAIChatProviderConfig
+from trio_gateway.messages import Message
+from trio_gateway.providers.base import ModelEvent, ModelRequest, TextDelta
 from trio_gateway.providers.http11 import Http11Transport
+from trio_gateway.providers.openai_chat import OpenAIChatProvider
+from trio_gateway.providers.upstream import environment_proxy
 
 BOUND = 5.0
 
@@ -284,3 +291,70 @@ async def test_tls_with_an_untrusted_certificate_is_a_connect_error(
         with trio.fail_after(BOUND), pytest.raises(httpx.ConnectError) as info:
             await http.get("/")
     assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
+
+
+# -- which transport an upstream client uses ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "url", "expected"),
+    [
+        ({}, "https://api.example.com/v1", None),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "https://api.example.com/v1", "http://proxy:3128"),
+        ({"https_proxy": "proxy:3128"}, "https://api.example.com/v1", "http://proxy:3128"),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "http://api.example.com/v1", None),
+        ({"ALL_PROXY": "http://proxy:3128"}, "http://api.example.com/v1", "http://proxy:3128"),
+        (
+            {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "example.com"},
+            "https://api.example.com/v1",
+            None,
+        ),
+        (
+            {"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "localhost,127.0.0.1"},
+            "http://127.0.0.1:8000/v1",
+            None,
+        ),
+    ],
+)
+def test_environment_proxy(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str, expected: str | None
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert environment_proxy(httpx.URL(url)) == expected
+
+
+async def test_an_upstream_named_by_the_environment_proxy_is_reached_through_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = [
+        b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+        b'"choices":[{"index":0,"delta":{"content":"via proxy"},"finish_reason":"stop"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    async with raw_server([(chunked(*events), False)]) as proxy:
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        settings = msgspec.convert(
+            {"api": "openai-chat", "baseUrl": "http://upstream.invalid/v1", "apiKey": "k"},
+            OpenAIChatProviderConfig,
+        )
+        received: list[ModelEvent] = []
+
+        async def emit(event: ModelEvent) -> None:
+            received.append(event)
+
+        async with OpenAIChatProvider(settings, name="p") as provider:
+            with trio.fail_after(BOUND):
+                await provider.stream(
+                    ModelRequest(model="m", messages=[Message("user", "hi")]), emit
+                )
+    assert [event.text for event in received if isinstance(event, TextDelta)] == ["via proxy"]
+    # A plain-HTTP proxy gets the absolute URL as the request target.
+    assert proxy.requests[0].startswith(
+        b"POST http://upstream.invalid/v1/chat/completions HTTP/1.1\r\n"
+    )
