@@ -173,6 +173,7 @@ async def _serve_until_signal(
                     host=host,
                     port=port,
                     shutdown_trigger=wait_for_signal,
+                    freeze_heap=True,
                 )
             )
             for url in urls:

