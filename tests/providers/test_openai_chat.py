@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import tracemalloc
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -652,3 +653,30 @@ async def test_close_providers_runs_in_a_cancelled_scope(upstream: MockUpstream)
         await close_providers({"oa": provider})
     with trio.fail_after(BOUND):
         await upstream.requests[0].closed.wait()
+
+
+async def test_openai_chat_does_not_hold_the_sent_conversation_while_streaming(
+    upstream: MockUpstream, provider: OpenAIChatProvider
+) -> None:
+    # A stream can stay open for minutes: the encoded request (the whole conversation) must
+    # not stay alive with it. Counted: memory allocated by the gateway's own code (the mock
+    # in this process keeps its copy of the request, which is not ours).
+    upstream.scenarios["m"] = Scenario(tokens=["a", "b"], pace=0.05)
+    big = request(content="x" * 4_000_000)
+    held: list[int] = []
+
+    async def emit(event: ModelEvent) -> None:
+        if not held:
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(True, "*/trio_gateway/*", all_frames=True)]
+            )
+            held.append(sum(stat.size for stat in snapshot.statistics("filename")))
+
+    tracemalloc.start(50)
+    try:
+        with trio.fail_after(BOUND):
+            await provider.stream(big, emit)
+    finally:
+        tracemalloc.stop()
+    assert held
+    assert held[0] < 1_000_000, f"{held[0]:,} bytes held during the stream"

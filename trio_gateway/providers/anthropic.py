@@ -402,7 +402,11 @@ class AnthropicProvider(HttpProvider):
         )
 
     async def stream(self, request: ModelRequest, emit: Emit) -> Completion:
-        body = encode_messages_request(request, default_max_tokens=self.config.default_max_tokens)
         return await self._upstream.stream(
-            "v1/messages", body, MessagesStreamParser(self.name), emit, model=request.model
+            "v1/messages",
+            # Passed on, not kept: the upstream client drops the body once it is sent.
+            encode_messages_request(request, default_max_tokens=self.config.default_max_tokens),
+            MessagesStreamParser(self.name),
+            emit,
+            model=request.model,
         )

@@ -175,7 +175,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         return httpx.Response(
             response.status_code,
             headers=response.headers.raw_items(),
-            stream=_ResponseBody(self, connection, request, timeouts.get("read")),
+            stream=_ResponseBody(self, connection, timeouts.get("read")),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason},
         )
 
@@ -272,18 +272,15 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
 
 class _ResponseBody(httpx.AsyncByteStream):
-    """The body of one response, read straight from its connection."""
+    """The body of one response, read straight from its connection. It does not keep the
+    request (its content can be large, and a stream can stay open for minutes), so its errors
+    carry none."""
 
     def __init__(
-        self,
-        transport: Http11Transport,
-        connection: _Connection,
-        request: httpx.Request,
-        read_timeout: float | None,
+        self, transport: Http11Transport, connection: _Connection, read_timeout: float | None
     ) -> None:
         self._transport = transport
         self._connection: _Connection | None = connection
-        self._request = request
         self._read_timeout = read_timeout
         self._complete = False
 
@@ -312,16 +309,13 @@ class _ResponseBody(httpx.AsyncByteStream):
                 else:
                     raise httpx.RemoteProtocolError(
                         "The server closed the connection in the middle of the response.",
-                        request=self._request,
                     )
         except trio.TooSlowError as exc:
-            raise httpx.ReadTimeout(
-                "reading the response timed out", request=self._request
-            ) from exc
+            raise httpx.ReadTimeout("reading the response timed out") from exc
         except h11.RemoteProtocolError as exc:
-            raise httpx.RemoteProtocolError(str(exc), request=self._request) from exc
+            raise httpx.RemoteProtocolError(str(exc)) from exc
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise httpx.ReadError(_reason(exc), request=self._request) from exc
+            raise httpx.ReadError(_reason(exc)) from exc
 
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None

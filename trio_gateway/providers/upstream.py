@@ -329,7 +329,11 @@ class UpstreamClient:
                     content=body,
                     extensions={"timeout": self._timeouts},
                 )
+                # The encoded conversation can be large and a stream can stay open for minutes:
+                # once sent, nothing here holds it (callers pass it without keeping it).
+                del body
                 response = await self._transport.handle_async_request(request)
+                del request
                 body_stream = response.stream
                 assert isinstance(body_stream, httpx.AsyncByteStream)
                 try:
