@@ -65,6 +65,34 @@ async def test_stream_sends_keep_alive_comments_while_the_run_is_silent(
     assert response.text.endswith("data: [DONE]\n\n")
 
 
+async def test_keep_alives_reach_every_silent_stream_and_stop_with_them(
+    nursery: trio.Nursery,
+) -> None:
+    # One clock serves every open stream; a stream that has ended gets nothing more.
+    provider = ScriptedProvider([Pause(0.4), Say("late")])
+    gateway = await start_gateway(
+        nursery,
+        {"gateway": {"http": {"keepAliveSeconds": 0.05}}},
+        providers={"local": provider},
+    )
+    responses: list[httpx.Response] = []
+
+    async def one() -> None:
+        responses.append(await read_stream(gateway, STREAM_BODY))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as streams:
+            for _ in range(3):
+                streams.start_soon(one)
+    assert len(responses) == 3
+    for response in responses:
+        assert response.text.count(": keep-alive\n\n") >= 2
+        assert response.text.endswith("data: [DONE]\n\n")
+    # A quiet gateway keeps serving: the clock went back to waiting for streams.
+    again = await read_stream(gateway, STREAM_BODY)
+    assert again.text.endswith("data: [DONE]\n\n")
+
+
 async def test_stream_error_after_first_byte_is_in_band_and_has_no_done(
     nursery: trio.Nursery,
 ) -> None:

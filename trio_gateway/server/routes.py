@@ -26,7 +26,7 @@ from ..wire.chunks import (
     server_timing,
 )
 from .app_state import authorize, request_cleanups
-from .streaming import ChatStreamBody
+from .streaming import ChatStreamBody, KeepAliveClock
 
 __all__ = ["register_routes"]
 
@@ -55,6 +55,12 @@ async def _discard(event: RunEvent) -> None:
 
 def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
     started = int(time.time())
+    clock = KeepAliveClock()
+
+    @app.before_serving
+    async def start_keep_alive_clock() -> None:
+        # The app's lifespan nursery owns it: it ends when the app stops serving.
+        app.nursery.start_soon(clock.run)
 
     # The config is read per request: a reload applies to the next one.
     def check_enabled_and_authorized() -> None:
@@ -93,6 +99,7 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
                 runtime,
                 prepared,
                 ticket,
+                clock=clock,
                 model=chat.model,
                 include_usage=chat.include_usage,
                 keep_alive_seconds=http.keep_alive_seconds,

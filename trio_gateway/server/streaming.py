@@ -14,16 +14,17 @@ writes, not more. While the run is silent a ``: keep-alive`` comment goes out ev
 ``keep_alive_seconds``. ``[DONE]`` is sent only after a run really finished; a failure becomes
 an in-band ``data: {"error": ...}`` event and the stream then ends.
 
-The keep-alives come from a third task in the same nursery, which sleeps until the stream has
-been silent for an interval and then puts a tick into the channel: the writer itself waits for
-events without a timeout, because a cancel scope per wait cost about 10 µs per token.
+The keep-alives come from one :class:`KeepAliveClock` task per app, which looks at every open
+stream a few times per interval and puts a tick into the channel of each one that has been
+silent for an interval: the writer itself waits for events without a timeout (a cancel scope
+per wait cost about 10 µs per token), and a keep-alive task per stream cost about 3.5 KiB.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, suppress
 from types import TracebackType
 
 import trio
@@ -38,7 +39,7 @@ from ..wire.chunks import ChunkEncoder, Usage, timing_extension
 from ..wire.error_body import encode_error_event
 from ..wire.sse import DONE, KEEP_ALIVE
 
-__all__ = ["ChatStreamBody"]
+__all__ = ["ChatStreamBody", "KeepAliveClock"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,41 @@ _TICK = _KeepAliveTick()
 _StreamItem = RunEvent | _KeepAliveTick
 
 
+#: The clock looks at the open streams at most this often, and at least every quarter interval.
+_CLOCK_MAX_PERIOD = 1.0
+_CLOCK_MIN_PERIOD = 0.005
+
+
+class KeepAliveClock:
+    """Keep-alives for every open stream of an app, from one task (:meth:`run`, started in the
+    app's lifespan nursery). A stream is due when nothing was written to it for its
+    ``keep_alive_seconds``; the clock then puts a tick into its channel."""
+
+    def __init__(self) -> None:
+        self._streams: set[ChatStreamBody] = set()
+        self._wake = trio.Event()
+
+    def register(self, stream: ChatStreamBody) -> None:
+        self._streams.add(stream)
+        self._wake.set()
+
+    def unregister(self, stream: ChatStreamBody) -> None:
+        self._streams.discard(stream)
+
+    async def run(self) -> None:
+        while True:
+            if not self._streams:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            now = trio.current_time()
+            period = _CLOCK_MAX_PERIOD
+            for stream in list(self._streams):
+                period = min(period, stream.keep_alive_seconds / 4)
+                stream.tick_if_silent(now)
+            await trio.sleep(max(period, _CLOCK_MIN_PERIOD))
+
+
 class ChatStreamBody(ResponseBody):
     def __init__(
         self,
@@ -60,6 +96,7 @@ class ChatStreamBody(ResponseBody):
         prepared: PreparedRun,
         ticket: Ticket,
         *,
+        clock: KeepAliveClock,
         model: str,
         include_usage: bool,
         keep_alive_seconds: float,
@@ -74,27 +111,38 @@ class ChatStreamBody(ResponseBody):
             completion_id=prepared.run_id, created=prepared.created, model=model
         )
         self._include_usage = include_usage
-        self._keep_alive_seconds = keep_alive_seconds
+        self.keep_alive_seconds = keep_alive_seconds
+        self._clock = clock
         self._buffer_events = buffer_events
         self._stall_seconds = stall_seconds
         self._queue_seconds = queue_seconds
-        self._stack = AsyncExitStack()
+        self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
+        self._send: trio.MemorySendChannel[_StreamItem] | None = None
         self._receive: trio.MemoryReceiveChannel[_StreamItem] | None = None
-        #: When the writer last handed quart a chunk (trio time); the keep-alive task reads it.
+        #: When the writer last handed quart a chunk (trio time); the clock reads it.
         self._written_at = 0.0
-        self._keep_alive_scope = trio.CancelScope()
 
     async def __aenter__(self) -> ChatStreamBody:
+        manager = trio.open_nursery()
+        nursery = await manager.__aenter__()
         metrics.ACTIVE_STREAMS.inc()
-        self._stack.callback(metrics.ACTIVE_STREAMS.dec)
-        nursery = await self._stack.enter_async_context(trio.open_nursery())
         send, receive = trio.open_memory_channel[_StreamItem](self._buffer_events)
-        self._nursery, self._receive = nursery, receive
+        self._nursery_manager, self._nursery = manager, nursery
+        self._send, self._receive = send, receive
         self._written_at = trio.current_time()
-        nursery.start_soon(self._keep_alive, send.clone())
         nursery.start_soon(self._produce, send)
+        self._clock.register(self)
         return self
+
+    def tick_if_silent(self, now: float) -> None:
+        """The clock's visit: a keep-alive tick if nothing was written for an interval."""
+        if now - self._written_at < self.keep_alive_seconds or self._send is None:
+            return
+        self._written_at = now
+        # Refused when events are queued (the writer is busy, not silent) or the run has ended.
+        with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._send.send_nowait(_TICK)
 
     async def __aexit__(
         self,
@@ -102,33 +150,20 @@ class ChatStreamBody(ResponseBody):
         exc_value: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        assert self._nursery_manager is not None
         assert self._nursery is not None
         assert self._receive is not None
+        self._clock.unregister(self)
         if exc_type is not None:
             # The send loop failed or was cancelled (typically: the client went away). Cancel
             # before closing the channel, so a producer blocked on a full channel sees
             # Cancelled (an aborted run), not a broken channel.
             self._nursery.cancel_scope.cancel(reason="the response stream was abandoned")
         self._receive.close()
-        await self._stack.__aexit__(exc_type, exc_value, tb)
-
-    async def _keep_alive(self, send: trio.MemorySendChannel[_StreamItem]) -> None:
-        """Tick while the stream is silent; ends when the producer does (its channel clone
-        must close for the writer to see the channel end)."""
-        interval = self._keep_alive_seconds
-        with self._keep_alive_scope, send:
-            while True:
-                await trio.sleep_until(self._written_at + interval)
-                now = trio.current_time()
-                if now < self._written_at + interval:
-                    continue  # something was written meanwhile
-                try:
-                    send.send_nowait(_TICK)
-                except trio.WouldBlock:
-                    pass  # events are queued: the writer is busy, not silent
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return  # the writer has finished
-                self._written_at = now
+        try:
+            await self._nursery_manager.__aexit__(exc_type, exc_value, tb)
+        finally:
+            metrics.ACTIVE_STREAMS.dec()
 
     async def _produce(self, send: trio.MemorySendChannel[_StreamItem]) -> None:
         nursery = self._nursery
@@ -166,8 +201,6 @@ class ChatStreamBody(ResponseBody):
                 # A bug below the runtime's own error handling. The writer sees the channel end
                 # without a final event and reports an in-band error; the details stay here.
                 logger.exception("stream.producer.failed run_id=%s", self._prepared.run_id)
-            finally:
-                self._keep_alive_scope.cancel()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
@@ -180,16 +213,20 @@ class ChatStreamBody(ResponseBody):
         yield encoder.role()
         self._written_at = current_time()
         while True:
-            event: _StreamItem
+            event: _StreamItem | None
             try:
                 event = receive.receive_nowait()
             except trio.WouldBlock:
+                event = None
+            except trio.EndOfChannel:
+                event = _LOST
+            if event is None:
+                # Waited for outside the except block: a pending exception would stay alive
+                # (with its traceback) for as long as the stream is silent.
                 try:
                     event = await receive.receive()
                 except trio.EndOfChannel:
                     event = _LOST
-            except trio.EndOfChannel:
-                event = _LOST
             if type(event) is TextDelta:
                 texts = [event.text]
                 pending: _StreamItem | None = None
