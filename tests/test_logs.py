@@ -30,7 +30,7 @@ from trio_gateway.logs import (
     request_id_var,
     run_id_var,
 )
-from trio_gateway.server.app import _EchoingSend
+from trio_gateway.server.app import _ResponseSend
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 GENERATED = re.compile(r"[0-9a-f]{32}\Z")
@@ -363,7 +363,7 @@ async def test_echoing_send_keeps_a_request_id_the_response_already_has() -> Non
     async def send(message: ASGISendEvent) -> None:
         sent.append(message)
 
-    echoing = _EchoingSend(send, "req-1")
+    echoing = _ResponseSend(send, "req-1")
     await echoing(
         {"type": "http.response.start", "status": 204, "headers": [(b"X-Request-Id", b"own")]}
     )

@@ -42,10 +42,16 @@ class _Gate:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.held = 0
-        self.waiters: deque[_Waiter] = deque()
+        #: Made on the first wait: every request has a lane of its own, and an empty deque
+        #: costs 760 bytes per open stream.
+        self._waiters: deque[_Waiter] | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters) if self._waiters else 0
 
     def try_take(self) -> bool:
-        if self.held < self.capacity and not self.waiters:
+        if self.held < self.capacity and not self._waiters:
             self.held += 1
             return True
         return False
@@ -53,19 +59,22 @@ class _Gate:
     async def wait_turn(self) -> None:
         """Queue up and wait for a unit. On cancellation nothing stays taken."""
         waiter = _Waiter()
-        self.waiters.append(waiter)
+        if self._waiters is None:
+            self._waiters = deque()
+        self._waiters.append(waiter)
         try:
             await waiter.event.wait()
         except BaseException:
             if waiter.granted:
                 self.release()  # granted as we were cancelled: pass it on
             else:
-                self.waiters.remove(waiter)
+                assert self._waiters is not None
+                self._waiters.remove(waiter)
             raise
 
     def release(self) -> None:
-        if self.waiters:
-            waiter = self.waiters.popleft()
+        if self._waiters:
+            waiter = self._waiters.popleft()
             waiter.granted = True
             waiter.event.set()
             return  # the unit moves to the waiter: ``held`` stays the same
@@ -119,7 +128,7 @@ class Admission:
         """New limits, for new admissions (a config reload); runs already admitted stay."""
         self._slots.capacity = max_concurrent
         self._max_queued = max_queued
-        while self._slots.waiters and self._slots.held < max_concurrent:
+        while self._slots.waiting and self._slots.held < max_concurrent:
             self._slots.held += 1
             self._slots.release()  # hands the new unit to the first waiter
 
@@ -151,7 +160,7 @@ class Admission:
                 )
         try:
             if not self._slots.try_take():
-                if len(self._slots.waiters) >= self._max_queued:
+                if self._slots.waiting >= self._max_queued:
                     raise OverloadedError(
                         "The gateway is at its limit of concurrent runs and its queue is full; "
                         "retry shortly.",
@@ -175,13 +184,13 @@ class Admission:
 
     def _drop_idle_lane(self, session_key: str) -> None:
         lane = self._lanes.get(session_key)
-        if lane is not None and lane.held == 0 and not lane.waiters:
+        if lane is not None and lane.held == 0 and not lane.waiting:
             del self._lanes[session_key]
 
     def statistics(self) -> AdmissionStatistics:
         return AdmissionStatistics(
             running=self._slots.held,
-            queued=len(self._slots.waiters),
+            queued=self._slots.waiting,
             busy_sessions=len(self._lanes),
-            waiting_for_session=sum(len(lane.waiters) for lane in self._lanes.values()),
+            waiting_for_session=sum(lane.waiting for lane in self._lanes.values()),
         )

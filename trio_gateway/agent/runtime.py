@@ -381,9 +381,7 @@ class AgentRuntime:
             if active.subscribers:
                 active.publish(event)
 
-        result = RunResult(
-            "aborted", "", None, TokenUsage(), RunAbortedError("The run was cancelled.")
-        )
+        result: RunResult | None = None
         metrics.ACTIVE_RUNS.labels(source).inc()
         started = time.monotonic()
         try:
@@ -393,6 +391,10 @@ class AgentRuntime:
             metrics.DISCONNECT_CANCELLED_RUNS.inc()  # cancelled from outside: the client left
             raise
         finally:
+            if result is None:  # made only now: a run's frame stays alive as long as it does
+                result = RunResult(
+                    "aborted", "", None, TokenUsage(), RunAbortedError("The run was cancelled.")
+                )
             metrics.ACTIVE_RUNS.labels(source).dec()
             agent_id = target.agent.id
             metrics.RUN_DURATION.labels(agent_id, result.status).observe(time.monotonic() - started)

@@ -98,8 +98,12 @@ def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
     return accepted_request_id(value)
 
 
-class _EchoingSend:
-    """``send`` that adds ``x-request-id`` to the response headers and remembers the status."""
+class _ResponseSend:
+    """The ``send`` quart gets: adds ``x-request-id`` to the response headers, remembers the
+    status, and sends the final body message shielded (see :class:`GatewayApp`). One object
+    per request, called once per chunk."""
+
+    __slots__ = ("_header", "_send", "status")
 
     def __init__(self, send: ASGISendCallable, request_id: str) -> None:
         self._send = send
@@ -107,6 +111,13 @@ class _EchoingSend:
         self.status: int | None = None
 
     async def __call__(self, message: ASGISendEvent) -> None:
+        if message["type"] == "http.response.body":
+            if message.get("more_body", False):
+                await self._send(message)
+            else:
+                with trio.move_on_after(FINAL_SEND_BOUND_SECONDS, shield=True):
+                    await self._send(message)
+            return
         if message["type"] == "http.response.start":
             self.status = message["status"]
             headers = list(message["headers"])
@@ -178,7 +189,7 @@ class GatewayApp:
             await self.quart_app(scope, receive, send)
             return
         with bind_request_id(_request_id(scope["headers"])) as request_id:
-            echoing = _EchoingSend(send, request_id)
+            response_send = _ResponseSend(send, request_id)
             # As sent (%-escapes kept: no decoded newline reaches a log line), without the query
             # string, which may hold secrets.
             method, path = scope["method"], scope["raw_path"].decode("ascii", "backslashreplace")
@@ -186,18 +197,18 @@ class GatewayApp:
             started = time.monotonic()
             error: str | None = None
             try:
-                await self._serve_http(scope, receive, echoing)
+                await self._serve_http(scope, receive, response_send)
             except BaseException as exc:
                 error = type(exc).__name__
                 raise
             finally:
                 seconds = time.monotonic() - started
-                if echoing.status is not None and error is None:
+                if response_send.status is not None and error is None:
                     logger.info(
                         "request.complete method=%s path=%s status=%d duration_ms=%.1f",
                         method,
                         path,
-                        echoing.status,
+                        response_send.status,
                         seconds * 1000,
                     )
                 else:  # raised, or ended without a response (the client went away)
@@ -205,7 +216,7 @@ class GatewayApp:
                         "request.failed method=%s path=%s status=%s error=%s duration_ms=%.1f",
                         method,
                         path,
-                        echoing.status or "-",
+                        response_send.status or "-",
                         error or "no_response",
                         seconds * 1000,
                     )
@@ -215,16 +226,8 @@ class GatewayApp:
     ) -> None:
         cleanups: list[Callable[[], None]] = []
         scope[CLEANUPS_KEY] = cleanups  # type: ignore[literal-required]  # our own scope key
-
-        async def send_shielding_the_end(message: ASGISendEvent) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                with trio.move_on_after(FINAL_SEND_BOUND_SECONDS, shield=True):
-                    await send(message)
-            else:
-                await send(message)
-
         try:
-            await self.quart_app(scope, receive, send_shielding_the_end)
+            await self.quart_app(scope, receive, send)
         finally:
             for cleanup in cleanups:
                 cleanup()
