@@ -50,15 +50,19 @@ async def test_stream_headers_and_framing(nursery: trio.Nursery) -> None:
     assert response.text.endswith("data: [DONE]\n\n")
 
 
+async def silent_for_a_while(nursery: trio.Nursery) -> RunningGateway:
+    """A gateway whose runs are silent for 0.4 s, with keep-alives every 0.05 s."""
+    return await start_gateway(
+        nursery,
+        {"gateway": {"http": {"keepAliveSeconds": 0.05}}},
+        providers={"local": ScriptedProvider([Pause(0.4), Say("late")])},
+    )
+
+
 async def test_stream_sends_keep_alive_comments_while_the_run_is_silent(
     nursery: trio.Nursery,
 ) -> None:
-    provider = ScriptedProvider([Pause(0.4), Say("late")])
-    gateway = await start_gateway(
-        nursery,
-        {"gateway": {"http": {"keepAliveSeconds": 0.05}}},
-        providers={"local": provider},
-    )
+    gateway = await silent_for_a_while(nursery)
     response = await read_stream(gateway, STREAM_BODY)
     assert response.text.count(": keep-alive\n\n") >= 2
     assert "late" in "".join(data_events(response.text))
@@ -69,12 +73,7 @@ async def test_keep_alives_reach_every_silent_stream_and_stop_with_them(
     nursery: trio.Nursery,
 ) -> None:
     # One clock serves every open stream; a stream that has ended gets nothing more.
-    provider = ScriptedProvider([Pause(0.4), Say("late")])
-    gateway = await start_gateway(
-        nursery,
-        {"gateway": {"http": {"keepAliveSeconds": 0.05}}},
-        providers={"local": provider},
-    )
+    gateway = await silent_for_a_while(nursery)
     responses: list[httpx.Response] = []
 
     async def one() -> None:

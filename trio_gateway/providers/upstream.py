@@ -338,6 +338,7 @@ class UpstreamClient:
                 assert isinstance(body_stream, httpx.AsyncByteStream)
                 try:
                     await self._check_response(response, body_stream)
+                    del response  # its headers are of no further use during a long stream
                     decoder = SSEDecoder()
                     # Raw bytes: the stream is not content-encoded (the request asks for
                     # identity).
