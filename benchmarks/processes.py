@@ -1,12 +1,13 @@
-"""The processes a benchmark runs besides itself: the mock upstream and the gateway.
+"""The processes a benchmark runs besides itself: the mock upstream, the gateway, the floor relay.
 
 Benchmark tooling. :func:`open_upstream` starts ``upstream_server.py`` and talks to it over its
 stdin/stdout; :func:`open_gateway` writes a gateway config for that upstream and starts the
 gateway either with its own CLI (``python -m trio_gateway gateway``, one process) or with
 ``hypercorn -k trio --workers N`` and the gateway's ASGI entry point
-(``trio_gateway.server.asgi:app``). Each is
-pinned to a set of CPUs when asked (``taskset`` when installed, else ``sched_setaffinity``), and
-stopped with SIGTERM (then SIGKILL after a bound) when the block exits.
+(``trio_gateway.server.asgi:app``); :func:`open_floor_relay` starts ``floor_relay.py`` (the
+bare hypercorn relay the ``floor`` scenario measures). Each is pinned to a set of CPUs when
+asked (``taskset`` when installed, else ``sched_setaffinity``), and stopped with SIGTERM (then
+SIGKILL after a bound) when the block exits.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from upstream_server import RequestRecord, Stats
 
 __all__ = [
     "BENCH_DIR",
+    "FloorRelayProcess",
     "GatewayProcess",
     "UpstreamProcess",
     "gateway_config",
+    "open_floor_relay",
     "open_gateway",
     "open_upstream",
 ]
@@ -130,9 +133,13 @@ class UpstreamProcess:
 
 
 @asynccontextmanager
-async def open_upstream(*, cpus: set[int] | None) -> AsyncIterator[UpstreamProcess]:
-    """Start the mock upstream (pinned to ``cpus``); stop it when the block exits."""
-    command, pin_needed = _pinned([sys.executable, str(BENCH_DIR / "upstream_server.py")], cpus)
+async def _open_script(
+    script: str, arguments: Sequence[str], *, cpus: set[int] | None
+) -> AsyncIterator[tuple[trio.Process, dict[str, str], _LineReader]]:
+    """Start ``benchmarks/<script>`` (pinned to ``cpus``) with its stdin and stdout piped; wait
+    (bounded) for its first line, a JSON object; close its stdin (the script stops) and stop it
+    when the block exits."""
+    command, pin_needed = _pinned([sys.executable, str(BENCH_DIR / script), *arguments], cpus)
     process = await trio.lowlevel.open_process(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -142,13 +149,49 @@ async def open_upstream(*, cpus: set[int] | None) -> AsyncIterator[UpstreamProce
         assert process.stdout is not None
         reader = _LineReader(process.stdout)
         with trio.fail_after(_STARTUP_BOUND):
-            hello = msgspec.json.decode(await reader.readline(), type=dict[str, str])
-        yield UpstreamProcess(process, hello["url"], process.stdin, reader)
+            try:
+                hello = msgspec.json.decode(await reader.readline(), type=dict[str, str])
+            except EOFError as exc:
+                raise RuntimeError(f"{script} exited during start-up") from exc
+        yield process, hello, reader
     finally:
         if process.stdin is not None:
             with trio.move_on_after(_STOP_BOUND, shield=True):
-                await process.stdin.aclose()  # end of stdin: the server stops
+                await process.stdin.aclose()  # end of stdin: the script stops
         await _stop(process)
+
+
+@asynccontextmanager
+async def open_upstream(*, cpus: set[int] | None) -> AsyncIterator[UpstreamProcess]:
+    """Start the mock upstream (pinned to ``cpus``); stop it when the block exits."""
+    async with _open_script("upstream_server.py", [], cpus=cpus) as (process, hello, reader):
+        assert process.stdin is not None
+        yield UpstreamProcess(process, hello["url"], process.stdin, reader)
+
+
+@dataclass(frozen=True)
+class FloorRelayProcess:
+    """A running floor relay (``floor_relay.py``)."""
+
+    pid: int
+    host: str
+    port: int
+    #: How it was started (for the report).
+    command: str
+
+
+@asynccontextmanager
+async def open_floor_relay(
+    upstream_url: str, *, cpus: set[int] | None
+) -> AsyncIterator[FloorRelayProcess]:
+    """Start the floor relay for ``upstream_url``, pinned to ``cpus`` (the gateway's core);
+    stop it when the block exits."""
+    arguments = ["--upstream", upstream_url]
+    async with _open_script("floor_relay.py", arguments, cpus=cpus) as (process, hello, _):
+        host, _, port = hello["url"].removeprefix("http://").rpartition(":")
+        yield FloorRelayProcess(
+            process.pid, host, int(port), "python benchmarks/floor_relay.py --upstream URL"
+        )
 
 
 @dataclass(frozen=True)

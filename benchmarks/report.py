@@ -12,11 +12,13 @@ import os
 import platform
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 from scenarios import (
     DisconnectResult,
+    FloorResult,
     MemoryResult,
     Profile,
     ProfileResult,
@@ -24,7 +26,19 @@ from scenarios import (
 )
 from summary import Comparison, Percentiles, PhaseSummary
 
-__all__ = ["Machine", "Report", "TargetCheck", "check_targets", "machine", "markdown"]
+__all__ = [
+    "FloorRow",
+    "Machine",
+    "Report",
+    "StackNumbers",
+    "TargetCheck",
+    "check_targets",
+    "floor_rows",
+    "floor_targets",
+    "machine",
+    "markdown",
+    "stack_numbers",
+]
 
 _PACKAGES = (
     "trio-gateway",
@@ -78,6 +92,9 @@ class Report(msgspec.Struct):
     workers: WorkersResult | None = None
     workers_skipped: str | None = None
     cpu_profile: ProfileResult | None = None
+    #: The ``floor`` scenario (a bare relay on the same stack), and its table by target.
+    floor: FloorResult | None = None
+    floor_targets: list[FloorRow] = msgspec.field(default_factory=list)
     targets: list[TargetCheck] = msgspec.field(default_factory=list)
     scenario_seconds: dict[str, float] = msgspec.field(default_factory=dict)
     notes: list[str] = msgspec.field(default_factory=list)
@@ -140,107 +157,186 @@ def machine() -> Machine:
 # -- targets ---------------------------------------------------------------------------------------
 
 
-def _level(report: Report, concurrency: int) -> Comparison | None:
-    for comparison in report.latency:
+class StackNumbers(msgspec.Struct, frozen=True):
+    """The targets' numbers for one serving stack: the gateway, or the floor relay
+    (``None``: not measured)."""
+
+    added_ttft_p50_ms: float | None = None
+    added_gap_p99_ms: float | None = None
+    cpu_per_token_us: float | None = None
+    tokens_per_s: float | None = None
+    idle_rss_mib: float | None = None
+    per_stream_kib: float | None = None
+    cancel_p99_ms: float | None = None
+
+
+def _level(comparisons: list[Comparison], concurrency: int) -> Comparison | None:
+    for comparison in comparisons:
         if comparison.concurrency == concurrency:
             return comparison
     return None
 
 
-def _check(
-    name: str, goal: str, unit: str, measured: float | None, ok: Callable[[float], bool], note: str
-) -> TargetCheck:
-    return TargetCheck(name, goal, measured, unit, None if measured is None else ok(measured), note)
+def _rate(phase: PhaseSummary) -> float:
+    return phase.steady_tokens_per_s or phase.tokens_per_s
+
+
+def stack_numbers(
+    latency: list[Comparison],
+    memory: MemoryResult | None,
+    disconnect: DisconnectResult | None,
+    *,
+    idle_rss_mib: float | None = None,
+) -> StackNumbers:
+    """The target numbers out of one stack's streaming comparisons (the stack is their
+    ``gateway`` side), its idle-stream memory and its disconnect latencies."""
+    one = _level(latency, 1)
+    fifty = _level(latency, 50)
+    top = _level(latency, 200)
+    return StackNumbers(
+        added_ttft_p50_ms=one.added_ttft_ms.p50 if one and one.added_ttft_ms else None,
+        added_gap_p99_ms=fifty.added_gap_ms.p99 if fifty and fifty.added_gap_ms else None,
+        cpu_per_token_us=fifty.gateway.cpu_per_token_us if fifty else None,
+        tokens_per_s=_rate(top.gateway) if top else None,
+        idle_rss_mib=idle_rss_mib,
+        per_stream_kib=memory.per_stream_kib if memory else None,
+        cancel_p99_ms=disconnect.latency_ms.p99 if disconnect and disconnect.latency_ms else None,
+    )
+
+
+def _gateway_numbers(report: Report) -> StackNumbers:
+    return stack_numbers(
+        report.latency,
+        next((m for m in report.memory if m.target == "gateway"), None),
+        next((d for d in report.disconnect if d.target == "gateway"), None),
+        idle_rss_mib=report.gateway_startup_rss_mib or None,
+    )
+
+
+@dataclass(frozen=True)
+class _Goal:
+    name: str
+    goal: str
+    unit: str
+    value: Callable[[StackNumbers], float | None]
+    ok: Callable[[float], bool]
+    note: str
+    #: Shown in the floor section (idle RSS is not: the relay imports the gateway's package).
+    floor: bool = True
+
+
+_GOALS = (
+    _Goal(
+        "added TTFT p50, concurrency 1",
+        "<= 1 ms",
+        "ms",
+        lambda numbers: numbers.added_ttft_p50_ms,
+        lambda value: value <= 1.0,
+        "gateway TTFT p50 minus direct TTFT p50",
+    ),
+    _Goal(
+        "added inter-token gap p99, concurrency 50",
+        "<= 2 ms",
+        "ms",
+        lambda numbers: numbers.added_gap_p99_ms,
+        lambda value: value <= 2.0,
+        "gateway gap p99 minus direct gap p99",
+    ),
+    _Goal(
+        "gateway CPU per streamed token, concurrency 50",
+        "<= 80 µs",
+        "µs",
+        lambda numbers: numbers.cpu_per_token_us,
+        lambda value: value <= 80.0,
+        "gateway process CPU seconds / tokens delivered",
+    ),
+    _Goal(
+        "streamed tokens/s, concurrency 200",
+        ">= 8,500/s",
+        "tokens/s",
+        lambda numbers: numbers.tokens_per_s,
+        lambda value: value >= 8500,
+        "sustained tokens/s through the gateway (one core)",
+    ),
+    _Goal(
+        "idle RSS",
+        "<= 60 MiB",
+        "MiB",
+        lambda numbers: numbers.idle_rss_mib,
+        lambda value: value <= 60.0,
+        "gateway RSS after start-up, before any request",
+        floor=False,
+    ),
+    _Goal(
+        "RSS per open idle stream",
+        "<= 40 KiB",
+        "KiB",
+        lambda numbers: numbers.per_stream_kib,
+        lambda value: value <= 40.0,
+        "slope of gateway RSS over open idle streams",
+    ),
+    _Goal(
+        "disconnect to upstream cancel p99",
+        "<= 10 ms",
+        "ms",
+        lambda numbers: numbers.cancel_p99_ms,
+        lambda value: value <= 10.0,
+        "client close to the mock seeing its connection closed",
+    ),
+)
 
 
 def check_targets(report: Report) -> list[TargetCheck]:
     """The issue's targets against this report's numbers (``met`` is ``None`` when a scenario
     did not run)."""
+    numbers = _gateway_numbers(report)
+    top = _level(report.latency, 200)
     checks: list[TargetCheck] = []
-    one = _level(report, 1)
-    fifty = _level(report, 50)
-    top = _level(report, 200)
-    checks.append(
-        _check(
-            "added TTFT p50, concurrency 1",
-            "<= 1 ms",
-            "ms",
-            one.added_ttft_ms.p50 if one and one.added_ttft_ms else None,
-            lambda value: value <= 1.0,
-            "gateway TTFT p50 minus direct TTFT p50",
-        )
-    )
-    checks.append(
-        _check(
-            "added inter-token gap p99, concurrency 50",
-            "<= 2 ms",
-            "ms",
-            fifty.added_gap_ms.p99 if fifty and fifty.added_gap_ms else None,
-            lambda value: value <= 2.0,
-            "gateway gap p99 minus direct gap p99",
-        )
-    )
-    checks.append(
-        _check(
-            "gateway CPU per streamed token, concurrency 50",
-            "<= 80 µs",
-            "µs",
-            fifty.gateway.cpu_per_token_us if fifty else None,
-            lambda value: value <= 80.0,
-            "gateway process CPU seconds / tokens delivered",
-        )
-    )
-    rate = None
-    note = "sustained tokens/s through the gateway (one core)"
-    if top is not None:
-        rate = top.gateway.steady_tokens_per_s or top.gateway.tokens_per_s
-        direct = top.direct.steady_tokens_per_s or top.direct.tokens_per_s
-        note += f"; offered by the load side directly: {direct:,.0f}/s"
-        if direct < 8500:
-            note += " (below the target: the load side cannot verify it)"
-    checks.append(
-        _check(
-            "streamed tokens/s, concurrency 200",
-            ">= 8,500/s",
-            "tokens/s",
-            rate,
-            lambda value: value >= 8500,
-            note,
-        )
-    )
-    checks.append(
-        _check(
-            "idle RSS",
-            "<= 60 MiB",
-            "MiB",
-            report.gateway_startup_rss_mib or None,
-            lambda value: value <= 60.0,
-            "gateway RSS after start-up, before any request",
-        )
-    )
-    per_stream = next((m.per_stream_kib for m in report.memory if m.target == "gateway"), None)
-    checks.append(
-        _check(
-            "RSS per open idle stream",
-            "<= 40 KiB",
-            "KiB",
-            per_stream,
-            lambda value: value <= 40.0,
-            "slope of gateway RSS over open idle streams",
-        )
-    )
-    cancel = next((d for d in report.disconnect if d.target == "gateway"), None)
-    checks.append(
-        _check(
-            "disconnect to upstream cancel p99",
-            "<= 10 ms",
-            "ms",
-            cancel.latency_ms.p99 if cancel and cancel.latency_ms else None,
-            lambda value: value <= 10.0,
-            "client close to the mock seeing its connection closed",
-        )
-    )
+    for goal in _GOALS:
+        note = goal.note
+        if goal.unit == "tokens/s" and top is not None:
+            direct = _rate(top.direct)
+            note += f"; offered by the load side directly: {direct:,.0f}/s"
+            if direct < 8500:
+                note += " (below the target: the load side cannot verify it)"
+        measured = goal.value(numbers)
+        met = None if measured is None else goal.ok(measured)
+        checks.append(TargetCheck(goal.name, goal.goal, measured, goal.unit, met, note))
     return checks
+
+
+class FloorRow(msgspec.Struct, frozen=True):
+    """One target: the gateway's number, the floor relay's, and the gateway's above it."""
+
+    name: str
+    goal: str
+    unit: str
+    gateway: float | None
+    floor: float | None
+    #: ``gateway - floor`` (negative for tokens/s when the gateway delivers fewer).
+    added: float | None
+
+
+def floor_rows(gateway: StackNumbers, floor: StackNumbers) -> list[FloorRow]:
+    """The floor section's table: per target (idle RSS aside), both stacks and the gateway's
+    part above the floor."""
+    rows: list[FloorRow] = []
+    for goal in _GOALS:
+        if not goal.floor:
+            continue
+        ours, base = goal.value(gateway), goal.value(floor)
+        added = None if ours is None or base is None else ours - base
+        rows.append(FloorRow(goal.name, goal.goal, goal.unit, ours, base, added))
+    return rows
+
+
+def floor_targets(report: Report) -> list[FloorRow]:
+    """:func:`floor_rows` for a report (empty when the floor scenario did not run)."""
+    result = report.floor
+    if result is None:
+        return []
+    floor = stack_numbers(result.latency, result.memory, result.disconnect)
+    return floor_rows(_gateway_numbers(report), floor)
 
 
 # -- markdown --------------------------------------------------------------------------------------
@@ -282,6 +378,156 @@ def _errors(phase: PhaseSummary) -> str:
         return "0"
     kinds = ", ".join(f"{kind}: {count}" for kind, count in phase.error_kinds.items())
     return f"{phase.errors} ({kinds})"
+
+
+def _streaming_table(comparisons: list[Comparison], side: str) -> list[str]:
+    """Section 1's table; ``side`` names the measured stack in the headers (``gw``)."""
+    rows = []
+    for c in comparisons:
+        d, g = c.direct, c.gateway
+        rows.append(
+            [
+                str(c.concurrency),
+                f"{g.completed}/{g.requests}",
+                f"{_p(d.ttft_ms, 'p50')} / {_p(g.ttft_ms, 'p50')}",
+                _signed(c.added_ttft_ms.p50 if c.added_ttft_ms else None),
+                _signed(c.added_ttft_ms.p99 if c.added_ttft_ms else None),
+                f"{_p(d.gap_ms, 'p50')} / {_p(g.gap_ms, 'p50')}",
+                f"{_p(d.gap_ms, 'p99')} / {_p(g.gap_ms, 'p99')}",
+                _signed(c.added_gap_ms.p99 if c.added_gap_ms else None),
+                f"{_f(d.steady_tokens_per_s or d.tokens_per_s, 0)} / "
+                f"{_f(g.steady_tokens_per_s or g.tokens_per_s, 0)}",
+                f"{_f(g.cpu_per_token_us, 1)} ({_kernel(g)})",
+                _busy(g),
+                f"{_f(d.resources.background_cpu_s, 1)} / {_f(g.resources.background_cpu_s, 1)}",
+                _errors(g),
+            ]
+        )
+    return _table(
+        [
+            "C",
+            f"{side} ok",
+            f"TTFT p50 d / {side}",
+            "+TTFT p50",
+            "+TTFT p99",
+            f"gap p50 d / {side}",
+            f"gap p99 d / {side}",
+            "+gap p99",
+            f"tokens/s d / {side}",
+            f"{side} CPU µs/token (kernel)",
+            "busy",
+            f"bg s d / {side}",
+            f"{side} errors",
+        ],
+        rows,
+    )
+
+
+_PROCESS_NAMES = {"direct": "mock upstream (reference)", "floor": "floor relay"}
+
+
+def _memory_table(memories: list[MemoryResult]) -> list[str]:
+    rows = []
+    for memory in memories:
+        steps = ", ".join(
+            f"{step.ready}: {step.rss_mib:.1f}"
+            + (f" ({step.failed} failed)" if step.failed else "")
+            for step in memory.steps
+        )
+        rows.append(
+            [
+                _PROCESS_NAMES.get(memory.target, memory.target),
+                _f(memory.baseline_rss_mib, 1),
+                steps,
+                f"{_f(memory.per_stream_kib, 1)} ({_f(memory.per_stream_with_baseline_kib, 1)})",
+                _f(memory.after_close_rss_mib, 1),
+                _f(memory.upstream_released_s, 3),
+            ]
+        )
+    return _table(
+        [
+            "process",
+            "RSS before, MiB",
+            "open streams: RSS MiB",
+            "KiB per stream (with baseline)",
+            "RSS after close, MiB",
+            "upstream freed after s",
+        ],
+        rows,
+    )
+
+
+def _disconnect_table(results: list[DisconnectResult]) -> list[str]:
+    return _table(
+        [
+            "",
+            "C",
+            "disconnected",
+            "cancelled",
+            "not cancelled",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+        ],
+        [
+            [
+                d.target,
+                str(d.concurrency),
+                str(d.disconnected),
+                str(d.cancelled),
+                str(d.not_cancelled),
+                _p(d.latency_ms, "p50"),
+                _p(d.latency_ms, "p90"),
+                _p(d.latency_ms, "p99"),
+                _p(d.latency_ms, "max"),
+            ]
+            for d in results
+        ],
+    )
+
+
+def _floor_section(report: Report, floor: FloorResult) -> list[str]:
+    rows = report.floor_targets or floor_targets(report)
+    out = [
+        "",
+        "## Stack floor: a bare hypercorn relay",
+        "",
+        f"`{floor.command}`, {floor.cpus} (the gateway idles meanwhile); start-up RSS "
+        f"{floor.startup_rss_mib:.0f} MiB. An ASGI app on hypercorn's trio worker (as the "
+        "gateway is served) that parses nothing: it forwards the request body to the mock over "
+        "the gateway's own HTTP/1.1 transport (`Http11Transport`, pooled keep-alive) and the "
+        "upstream's body chunks to the client unchanged, the read in a task of the request's "
+        "nursery, through a bounded channel, cancelled by a disconnect. Its numbers are the "
+        "cost of the serving stack and the shape the gateway commits to; *gateway minus floor* is "
+        "what the gateway's own logic adds. Gateway numbers are this run's (n/a: not run). "
+        + (
+            "Both are compared with the same direct phases (the latency scenario's)."
+            if floor.direct_reused
+            else "The floor's direct phases were measured in this scenario."
+        ),
+        "",
+    ]
+    out += _table(
+        ["target", "goal", "gateway", "floor relay", "gateway minus floor"],
+        [
+            [
+                row.name,
+                row.goal,
+                f"{_f(row.gateway, 1)} {row.unit}",
+                f"{_f(row.floor, 1)} {row.unit}",
+                f"{_signed(row.added, 1)} {row.unit}",
+            ]
+            for row in rows
+        ],
+    )
+    out += ["", "Streaming through the floor relay (as section 1):", ""]
+    out += _streaming_table(floor.latency, "floor")
+    out += ["", "Idle streams and disconnects through the floor relay (as sections 4 and 5):", ""]
+    out += _memory_table([floor.memory])
+    out += [""]
+    out += _disconnect_table([floor.disconnect])
+    return out
 
 
 def markdown(report: Report) -> str:
@@ -334,46 +580,7 @@ def markdown(report: Report) -> str:
             "during the direct / gateway phase (a phase that shared its cores is not comparable).",
             "",
         ]
-        rows = []
-        for c in report.latency:
-            d, g = c.direct, c.gateway
-            rows.append(
-                [
-                    str(c.concurrency),
-                    f"{g.completed}/{g.requests}",
-                    f"{_p(d.ttft_ms, 'p50')} / {_p(g.ttft_ms, 'p50')}",
-                    _signed(c.added_ttft_ms.p50 if c.added_ttft_ms else None),
-                    _signed(c.added_ttft_ms.p99 if c.added_ttft_ms else None),
-                    f"{_p(d.gap_ms, 'p50')} / {_p(g.gap_ms, 'p50')}",
-                    f"{_p(d.gap_ms, 'p99')} / {_p(g.gap_ms, 'p99')}",
-                    _signed(c.added_gap_ms.p99 if c.added_gap_ms else None),
-                    f"{_f(d.steady_tokens_per_s or d.tokens_per_s, 0)} / "
-                    f"{_f(g.steady_tokens_per_s or g.tokens_per_s, 0)}",
-                    f"{_f(g.cpu_per_token_us, 1)} ({_kernel(g)})",
-                    _busy(g),
-                    f"{_f(d.resources.background_cpu_s, 1)} / "
-                    f"{_f(g.resources.background_cpu_s, 1)}",
-                    _errors(g),
-                ]
-            )
-        out += _table(
-            [
-                "C",
-                "gw ok",
-                "TTFT p50 d / gw",
-                "+TTFT p50",
-                "+TTFT p99",
-                "gap p50 d / gw",
-                "gap p99 d / gw",
-                "+gap p99",
-                "tokens/s d / gw",
-                "gw CPU µs/token (kernel)",
-                "busy",
-                "bg s d / gw",
-                "gw errors",
-            ],
-            rows,
-        )
+        out += _streaming_table(report.latency, "gw")
         out += [
             "",
             "Load side (mock + load generator) busy share of its core, direct / gateway: "
@@ -415,64 +622,10 @@ def markdown(report: Report) -> str:
         out += ["", f"Gateway / direct requests/s: {_f(c.requests_per_s_ratio, 2)}."]
     if report.memory:
         out += ["", "## 4. Memory per open idle stream", ""]
-        rows = []
-        for memory in report.memory:
-            steps = ", ".join(
-                f"{step.ready}: {step.rss_mib:.1f}"
-                + (f" ({step.failed} failed)" if step.failed else "")
-                for step in memory.steps
-            )
-            rows.append(
-                [
-                    "mock upstream (reference)" if memory.target == "direct" else "gateway",
-                    _f(memory.baseline_rss_mib, 1),
-                    steps,
-                    f"{_f(memory.per_stream_kib, 1)} "
-                    f"({_f(memory.per_stream_with_baseline_kib, 1)})",
-                    _f(memory.after_close_rss_mib, 1),
-                    _f(memory.upstream_released_s, 3),
-                ]
-            )
-        out += _table(
-            [
-                "process",
-                "RSS before, MiB",
-                "open streams: RSS MiB",
-                "KiB per stream (with baseline)",
-                "RSS after close, MiB",
-                "upstream freed after s",
-            ],
-            rows,
-        )
+        out += _memory_table(report.memory)
     if report.disconnect:
         out += ["", "## 5. Disconnect to upstream cancel", ""]
-        out += _table(
-            [
-                "",
-                "C",
-                "disconnected",
-                "cancelled",
-                "not cancelled",
-                "p50 ms",
-                "p90 ms",
-                "p99 ms",
-                "max ms",
-            ],
-            [
-                [
-                    d.target,
-                    str(d.concurrency),
-                    str(d.disconnected),
-                    str(d.cancelled),
-                    str(d.not_cancelled),
-                    _p(d.latency_ms, "p50"),
-                    _p(d.latency_ms, "p90"),
-                    _p(d.latency_ms, "p99"),
-                    _p(d.latency_ms, "max"),
-                ]
-                for d in report.disconnect
-            ],
-        )
+        out += _disconnect_table(report.disconnect)
     out += ["", "## 6. hypercorn --workers", ""]
     if report.workers is not None:
         w = report.workers
@@ -485,7 +638,7 @@ def markdown(report: Report) -> str:
         ]
         rows = []
         for phase in w.streaming:
-            single = _level(report, phase.concurrency)
+            single = _level(report.latency, phase.concurrency)
             rows.append(
                 [
                     f"streaming C={phase.concurrency}",
@@ -527,6 +680,8 @@ def markdown(report: Report) -> str:
         )
     else:
         out.append(f"Not run: {report.workers_skipped or 'skipped'}.")
+    if report.floor is not None:
+        out += _floor_section(report, report.floor)
     if report.cpu_profile is not None:
         p = report.cpu_profile
         out += [

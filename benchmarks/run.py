@@ -4,6 +4,8 @@ Benchmark tooling (``nox -s bench`` runs the short profile). It starts the mock 
 the gateway as processes of their own, pins the gateway to core 0 and itself (the load
 generator) and the mock to core 1, runs the scenarios (see ``scenarios.py`` and README.md),
 and writes ``benchmarks/results/<time>-<profile>.json`` and ``.md`` plus ``latest-<profile>.*``.
+The ``floor`` scenario also starts ``floor_relay.py`` (a bare relay on the same serving stack)
+on the gateway's core, while the gateway idles.
 Every load phase is bounded in count and time; the whole run stops by itself.
 """
 
@@ -32,7 +34,7 @@ from processes import BENCH_DIR, open_gateway, open_upstream
 
 __all__ = ["main"]
 
-SCENARIOS = ("latency", "non-streaming", "memory", "disconnect", "workers", "profile")
+SCENARIOS = ("latency", "non-streaming", "memory", "disconnect", "workers", "profile", "floor")
 _T = TypeVar("_T")
 
 
@@ -166,6 +168,13 @@ async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadRe
                     result.cpu_profile = await _timed(
                         seconds, "profile", lambda: scenarios.cpu_profile(bench)
                     )
+            if "floor" in wanted:
+                # The bare relay takes the gateway's core while the gateway idles; the direct
+                # phases of the latency scenario (same spec) are the floor's baseline too.
+                direct = {c.concurrency: c.direct for c in result.latency}
+                result.floor = await _timed(
+                    seconds, "floor", lambda: scenarios.floor(bench, direct)
+                )
         if "workers" in wanted:
             try:
                 plain = result.non_streaming.direct if result.non_streaming else None
@@ -187,6 +196,7 @@ async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadRe
     )
     result.notes = notes + bench.notes
     result.targets = report.check_targets(result)
+    result.floor_targets = report.floor_targets(result)
     result.workdir = str(workdir)
     return result, raw
 

@@ -15,12 +15,16 @@ took meanwhile.
 5. :func:`disconnects`: client disconnect to upstream connection close, as the mock saw it.
 6. :func:`workers`: scenarios 1 and 3 again against ``hypercorn -k trio --workers N``.
 7. :func:`cpu_profile`: py-spy samples of the gateway under streaming load, by layer.
+
+:func:`floor` runs the target measurements of 1, 2, 4 and 5 through ``floor_relay.py`` instead
+of the gateway: a bare relay on the same serving stack, the floor the gateway is compared with.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +34,13 @@ import procstats
 import profiling
 import trio
 from loadgen import LoadClient, LoadResult, LoadSpec, Target, open_streams, run_load
-from processes import GatewayProcess, UpstreamProcess, open_gateway
+from processes import (
+    FloorRelayProcess,
+    GatewayProcess,
+    UpstreamProcess,
+    open_floor_relay,
+    open_gateway,
+)
 from summary import (
     Comparison,
     Percentiles,
@@ -48,12 +58,14 @@ __all__ = [
     "SHORT",
     "Bench",
     "DisconnectResult",
+    "FloorResult",
     "MemoryResult",
     "Profile",
     "ProfileResult",
     "WorkersResult",
     "cpu_profile",
     "disconnects",
+    "floor",
     "idle_streams",
     "non_streaming",
     "streaming_latency",
@@ -95,6 +107,11 @@ class Profile(msgspec.Struct, frozen=True):
     #: Seconds of py-spy sampling at concurrency ``profile_concurrency`` (0: no profile).
     profile_s: float = 0.0
     profile_concurrency: int = 50
+    #: Concurrency levels (of ``levels``) measured through the floor relay: the targets'.
+    floor_levels: list[int] = msgspec.field(default_factory=lambda: [1, 50, 200])
+    #: Open idle streams after each step through the floor relay (fewer than ``idle_steps``:
+    #: its memory grows in a straight line, and the scenario has to stay short).
+    floor_idle_steps: list[int] = msgspec.field(default_factory=lambda: [250, 500])
     #: Before each measured phase, wait up to this long for other programs to leave the cores
     #: nearly idle (a shared machine), within ``quiet_budget_s`` for the whole run.
     quiet_wait_s: float = 2.0
@@ -114,6 +131,7 @@ LONG = Profile(
     phase_max_s=120.0,
     nonstream_s=15.0,
     idle_steps=[500, 1000, 2000, 3000],
+    floor_idle_steps=[500, 1000, 2000],
     disconnect_requests=1000,
     workers_levels=[50, 200],
     profile_s=20.0,
@@ -155,6 +173,9 @@ class Bench:
             "epiloop:main",
             headers={"Authorization": f"Bearer {gateway.token}"},
         )
+
+    def through_floor(self, relay: FloorRelayProcess) -> Target:
+        return Target("floor", relay.host, relay.port, "bench")
 
     async def streaming_upstream(self, *, first_token_delay: float | None = None) -> None:
         profile = self.profile
@@ -298,20 +319,35 @@ async def _phase(
 # -- 1 and 2: streaming latency, throughput and CPU per token ------------------------------------
 
 
-async def streaming_latency(bench: Bench) -> list[Comparison]:
-    """Scenario 1 (and 2): the same streaming load, direct then through the gateway, at each
-    concurrency level."""
+async def _streaming_levels(
+    bench: Bench,
+    target: Target,
+    pid: int,
+    levels: list[int],
+    direct: Mapping[int, PhaseSummary] | None = None,
+) -> list[Comparison]:
+    """At each concurrency level of ``levels`` (the profile's requests per level): the
+    streaming load direct, then through ``target`` (process ``pid``). ``direct``: reuse these
+    direct phases, by concurrency, where they exist (same spec, same upstream)."""
     profile = bench.profile
     await bench.streaming_upstream()
     comparisons: list[Comparison] = []
-    for concurrency, requests in profile.levels.items():
-        spec = LoadSpec(concurrency, requests, profile.phase_max_s)
-        direct = await _phase(bench, bench.direct, spec, bench.gateway.pid, rounds=profile.rounds)
-        gateway = await _phase(
-            bench, bench.through(bench.gateway), spec, bench.gateway.pid, rounds=profile.rounds
-        )
-        comparisons.append(compare(direct, gateway))
+    for concurrency in levels:
+        spec = LoadSpec(concurrency, profile.levels[concurrency], profile.phase_max_s)
+        plain = (direct or {}).get(concurrency)
+        if plain is None:
+            plain = await _phase(bench, bench.direct, spec, pid, rounds=profile.rounds)
+        through = await _phase(bench, target, spec, pid, rounds=profile.rounds)
+        comparisons.append(compare(plain, through))
     return comparisons
+
+
+async def streaming_latency(bench: Bench) -> list[Comparison]:
+    """Scenario 1 (and 2): the same streaming load, direct then through the gateway, at each
+    concurrency level."""
+    return await _streaming_levels(
+        bench, bench.through(bench.gateway), bench.gateway.pid, list(bench.profile.levels)
+    )
 
 
 # -- 3: non-streaming requests per second ---------------------------------------------------------
@@ -377,7 +413,12 @@ def _slope(points: list[tuple[float, float]]) -> float | None:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / denominator
 
 
-async def _hold_idle_streams(bench: Bench, target: Target, pid: int) -> MemoryResult:
+async def _hold_idle_streams(
+    bench: Bench, target: Target, pid: int, counts: list[int] | None = None
+) -> MemoryResult:
+    """Open idle streams to ``target`` until ``counts`` (default: the profile's ``idle_steps``)
+    are open, reading the RSS of process ``pid`` at each; then close them all and wait for the
+    mock to see every upstream connection close."""
     baseline_connections = (await bench.upstream.stats()).open_connections
     await trio.sleep(_SETTLE_SECONDS)
     baseline = procstats.sample_tree(pid).rss_bytes
@@ -385,7 +426,7 @@ async def _hold_idle_streams(bench: Bench, target: Target, pid: int) -> MemoryRe
     steps: list[MemoryStep] = []
     async with AsyncExitStack() as stack:
         opened = 0
-        for count in bench.profile.idle_steps:
+        for count in bench.profile.idle_steps if counts is None else counts:
             started = time.monotonic()
             streams = await stack.enter_async_context(open_streams(target, count - opened))
             with trio.move_on_after(_STREAMS_READY_BOUND):
@@ -425,17 +466,23 @@ async def idle_streams(bench: Bench) -> list[MemoryResult]:
     RSS at each step. The "direct" line is the mock upstream's own RSS, for scale. Run it on a
     fresh gateway: a few complete streams first (imports and caches a first request fills),
     then the steps."""
+    await _fill_caches(bench, [bench.direct, bench.through(bench.gateway)])
+    direct = await _hold_idle_streams(bench, bench.direct, bench.upstream.pid)
+    gateway = await _hold_idle_streams(bench, bench.through(bench.gateway), bench.gateway.pid)
+    return [direct, gateway]
+
+
+async def _fill_caches(bench: Bench, targets: list[Target]) -> None:
+    """A few complete requests to each of ``targets`` (what a first request fills: imports,
+    caches, pools); then the upstream holds every stream before its first token."""
     await bench.instant_upstream()
-    for target in (bench.direct, bench.through(bench.gateway)):
+    for target in targets:
         client = LoadClient(target)
         try:
             await run_load(client, LoadSpec(10, 20, 30.0))
         finally:
             client.close()
     await bench.streaming_upstream(first_token_delay=3600.0)
-    direct = await _hold_idle_streams(bench, bench.direct, bench.upstream.pid)
-    gateway = await _hold_idle_streams(bench, bench.through(bench.gateway), bench.gateway.pid)
-    return [direct, gateway]
 
 
 # -- 5: disconnect to upstream cancel -------------------------------------------------------------
@@ -507,6 +554,10 @@ async def disconnects(bench: Bench) -> list[DisconnectResult]:
     return [direct, gateway]
 
 
+def _cpus_text(cpus: set[int] | None) -> str:
+    return f"on cores {','.join(map(str, sorted(cpus)))}" if cpus else "not pinned"
+
+
 # -- 6: hypercorn --workers N ---------------------------------------------------------------------
 
 
@@ -551,7 +602,7 @@ async def workers(bench: Bench, direct_plain: PhaseSummary | None = None) -> Wor
         return WorkersResult(
             workers=profile.workers,
             command=command,
-            cpus=f"on cores {','.join(map(str, sorted(cpus)))}" if cpus else "not pinned",
+            cpus=_cpus_text(cpus),
             processes=idle.processes,
             idle_rss_mib=mib(idle.rss_bytes),
             process_cpu_s=[
@@ -597,4 +648,47 @@ async def cpu_profile(bench: Bench) -> ProfileResult:
         phase=phase,
         breakdown=profiling.breakdown(text, cpu_per_token_us=phase.cpu_per_token_us),
         raw_path=str(raw),
+    )
+
+
+# -- the stack floor: the same targets through a bare relay ---------------------------------------
+
+
+class FloorResult(msgspec.Struct, frozen=True):
+    """Scenarios 1, 2, 4 and 5 through ``floor_relay.py`` (target name ``"floor"``)."""
+
+    command: str
+    cpus: str
+    startup_rss_mib: float
+    #: Direct, then through the relay, at ``Profile.floor_levels`` (``gateway`` is the relay).
+    latency: list[Comparison]
+    memory: MemoryResult
+    disconnect: DisconnectResult
+    #: The direct phases are the latency scenario's of the same run (same spec and upstream),
+    #: so the floor and the gateway are compared with the same baseline.
+    direct_reused: bool
+
+
+async def floor(bench: Bench, direct: Mapping[int, PhaseSummary] | None = None) -> FloorResult:
+    """The floor scenario: the targets' measurements (idle streams first, on the fresh relay;
+    streaming at ``floor_levels``; disconnects) through the bare relay, pinned like the
+    gateway. ``direct``: the latency scenario's direct phases by concurrency, when it ran."""
+    profile = bench.profile
+    levels = [level for level in profile.floor_levels if level in profile.levels]
+    async with open_floor_relay(bench.upstream.url, cpus=bench.gateway_cpus) as relay:
+        await trio.sleep(_SETTLE_SECONDS)
+        startup_rss = procstats.sample(relay.pid).rss_bytes
+        target = bench.through_floor(relay)
+        await _fill_caches(bench, [target])
+        memory = await _hold_idle_streams(bench, target, relay.pid, profile.floor_idle_steps)
+        latency = await _streaming_levels(bench, target, relay.pid, levels, direct)
+        disconnect = await _disconnect_phase(bench, target)
+    return FloorResult(
+        command=relay.command,
+        cpus=_cpus_text(bench.gateway_cpus),
+        startup_rss_mib=mib(startup_rss),
+        latency=latency,
+        memory=memory,
+        disconnect=disconnect,
+        direct_reused=bool(direct) and all(level in (direct or {}) for level in levels),
     )
