@@ -8,6 +8,8 @@ when each one closed, so reuse and prompt closing are visible from outside.
 
 from __future__ import annotations
 
+import base64
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,11 +23,13 @@ import trio
 import trustme
 
 from trio_gateway.config.schema import OpenAIChatProviderConfig
+from trio_gateway.errors import UpstreamError
 from trio_gateway.messages import Message
+from trio_gateway.providers import http11
 from trio_gateway.providers.base import ModelEvent, ModelRequest, TextDelta
 from trio_gateway.providers.http11 import Http11Transport
-from trio_gateway.providers.openai_chat import OpenAIChatProvider
-from trio_gateway.providers.upstream import environment_proxy
+from trio_gateway.providers.openai_chat import ChatStreamParser, OpenAIChatProvider
+from trio_gateway.providers.upstream import UpstreamClient, environment_proxy
 
 BOUND = 5.0
 
@@ -358,3 +362,160 @@ async def test_an_upstream_named_by_the_environment_proxy_is_reached_through_it(
     assert proxy.requests[0].startswith(
         b"POST http://upstream.invalid/v1/chat/completions HTTP/1.1\r\n"
     )
+
+
+# -- reuse, fairness and cancellation ---------------------------------------------------------
+
+
+async def test_bytes_after_an_answer_keep_its_connection_out_of_the_pool() -> None:
+    # Extra bytes after a complete answer would be read as the next answer: never pooled.
+    replies = [(ok(b"x") + b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale", False)]
+    replies.append((ok(b"fresh"), False))
+    async with raw_server(replies) as server, client(server.port) as http:
+        with trio.fail_after(BOUND):
+            assert (await http.get("/")).content == b"x"
+            assert (await http.get("/")).content == b"fresh"
+    assert server.connections == 2
+
+
+async def test_a_flooding_upstream_does_not_starve_other_tasks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Data that is always there to read: the reader must still yield now and then.
+    monkeypatch.setattr(http11, "_READ_SIZE", 1024)
+    left, right = socket.socketpair()
+    with left, right:
+        left.setblocking(False)
+        right.sendall(b"x" * 100 * 1024)
+        connection = http11._Connection(("http", "test", 80), sock=left, stream=None)
+        ran = 0
+
+        async def other_task() -> None:
+            nonlocal ran
+            while True:
+                ran += 1
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            await trio.lowlevel.checkpoint()
+            ran = 0
+            for _ in range(64):
+                assert await connection.receive() == b"x" * 1024
+            seen = ran  # before the cancel below lets the other task run once more
+            nursery.cancel_scope.cancel()
+    assert seen >= 1  # the other task ran while the reads found data every time
+
+
+async def test_cancelling_while_waiting_for_the_head_closes_the_connection() -> None:
+    transport = Http11Transport()
+    async with (
+        raw_server([(b"", False)]) as server,
+        client(server.port, transport=transport) as http,
+    ):
+        with trio.move_on_after(0.05) as waited:
+            await http.get("/")
+        assert waited.cancelled_caught
+        with trio.fail_after(BOUND):
+            await server.closed_event.wait()
+        assert transport._idle_count == 0
+
+
+async def test_cancelling_a_send_the_server_does_not_read_closes_the_connection() -> None:
+    listener = trio.socket.socket()
+    with listener:
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        async with client(port) as http:
+            # Far more than the socket buffers hold: the send waits until it is cancelled.
+            with trio.move_on_after(0.2) as waited:
+                await http.post("/", content=b"y" * 64 * 1024 * 1024)
+            assert waited.cancelled_caught
+            accepted, _ = await listener.accept()
+            with accepted, trio.fail_after(BOUND):
+                while await accepted.recv(1024 * 1024):
+                    pass  # the end comes: the client closed its side
+
+
+async def test_closing_a_body_from_another_task_ends_a_waiting_read() -> None:
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    async with raw_server([(head, False)]) as server, client(server.port) as http:
+        async with http.stream("GET", "/") as response:
+            stream = response.stream
+            assert isinstance(stream, httpx.AsyncByteStream)
+
+            async def close_soon() -> None:
+                await trio.sleep(0.05)
+                await stream.aclose()
+
+            errors: list[httpx.ReadError] = []
+            with trio.fail_after(BOUND):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(close_soon)
+                    try:
+                        async for _ in stream:
+                            pass
+                    except httpx.ReadError as exc:
+                        errors.append(exc)
+            assert errors
+        with trio.fail_after(BOUND):
+            await server.closed_event.wait()
+
+
+# -- the upstream client's URLs and credentials ---------------------------------------------------
+
+
+def upstream_client(base_url: str, headers: dict[str, str] | None = None) -> UpstreamClient:
+    return UpstreamClient(
+        provider="p",
+        base_url=base_url,
+        headers=headers or {},
+        connect_timeout=1.0,
+        first_token_timeout=1.0,
+        idle_timeout=1.0,
+        transport=Http11Transport(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("base_url", "path", "expected"),
+    [
+        ("http://h:8000/v1", "chat/completions", "http://h:8000/v1/chat/completions"),
+        ("http://h:8000/v1/", "/chat/completions", "http://h:8000/v1/chat/completions"),
+        ("https://api.example.com", "v1/messages", "https://api.example.com/v1/messages"),
+        (
+            "https://x.openai.azure.com/openai/deployments/d?api-version=2024-10-21",
+            "chat/completions",
+            "https://x.openai.azure.com/openai/deployments/d/chat/completions"
+            "?api-version=2024-10-21",
+        ),
+    ],
+)
+def test_upstream_urls_join_the_base_url(base_url: str, path: str, expected: str) -> None:
+    assert str(upstream_client(base_url).url(path)) == expected
+
+
+def test_credentials_in_the_base_url_become_basic_auth() -> None:
+    upstream = upstream_client("http://user:p%40ss@h:8000/v1")
+    assert str(upstream.url("chat/completions")) == "http://h:8000/v1/chat/completions"
+    expected = "Basic " + base64.b64encode(b"user:p@ss").decode()
+    assert upstream._headers["authorization"] == expected
+    # Configured authentication wins.
+    configured = upstream_client("http://user:pass@h/v1", {"authorization": "Bearer k"})
+    assert configured._headers["authorization"] == "Bearer k"
+
+
+async def test_a_request_that_cannot_be_sent_is_not_retried() -> None:
+    async with raw_server([(ok(b"x"), False)]) as server:
+        upstream = upstream_client(f"http://127.0.0.1:{server.port}/v1", {"x-bad": "a\x00b"})
+        parser = ChatStreamParser("p")
+
+        async def emit(event: ModelEvent) -> None:
+            raise AssertionError("nothing is emitted")
+
+        with trio.fail_after(BOUND), pytest.raises(UpstreamError) as info:
+            await upstream.stream("chat/completions", b"{}", parser, emit, model="m")
+        await upstream.aclose()
+    assert not info.value.retryable
+    assert "could not be sent" in str(info.value)

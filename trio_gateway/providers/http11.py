@@ -3,9 +3,10 @@
 The upstream read is the gateway's hottest loop: every streamed token is one small chunk of an
 upstream response. httpx's default transport (httpcore) costs about 88 µs of CPU per chunk on
 the benchmark machine (a cancel scope and an exception-mapping context manager per read, and
-nine layers of wrappers); this transport reads a chunk with one ``receive_some`` and one
-``h11.next_event`` and hands it to httpx, which keeps everything else it does (base URL,
-headers, auth, the request and response objects, proxies from the environment).
+nine layers of wrappers); this transport reads a chunk with one ``recv`` and one
+``h11.next_event``. It speaks httpx's transport interface (``httpx.Request`` in,
+``httpx.Response`` out, httpx's exceptions), so callers and tests can swap transports; the
+gateway's upstream client calls it directly.
 
 What it does, and on purpose no more:
 
@@ -16,7 +17,8 @@ What it does, and on purpose no more:
   closes it at once (a cancelled read, an error, a response left half read), so an upstream
   whose answer is abandoned sees its connection close right away and stops generating.
 * A pooled connection the server has closed meanwhile (readable while idle) is dropped before
-  use instead of failing the request.
+  use instead of failing the request; one whose last answer came with extra bytes is never
+  pooled (they would be read as the next answer).
 * httpx's ``connect``, ``read`` and ``write`` timeouts apply (``pool`` has nothing to wait for:
   there is no connection limit). The gateway itself sets only ``connect`` and uses trio cancel
   scopes for the rest.
@@ -26,7 +28,7 @@ What it does, and on purpose no more:
 
 Not supported: HTTP/2 (the gateway speaks HTTP/1.1 upstream on purpose, see
 :mod:`.upstream`), ``Expect: 100-continue`` and request bodies that must be streamed without
-being held (requests are sent in writes of up to 64 KiB as the request stream yields them).
+being held (a request body is written as its stream yields it, in writes of 64 KiB or more).
 """
 
 from __future__ import annotations
@@ -36,8 +38,7 @@ import math
 import select
 import socket
 import ssl
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Self
 
 import h11
 import httpx
@@ -47,8 +48,11 @@ __all__ = ["Http11Transport"]
 
 #: Bytes asked for per read.
 _READ_SIZE = 64 * 1024
-#: A request is written in pieces of about this size.
+#: A request is written in pieces of at least this size (or whole).
 _WRITE_SIZE = 64 * 1024
+#: Reads that found data at once before one yields to the scheduler anyway: a flood from a
+#: fast upstream must not keep other tasks (and deadlines) from running.
+_YIELD_EVERY_READS = 16
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _Origin = tuple[str, str, int]
@@ -71,7 +75,7 @@ class _Connection:
     stream. A TLS connection keeps its ``trio.SSLStream``.
     """
 
-    __slots__ = ("h11", "origin", "sock", "stream")
+    __slots__ = ("h11", "origin", "sock", "stream", "unyielded")
 
     def __init__(
         self, origin: _Origin, *, sock: socket.socket | None, stream: trio.abc.Stream | None
@@ -80,34 +84,51 @@ class _Connection:
         self.sock = sock
         self.stream = stream
         self.h11 = h11.Connection(h11.CLIENT)
+        #: Reads in a row that returned at once, without a yield to the scheduler.
+        self.unyielded = 0
 
     async def receive(self) -> bytes:
         """The next bytes from the server (``b""`` at its end of the stream)."""
         sock = self.sock
         if sock is None:
-            assert self.stream is not None
-            return bytes(await self.stream.receive_some(_READ_SIZE))
+            return bytes(await self._stream().receive_some(_READ_SIZE))
         await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            data = sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            pass
+        else:
+            self.unyielded += 1
+            if self.unyielded >= _YIELD_EVERY_READS:
+                self.unyielded = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()  # the data is not lost
+            return data
+        self.unyielded = 0
         while True:
+            await trio.lowlevel.wait_readable(sock)
             try:
                 return sock.recv(_READ_SIZE)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+                pass
 
-    async def send_all(self, data: bytes) -> None:
+    async def send_all(self, data: bytes | bytearray) -> None:
         sock = self.sock
         if sock is None:
-            assert self.stream is not None
-            await self.stream.send_all(data)
+            await self._stream().send_all(data)
             return
         await trio.lowlevel.checkpoint_if_cancelled()
-        while data:
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-            else:
-                data = data[sent:]
+        with memoryview(data) as view:
+            sent, total = 0, len(view)
+            while sent < total:
+                try:
+                    sent += sock.send(view[sent:])
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+
+    def _stream(self) -> trio.abc.Stream:
+        if self.stream is None:
+            raise trio.ClosedResourceError("the upstream connection is closed")
+        return self.stream
 
     def fileno(self) -> int:
         stream = self.stream
@@ -185,6 +206,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             or self._idle_count >= self._max_keepalive
             or state.our_state is not h11.DONE
             or state.their_state is not h11.DONE
+            or state.trailing_data != (b"", False)  # bytes after the answer: not reusable
         ):
             await connection.close()
             return
@@ -216,11 +238,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
 
         connection, stale = self._checkout(origin)
-        for old in stale:
-            await old.close()
         if connection is None:
             connection = await self._connect(origin, request, timeouts.get("connect"))
         try:
+            for old in stale:
+                await old.close()
             await self._send_request(connection, request, timeouts.get("write"))
             response = await self._receive_head(connection, request, timeouts.get("read"))
         except BaseException:
@@ -244,7 +266,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 if scheme == "http":
                     return _Connection(origin, sock=_detach(stream), stream=None)
                 if self._ssl_context is None:
-                    self._ssl_context = httpx.create_ssl_context()
+                    # Loading the trust store takes a while: not on the event loop.
+                    self._ssl_context = await trio.to_thread.run_sync(httpx.create_ssl_context)
                 tls = trio.SSLStream(
                     stream, self._ssl_context, server_hostname=host, https_compatible=True
                 )
@@ -283,10 +306,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 async for part in body:
                     out += state.send(h11.Data(data=part)) or b""
                     if len(out) >= _WRITE_SIZE:
-                        await connection.send_all(bytes(out))
+                        await connection.send_all(out)
                         out.clear()
                 out += state.send(h11.EndOfMessage()) or b""
-                await connection.send_all(bytes(out))
+                await connection.send_all(out)
         except trio.TooSlowError as exc:
             raise httpx.WriteTimeout("sending the request timed out", request=request) from exc
         except h11.LocalProtocolError as exc:
@@ -338,28 +361,34 @@ class _ResponseBody(httpx.AsyncByteStream):
         self._read_timeout = read_timeout
         self._complete = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> Self:
+        # An iterator object, not an async generator: a generator left suspended when the
+        # reader stops early would be finalized later by trio (with a ResourceWarning), and
+        # each chunk would cost one more frame switch.
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._complete:
+            raise StopAsyncIteration
         connection = self._connection
         if connection is None:
             raise httpx.StreamClosed()
         state = connection.h11
-        receive = connection.receive
-        read_timeout = self._read_timeout
         try:
             while True:
                 event: Any = state.next_event()
                 if type(event) is h11.Data:
-                    yield bytes(event.data)
-                elif event is h11.NEED_DATA:
-                    if read_timeout is None:
-                        data = await receive()
+                    return bytes(event.data)
+                if event is h11.NEED_DATA:
+                    if self._read_timeout is None:
+                        data = await connection.receive()
                     else:
-                        with trio.fail_after(read_timeout):
-                            data = await receive()
+                        with trio.fail_after(self._read_timeout):
+                            data = await connection.receive()
                     state.receive_data(data)
                 elif type(event) is h11.EndOfMessage:
                     self._complete = True
-                    return
+                    raise StopAsyncIteration
                 else:
                     raise httpx.RemoteProtocolError(
                         "The server closed the connection in the middle of the response.",

@@ -38,6 +38,7 @@ This module must not import the agent, server or tools layers.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import logging
 import math
@@ -264,9 +265,16 @@ class UpstreamClient:
             raise ConfigError(
                 f"provider {provider!r}: invalid baseUrl {base_url!r} ({exc})"
             ) from exc
-        self._base_url = url
         self.host = f"{url.host}:{url.port}" if url.port else url.host
         self._headers = httpx.Headers(headers)
+        if url.username or url.password:
+            # As httpx does: credentials in the URL become Basic auth (unless the provider's
+            # headers already authenticate), and never travel in the request line.
+            if "authorization" not in self._headers:
+                pair = f"{url.username}:{url.password}".encode()
+                self._headers["authorization"] = "Basic " + base64.b64encode(pair).decode()
+            url = url.copy_with(username=None, password=None)
+        self._base_url = url
         self._urls: dict[str, httpx.URL] = {}
         self._timeouts = {"connect": connect_timeout, "read": None, "write": None, "pool": None}
         if transport is None:
@@ -274,27 +282,33 @@ class UpstreamClient:
             if proxy is None:
                 transport = Http11Transport(max_keepalive=_KEEPALIVE_CONNECTIONS)
             else:
-                logger.info(
-                    "upstream.proxy provider=%s proxy=%s",
-                    provider,
-                    httpx.URL(proxy).copy_with(username=None, password=None),
-                )
-                transport = httpx.AsyncHTTPTransport(
-                    proxy=proxy,
-                    limits=httpx.Limits(
-                        max_connections=None, max_keepalive_connections=_KEEPALIVE_CONNECTIONS
-                    ),
-                )
+                shown = httpx.URL(proxy).copy_with(username=None, password=None)
+                logger.info("upstream.proxy provider=%s proxy=%s", provider, shown)
+                try:
+                    transport = httpx.AsyncHTTPTransport(
+                        proxy=proxy,
+                        limits=httpx.Limits(
+                            max_connections=None,
+                            max_keepalive_connections=_KEEPALIVE_CONNECTIONS,
+                        ),
+                    )
+                except ImportError as exc:  # a SOCKS proxy without httpx's socks extra
+                    raise ConfigError(
+                        f"provider {provider!r}: the environment's proxy {shown} needs a package "
+                        f"that is not installed ({exc})"
+                    ) from exc
         self._transport = transport
 
     def url(self, path: str) -> httpx.URL:
-        """``path`` under the base URL (``chat/completions`` and ``/chat/completions`` alike)."""
+        """``path`` under the base URL (``chat/completions`` and ``/chat/completions`` alike),
+        with the base URL's query, if any (Azure's ``?api-version=...``)."""
         url = self._urls.get(path)
         if url is None:
-            base = self._base_url.raw_path.partition(b"?")[0]
+            base, mark, query = self._base_url.raw_path.partition(b"?")
             if not base.endswith(b"/"):
                 base += b"/"
-            url = self._base_url.copy_with(raw_path=base + path.lstrip("/").encode("ascii"))
+            raw_path = base + path.lstrip("/").encode("ascii") + mark + query
+            url = self._base_url.copy_with(raw_path=raw_path)
             self._urls[path] = url
         return url
 
@@ -448,6 +462,12 @@ class UpstreamClient:
         if isinstance(exc, httpx.UnsupportedProtocol):
             return UpstreamError(
                 f"Cannot reach {where}: {reason}", retryable=False, code="upstream_unreachable"
+            )
+        if isinstance(exc, httpx.LocalProtocolError):
+            # Our request could not be put on the wire (an invalid configured header, say):
+            # sending it again would fail the same way.
+            return UpstreamError(
+                f"The request to {where} could not be sent: {reason}", retryable=False
             )
         if isinstance(exc, httpx.TransportError):
             return UpstreamError(
