@@ -59,8 +59,12 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
 
     @app.before_serving
     async def start_keep_alive_clock() -> None:
-        # The app's lifespan nursery owns it: it ends when the app stops serving.
-        app.nursery.start_soon(clock.run)
+        # The app's lifespan nursery owns it; it ends when the app stops serving.
+        await app.nursery.start(clock.run)
+
+    @app.after_serving
+    async def stop_keep_alive_clock() -> None:
+        clock.stop()
 
     # The config is read per request: a reload applies to the next one.
     def check_enabled_and_authorized() -> None:

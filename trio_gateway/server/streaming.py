@@ -61,32 +61,61 @@ _CLOCK_MIN_PERIOD = 0.005
 
 class KeepAliveClock:
     """Keep-alives for every open stream of an app, from one task (:meth:`run`, started in the
-    app's lifespan nursery). A stream is due when nothing was written to it for its
-    ``keep_alive_seconds``; the clock then puts a tick into its channel."""
+    app's lifespan nursery, ended by :meth:`stop`). A stream is due when nothing was written to
+    it for its ``keep_alive_seconds``; the clock then puts a tick into its channel."""
 
     def __init__(self) -> None:
         self._streams: set[ChatStreamBody] = set()
         self._wake = trio.Event()
+        self._scope = trio.CancelScope()
+        self.running = False
+        self._warned = False
 
     def register(self, stream: ChatStreamBody) -> None:
         self._streams.add(stream)
         self._wake.set()
+        if not self.running and not self._warned:
+            self._warned = True
+            logger.warning(
+                "stream.keep_alive.unavailable: the app's lifespan has not started its "
+                "keep-alive clock; streams get no keep-alive comments (serve the app with "
+                "its ASGI lifespan on)"
+            )
 
     def unregister(self, stream: ChatStreamBody) -> None:
         self._streams.discard(stream)
 
-    async def run(self) -> None:
-        while True:
-            if not self._streams:
-                self._wake = trio.Event()
-                await self._wake.wait()
-                continue
-            now = trio.current_time()
-            period = _CLOCK_MAX_PERIOD
-            for stream in list(self._streams):
+    def stop(self) -> None:
+        self._scope.cancel(reason="the app stopped serving")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.running = True
+        task_status.started()
+        try:
+            with self._scope:
+                while True:
+                    if not self._streams:
+                        self._wake = trio.Event()
+                        await self._wake.wait()
+                        continue
+                    await trio.sleep(max(self._visit(), _CLOCK_MIN_PERIOD))
+        finally:
+            self.running = False
+
+    def _visit(self) -> float:
+        """Tick the silent streams; return how long to sleep until the next visit."""
+        now = trio.current_time()
+        period = _CLOCK_MAX_PERIOD
+        for stream in list(self._streams):
+            try:
                 period = min(period, stream.keep_alive_seconds / 4)
                 stream.tick_if_silent(now)
-            await trio.sleep(max(period, _CLOCK_MIN_PERIOD))
+            except Exception:
+                # A bug; the clock must go on for the other streams (an exception here would
+                # also end the app's lifespan nursery).
+                logger.exception("stream.keep_alive.failed")
+                self._streams.discard(stream)
+        return period
 
 
 class ChatStreamBody(ResponseBody):
