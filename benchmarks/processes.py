@@ -5,7 +5,7 @@ stdin/stdout; :func:`open_gateway` writes a gateway config for that upstream and
 gateway either with its own CLI (``python -m trio_gateway gateway``, one process) or with
 ``hypercorn -k trio --workers N`` and the gateway's ASGI entry point
 (``trio_gateway.server.asgi:app``); :func:`open_floor_relay` starts ``floor_relay.py`` (the
-bare hypercorn relay the ``floor`` scenario measures). Each is pinned to a set of CPUs when
+bare or the quart-trio relay the ``floor`` scenario measures). Each is pinned to a set of CPUs when
 asked (``taskset`` when installed, else ``sched_setaffinity``), and stopped with SIGTERM (then
 SIGKILL after a bound) when the block exits.
 """
@@ -182,16 +182,15 @@ class FloorRelayProcess:
 
 @asynccontextmanager
 async def open_floor_relay(
-    upstream_url: str, *, cpus: set[int] | None
+    upstream_url: str, *, cpus: set[int] | None, framework: str = "bare"
 ) -> AsyncIterator[FloorRelayProcess]:
-    """Start the floor relay for ``upstream_url``, pinned to ``cpus`` (the gateway's core);
-    stop it when the block exits."""
-    arguments = ["--upstream", upstream_url]
+    """Start the ``framework`` floor relay (``bare`` or ``quart``) for ``upstream_url``, pinned
+    to ``cpus`` (the gateway's core); stop it when the block exits."""
+    arguments = ["--upstream", upstream_url, "--framework", framework]
     async with _open_script("floor_relay.py", arguments, cpus=cpus) as (process, hello, _):
         host, _, port = hello["url"].removeprefix("http://").rpartition(":")
-        yield FloorRelayProcess(
-            process.pid, host, int(port), "python benchmarks/floor_relay.py --upstream URL"
-        )
+        command = f"python benchmarks/floor_relay.py --upstream URL --framework {framework}"
+        yield FloorRelayProcess(process.pid, host, int(port), command)
 
 
 @dataclass(frozen=True)

@@ -92,8 +92,9 @@ class Report(msgspec.Struct):
     workers: WorkersResult | None = None
     workers_skipped: str | None = None
     cpu_profile: ProfileResult | None = None
-    #: The ``floor`` scenario (a bare relay on the same stack), and its table by target.
-    floor: FloorResult | None = None
+    #: The ``floor`` scenario: the bare relay's and the quart-trio relay's results (on the
+    #: gateway's stack), and its table by target.
+    floors: list[FloorResult] = msgspec.field(default_factory=list)
     floor_targets: list[FloorRow] = msgspec.field(default_factory=list)
     targets: list[TargetCheck] = msgspec.field(default_factory=list)
     scenario_seconds: dict[str, float] = msgspec.field(default_factory=dict)
@@ -306,37 +307,64 @@ def check_targets(report: Report) -> list[TargetCheck]:
 
 
 class FloorRow(msgspec.Struct, frozen=True):
-    """One target: the gateway's number, the floor relay's, and the gateway's above it."""
+    """One target: the gateway's number, the two relays', and what each layer adds (``None``:
+    not measured). Differences are negative for tokens/s when the upper layer delivers fewer."""
 
     name: str
     goal: str
     unit: str
     gateway: float | None
-    floor: float | None
-    #: ``gateway - floor`` (negative for tokens/s when the gateway delivers fewer).
-    added: float | None
+    #: The bare ASGI relay: the serving stack and the gateway's shape.
+    bare: float | None
+    #: The same relay as a quart-trio route.
+    quart: float | None
+    #: ``quart - bare``: what quart-trio (with quart and werkzeug) costs.
+    quart_minus_bare: float | None
+    #: ``gateway - quart``: what the gateway's own logic costs.
+    gateway_minus_quart: float | None
 
 
-def floor_rows(gateway: StackNumbers, floor: StackNumbers) -> list[FloorRow]:
-    """The floor section's table: per target (idle RSS aside), both stacks and the gateway's
-    part above the floor."""
+def _minus(upper: float | None, lower: float | None) -> float | None:
+    return None if upper is None or lower is None else upper - lower
+
+
+def floor_rows(gateway: StackNumbers, bare: StackNumbers, quart: StackNumbers) -> list[FloorRow]:
+    """The floor section's table: per target (idle RSS aside), the three stacks and what each
+    layer adds to the one below it."""
     rows: list[FloorRow] = []
     for goal in _GOALS:
         if not goal.floor:
             continue
-        ours, base = goal.value(gateway), goal.value(floor)
-        added = None if ours is None or base is None else ours - base
-        rows.append(FloorRow(goal.name, goal.goal, goal.unit, ours, base, added))
+        ours, base, framed = goal.value(gateway), goal.value(bare), goal.value(quart)
+        rows.append(
+            FloorRow(
+                goal.name,
+                goal.goal,
+                goal.unit,
+                ours,
+                base,
+                framed,
+                quart_minus_bare=_minus(framed, base),
+                gateway_minus_quart=_minus(ours, framed),
+            )
+        )
     return rows
+
+
+def _floor_numbers(report: Report, framework: str) -> StackNumbers:
+    for result in report.floors:
+        if result.framework == framework:
+            return stack_numbers(result.latency, result.memory, result.disconnect)
+    return StackNumbers()
 
 
 def floor_targets(report: Report) -> list[FloorRow]:
     """:func:`floor_rows` for a report (empty when the floor scenario did not run)."""
-    result = report.floor
-    if result is None:
+    if not report.floors:
         return []
-    floor = stack_numbers(result.latency, result.memory, result.disconnect)
-    return floor_rows(_gateway_numbers(report), floor)
+    return floor_rows(
+        _gateway_numbers(report), _floor_numbers(report, "bare"), _floor_numbers(report, "quart")
+    )
 
 
 # -- markdown --------------------------------------------------------------------------------------
@@ -423,7 +451,11 @@ def _streaming_table(comparisons: list[Comparison], side: str) -> list[str]:
     )
 
 
-_PROCESS_NAMES = {"direct": "mock upstream (reference)", "floor": "floor relay"}
+_PROCESS_NAMES = {
+    "direct": "mock upstream (reference)",
+    "floor-bare": "bare relay",
+    "floor-quart": "quart relay",
+}
 
 
 def _memory_table(memories: list[MemoryResult]) -> list[str]:
@@ -487,46 +519,84 @@ def _disconnect_table(results: list[DisconnectResult]) -> list[str]:
     )
 
 
-def _floor_section(report: Report, floor: FloorResult) -> list[str]:
+_RELAYS = {
+    "bare": (
+        "bare relay",
+        "a plain ASGI app on hypercorn's trio worker (as the gateway is served) that parses "
+        "nothing: it forwards the request body to the mock over the gateway's own HTTP/1.1 "
+        "transport (`Http11Transport`, pooled keep-alive) and the upstream's body chunks to the "
+        "client unchanged, the read in a task of the request's nursery, through a bounded "
+        "channel, cancelled by a disconnect",
+    ),
+    "quart": (
+        "quart relay",
+        "the same relay as a quart-trio route in the gateway's quart shape: "
+        "`await request.get_data()`, the upstream head awaited in the route, then a "
+        "`quart.Response` whose `ResponseBody` opens the per-request nursery in `__aenter__` "
+        "and yields the channel's chunks (as the gateway's `ChatStreamBody`), with no error "
+        "handlers, hooks or ASGI wrapper",
+    ),
+}
+
+
+def _floor_section(report: Report, floors: list[FloorResult]) -> list[str]:
     rows = report.floor_targets or floor_targets(report)
+    relays = [
+        f"The *{_RELAYS[f.framework][0]}* (`{f.command}`, start-up RSS "
+        f"{f.startup_rss_mib:.0f} MiB) is {_RELAYS[f.framework][1]}."
+        for f in floors
+        if f.framework in _RELAYS
+    ]
     out = [
         "",
-        "## Stack floor: a bare hypercorn relay",
+        "## Stack floor: a bare hypercorn relay and a quart-trio relay",
         "",
-        f"`{floor.command}`, {floor.cpus} (the gateway idles meanwhile); start-up RSS "
-        f"{floor.startup_rss_mib:.0f} MiB. An ASGI app on hypercorn's trio worker (as the "
-        "gateway is served) that parses nothing: it forwards the request body to the mock over "
-        "the gateway's own HTTP/1.1 transport (`Http11Transport`, pooled keep-alive) and the "
-        "upstream's body chunks to the client unchanged, the read in a task of the request's "
-        "nursery, through a bounded channel, cancelled by a disconnect. Its numbers are the "
-        "cost of the serving stack and the shape the gateway commits to; *gateway minus floor* is "
-        "what the gateway's own logic adds. Gateway numbers are this run's (n/a: not run). "
+        f"Each relay runs alone, {floors[0].cpus} (the gateway idles meanwhile). "
+        + " ".join(relays)
+        + " The bare relay's numbers are the cost of the serving stack and the shape the "
+        "gateway commits to; *quart minus bare* is what quart-trio (with quart and werkzeug) "
+        "adds to it, and *gateway minus quart relay* what the gateway's own logic adds (the "
+        "relays pass each chunk on as it comes; the gateway coalesces chunks for a client that "
+        "falls behind, so under load it can beat them). Gateway numbers are this run's (n/a: "
+        "not run). "
         + (
-            "Both are compared with the same direct phases (the latency scenario's)."
-            if floor.direct_reused
-            else "The floor's direct phases were measured in this scenario."
+            "All are compared with the same direct phases (the latency scenario's)."
+            if floors[0].direct_reused
+            else "The relays' direct phases were measured once, in this scenario, and shared."
         ),
         "",
     ]
     out += _table(
-        ["target", "goal", "gateway", "floor relay", "gateway minus floor"],
+        [
+            "target",
+            "goal",
+            "gateway",
+            "bare relay",
+            "quart relay",
+            "quart minus bare (quart-trio)",
+            "gateway minus quart relay (the gateway's logic)",
+        ],
         [
             [
                 row.name,
                 row.goal,
                 f"{_f(row.gateway, 1)} {row.unit}",
-                f"{_f(row.floor, 1)} {row.unit}",
-                f"{_signed(row.added, 1)} {row.unit}",
+                f"{_f(row.bare, 1)} {row.unit}",
+                f"{_f(row.quart, 1)} {row.unit}",
+                f"{_signed(row.quart_minus_bare, 1)} {row.unit}",
+                f"{_signed(row.gateway_minus_quart, 1)} {row.unit}",
             ]
             for row in rows
         ],
     )
-    out += ["", "Streaming through the floor relay (as section 1):", ""]
-    out += _streaming_table(floor.latency, "floor")
-    out += ["", "Idle streams and disconnects through the floor relay (as sections 4 and 5):", ""]
-    out += _memory_table([floor.memory])
-    out += [""]
-    out += _disconnect_table([floor.disconnect])
+    for floor in floors:
+        name = _RELAYS.get(floor.framework, (floor.framework, ""))[0]
+        out += ["", f"Streaming through the {name} (as section 1):", ""]
+        out += _streaming_table(floor.latency, floor.framework)
+        out += ["", f"Idle streams and disconnects through the {name} (as sections 4 and 5):", ""]
+        out += _memory_table([floor.memory])
+        out += [""]
+        out += _disconnect_table([floor.disconnect])
     return out
 
 
@@ -680,8 +750,8 @@ def markdown(report: Report) -> str:
         )
     else:
         out.append(f"Not run: {report.workers_skipped or 'skipped'}.")
-    if report.floor is not None:
-        out += _floor_section(report, report.floor)
+    if report.floors:
+        out += _floor_section(report, report.floors)
     if report.cpu_profile is not None:
         p = report.cpu_profile
         out += [

@@ -4,8 +4,8 @@ Benchmark tooling (``nox -s bench`` runs the short profile). It starts the mock 
 the gateway as processes of their own, pins the gateway to core 0 and itself (the load
 generator) and the mock to core 1, runs the scenarios (see ``scenarios.py`` and README.md),
 and writes ``benchmarks/results/<time>-<profile>.json`` and ``.md`` plus ``latest-<profile>.*``.
-The ``floor`` scenario also starts ``floor_relay.py`` (a bare relay on the same serving stack)
-on the gateway's core, while the gateway idles.
+The ``floor`` scenario also starts ``floor_relay.py`` (a bare relay on the same serving stack,
+then the same relay as a quart-trio route) on the gateway's core, while the gateway idles.
 Every load phase is bounded in count and time; the whole run stops by itself.
 """
 
@@ -169,11 +169,12 @@ async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadRe
                         seconds, "profile", lambda: scenarios.cpu_profile(bench)
                     )
             if "floor" in wanted:
-                # The bare relay takes the gateway's core while the gateway idles; the direct
-                # phases of the latency scenario (same spec) are the floor's baseline too.
+                # Each relay (bare, then quart-trio) takes the gateway's core while the gateway
+                # idles; the direct phases of the latency scenario (same spec) are the floors'
+                # baseline too.
                 direct = {c.concurrency: c.direct for c in result.latency}
-                result.floor = await _timed(
-                    seconds, "floor", lambda: scenarios.floor(bench, direct)
+                result.floors = await _timed(
+                    seconds, "floor", lambda: scenarios.floors(bench, direct)
                 )
         if "workers" in wanted:
             try:

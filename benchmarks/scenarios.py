@@ -17,7 +17,8 @@ took meanwhile.
 7. :func:`cpu_profile`: py-spy samples of the gateway under streaming load, by layer.
 
 :func:`floor` runs the target measurements of 1, 2, 4 and 5 through ``floor_relay.py`` instead
-of the gateway: a bare relay on the same serving stack, the floor the gateway is compared with.
+of the gateway: a relay on the same serving stack, the floor the gateway is compared with;
+:func:`floors` runs it for the bare ASGI relay, then for the quart-trio one.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ __all__ = [
     "cpu_profile",
     "disconnects",
     "floor",
+    "floors",
     "idle_streams",
     "non_streaming",
     "streaming_latency",
@@ -174,8 +176,8 @@ class Bench:
             headers={"Authorization": f"Bearer {gateway.token}"},
         )
 
-    def through_floor(self, relay: FloorRelayProcess) -> Target:
-        return Target("floor", relay.host, relay.port, "bench")
+    def through_floor(self, relay: FloorRelayProcess, framework: str) -> Target:
+        return Target(f"floor-{framework}", relay.host, relay.port, "bench")
 
     async def streaming_upstream(self, *, first_token_delay: float | None = None) -> None:
         profile = self.profile
@@ -655,8 +657,11 @@ async def cpu_profile(bench: Bench) -> ProfileResult:
 
 
 class FloorResult(msgspec.Struct, frozen=True):
-    """Scenarios 1, 2, 4 and 5 through ``floor_relay.py`` (target name ``"floor"``)."""
+    """Scenarios 1, 2, 4 and 5 through one of ``floor_relay.py``'s relays (target name
+    ``"floor-bare"`` or ``"floor-quart"``)."""
 
+    #: Which relay: ``"bare"`` (a plain ASGI app) or ``"quart"`` (a quart-trio route).
+    framework: str
     command: str
     cpus: str
     startup_rss_mib: float
@@ -664,26 +669,33 @@ class FloorResult(msgspec.Struct, frozen=True):
     latency: list[Comparison]
     memory: MemoryResult
     disconnect: DisconnectResult
-    #: The direct phases are the latency scenario's of the same run (same spec and upstream),
-    #: so the floor and the gateway are compared with the same baseline.
+    #: The direct phases were reused (same spec and upstream): the latency scenario's of the
+    #: same run, or (the quart relay, without it) the bare relay's; so the floors and the
+    #: gateway are compared with the same baseline.
     direct_reused: bool
 
 
-async def floor(bench: Bench, direct: Mapping[int, PhaseSummary] | None = None) -> FloorResult:
-    """The floor scenario: the targets' measurements (idle streams first, on the fresh relay;
-    streaming at ``floor_levels``; disconnects) through the bare relay, pinned like the
-    gateway. ``direct``: the latency scenario's direct phases by concurrency, when it ran."""
+async def floor(
+    bench: Bench, direct: Mapping[int, PhaseSummary] | None = None, framework: str = "bare"
+) -> FloorResult:
+    """The floor scenario for one relay (``framework``: ``bare`` or ``quart``): the targets'
+    measurements (idle streams first, on the fresh relay; streaming at ``floor_levels``;
+    disconnects) through it, pinned like the gateway. ``direct``: direct phases by
+    concurrency to reuse (the latency scenario's, when it ran)."""
     profile = bench.profile
     levels = [level for level in profile.floor_levels if level in profile.levels]
-    async with open_floor_relay(bench.upstream.url, cpus=bench.gateway_cpus) as relay:
+    async with open_floor_relay(
+        bench.upstream.url, cpus=bench.gateway_cpus, framework=framework
+    ) as relay:
         await trio.sleep(_SETTLE_SECONDS)
         startup_rss = procstats.sample(relay.pid).rss_bytes
-        target = bench.through_floor(relay)
+        target = bench.through_floor(relay, framework)
         await _fill_caches(bench, [target])
         memory = await _hold_idle_streams(bench, target, relay.pid, profile.floor_idle_steps)
         latency = await _streaming_levels(bench, target, relay.pid, levels, direct)
         disconnect = await _disconnect_phase(bench, target)
     return FloorResult(
+        framework=framework,
         command=relay.command,
         cpus=_cpus_text(bench.gateway_cpus),
         startup_rss_mib=mib(startup_rss),
@@ -692,3 +704,14 @@ async def floor(bench: Bench, direct: Mapping[int, PhaseSummary] | None = None) 
         disconnect=disconnect,
         direct_reused=bool(direct) and all(level in (direct or {}) for level in levels),
     )
+
+
+async def floors(
+    bench: Bench, direct: Mapping[int, PhaseSummary] | None = None
+) -> list[FloorResult]:
+    """:func:`floor` for the bare relay, then for the quart-trio one, with the same direct
+    phases: ``direct`` (the latency scenario's), else the ones the bare relay's run measured."""
+    bare = await floor(bench, direct, "bare")
+    shared = direct or {comparison.concurrency: comparison.direct for comparison in bare.latency}
+    quart = await floor(bench, shared, "quart")
+    return [bare, quart]

@@ -1,5 +1,5 @@
-"""The floor relay (benchmarks/floor_relay.py) against the mock upstream on 127.0.0.1, and the
-floor section's numbers (benchmarks/report.py)."""
+"""The floor relays (benchmarks/floor_relay.py, bare and quart-trio) against the mock upstream
+on 127.0.0.1, and the floor section's numbers (benchmarks/report.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,19 @@ from functools import partial
 import httpx
 import pytest
 import trio
-from floor_relay import serve_floor_relay
+from floor_relay import FRAMEWORKS, Framework, serve_floor_relay
 from mock_upstream import MockUpstream, Scenario
 from processes import open_floor_relay
-from report import StackNumbers, floor_rows, stack_numbers
-from scenarios import DisconnectResult, MemoryResult
+from report import (
+    Machine,
+    Report,
+    StackNumbers,
+    floor_rows,
+    floor_targets,
+    markdown,
+    stack_numbers,
+)
+from scenarios import SHORT, DisconnectResult, FloorResult, MemoryResult
 from summary import Percentiles
 
 from trio_gateway.wire.sse import SSEDecoder
@@ -33,13 +41,22 @@ async def upstream(nursery: trio.Nursery) -> MockUpstream:
     return mock
 
 
+@pytest.fixture(params=FRAMEWORKS)
+def framework(request: pytest.FixtureRequest) -> Framework:
+    """Each test runs against both relays: they must behave alike."""
+    value: Framework = request.param
+    return value
+
+
 @pytest.fixture
-async def relay(upstream: MockUpstream) -> AsyncIterator[str]:
+async def relay(upstream: MockUpstream, framework: Framework) -> AsyncIterator[str]:
     """The relay served in this test's trio run; shut down (lifespan included) at the end."""
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(
-            partial(serve_floor_relay, upstream.url, shutdown_trigger=stop.wait)
+            partial(
+                serve_floor_relay, upstream.url, framework=framework, shutdown_trigger=stop.wait
+            )
         )
         yield urls[0]
         stop.set()
@@ -121,7 +138,9 @@ async def test_floor_relay_answers_404_elsewhere_and_405_to_get(relay: str) -> N
     assert get.status_code == 405
 
 
-async def test_floor_relay_answers_502_when_the_upstream_is_unreachable() -> None:
+async def test_floor_relay_answers_502_when_the_upstream_is_unreachable(
+    framework: Framework,
+) -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]  # closed again before the relay connects
@@ -129,7 +148,12 @@ async def test_floor_relay_answers_502_when_the_upstream_is_unreachable() -> Non
     with trio.fail_after(BOUND):
         async with trio.open_nursery() as nursery:
             urls = await nursery.start(
-                partial(serve_floor_relay, f"http://127.0.0.1:{port}", shutdown_trigger=stop.wait)
+                partial(
+                    serve_floor_relay,
+                    f"http://127.0.0.1:{port}",
+                    framework=framework,
+                    shutdown_trigger=stop.wait,
+                )
             )
             async with httpx.AsyncClient(base_url=urls[0]) as client:
                 answer = await client.post("/v1/chat/completions", json=BODY)
@@ -138,11 +162,14 @@ async def test_floor_relay_answers_502_when_the_upstream_is_unreachable() -> Non
     assert "ConnectError" in answer.text
 
 
-async def test_open_floor_relay_runs_the_script_and_stops_it(upstream: MockUpstream) -> None:
+async def test_open_floor_relay_runs_the_script_and_stops_it(
+    upstream: MockUpstream, framework: Framework
+) -> None:
     upstream.scenarios["m"] = Scenario(tokens=[" tok~"] * 3)
     with trio.fail_after(START_BOUND):
-        async with open_floor_relay(upstream.url, cpus=None) as relay:
+        async with open_floor_relay(upstream.url, cpus=None, framework=framework) as relay:
             assert relay.host == "127.0.0.1"
+            assert relay.command.endswith(f"--framework {framework}")
             async with httpx.AsyncClient(base_url=f"http://{relay.host}:{relay.port}") as client:
                 answer = await client.post("/v1/chat/completions", json=BODY)
         # Stopped at the block's exit: the relay's pooled upstream connection is gone too.
@@ -151,13 +178,43 @@ async def test_open_floor_relay_runs_the_script_and_stops_it(upstream: MockUpstr
     assert contents(answer.text) == ([" tok~"] * 3, True)
 
 
-def memory(per_stream_kib: float | None) -> MemoryResult:
-    return MemoryResult("floor", 50.0, [], per_stream_kib, per_stream_kib, 50.0, 0.01)
+def memory(per_stream_kib: float | None, target: str = "floor-bare") -> MemoryResult:
+    return MemoryResult(target, 50.0, [], per_stream_kib, per_stream_kib, 50.0, 0.01)
 
 
-def cancel(p99_ms: float) -> DisconnectResult:
+def cancel(p99_ms: float, target: str = "floor-bare") -> DisconnectResult:
     latency = Percentiles(n=10, mean=1.0, p50=1.0, p90=2.0, p99=p99_ms, max=p99_ms)
-    return DisconnectResult("floor", 20, 10, 10, 10, 0, latency, {})
+    return DisconnectResult(target, 20, 10, 10, 10, 0, latency, {})
+
+
+def relay_result(framework: Framework, per_stream_kib: float, cancel_ms: float) -> FloorResult:
+    target = f"floor-{framework}"
+    return FloorResult(
+        framework=framework,
+        command=f"python benchmarks/floor_relay.py --upstream URL --framework {framework}",
+        cpus="on cores 0",
+        startup_rss_mib=50.0,
+        latency=[],
+        memory=memory(per_stream_kib, target),
+        disconnect=cancel(cancel_ms, target),
+        direct_reused=False,
+    )
+
+
+def bench_report(floors: list[FloorResult]) -> Report:
+    facts = Machine("cpu", 2, 4.0, "6.1", "3.11.9", {}, None, [], 0.0)
+    return Report(
+        profile=SHORT,
+        started_at="2026-01-01T00:00:00Z",
+        duration_s=1.0,
+        machine=facts,
+        pinning="none",
+        gateway_startup_rss_mib=50.0,
+        gateway_command="python -m trio_gateway gateway",
+        memory=[memory(56.0, "gateway")],
+        disconnect=[cancel(4.0, "gateway")],
+        floors=floors,
+    )
 
 
 def test_stack_numbers_takes_memory_and_disconnect_without_streaming() -> None:
@@ -165,27 +222,59 @@ def test_stack_numbers_takes_memory_and_disconnect_without_streaming() -> None:
     assert numbers == StackNumbers(per_stream_kib=12.5, cancel_p99_ms=3.0)
 
 
-def test_floor_rows_show_what_the_gateway_adds_above_the_floor() -> None:
-    gateway = StackNumbers(
-        added_ttft_p50_ms=3.0,
-        cpu_per_token_us=200.0,
-        tokens_per_s=7000.0,
-        idle_rss_mib=52.0,
-        per_stream_kib=70.0,
+def stack(
+    ttft: float | None, gap: float | None, cpu: float, rate: float, kib: float, cancel: float | None
+) -> StackNumbers:
+    """A stack's target numbers (idle RSS set too: the floor table leaves it out)."""
+    return StackNumbers(
+        ttft, gap, cpu, rate, idle_rss_mib=52.0, per_stream_kib=kib, cancel_p99_ms=cancel
     )
-    floor = StackNumbers(
-        added_ttft_p50_ms=1.0,
-        added_gap_p99_ms=0.5,
-        cpu_per_token_us=60.0,
-        tokens_per_s=8000.0,
-        per_stream_kib=20.0,
-    )
-    rows = {row.name: (row.gateway, row.floor, row.added) for row in floor_rows(gateway, floor)}
-    assert rows == {
-        "added TTFT p50, concurrency 1": (3.0, 1.0, 2.0),
-        "added inter-token gap p99, concurrency 50": (None, 0.5, None),
-        "gateway CPU per streamed token, concurrency 50": (200.0, 60.0, 140.0),
-        "streamed tokens/s, concurrency 200": (7000.0, 8000.0, -1000.0),
-        "RSS per open idle stream": (70.0, 20.0, 50.0),
-        "disconnect to upstream cancel p99": (None, None, None),
+
+
+def test_floor_rows_split_the_gateway_cost_into_quart_trio_and_its_own_logic() -> None:
+    gateway = stack(3.0, None, 200.0, 7000.0, 70.0, None)
+    bare = stack(1.0, 0.5, 60.0, 8000.0, 20.0, None)
+    quart = stack(1.5, 0.75, 90.0, 7500.0, 32.0, 2.0)
+    rows = {
+        row.name: (row.gateway, row.bare, row.quart, row.quart_minus_bare, row.gateway_minus_quart)
+        for row in floor_rows(gateway, bare, quart)
     }
+    assert rows == {
+        "added TTFT p50, concurrency 1": (3.0, 1.0, 1.5, 0.5, 1.5),
+        "added inter-token gap p99, concurrency 50": (None, 0.5, 0.75, 0.25, None),
+        "gateway CPU per streamed token, concurrency 50": (200.0, 60.0, 90.0, 30.0, 110.0),
+        "streamed tokens/s, concurrency 200": (7000.0, 8000.0, 7500.0, -500.0, -500.0),
+        "RSS per open idle stream": (70.0, 20.0, 32.0, 12.0, 38.0),
+        "disconnect to upstream cancel p99": (None, None, 2.0, None, None),
+    }
+
+
+def test_floor_targets_read_each_relay_by_its_framework() -> None:
+    report = bench_report([relay_result("bare", 33.0, 2.0), relay_result("quart", 45.0, 2.5)])
+    rows = {row.name: row for row in floor_targets(report)}
+    per_stream = rows["RSS per open idle stream"]
+    assert (per_stream.gateway, per_stream.bare, per_stream.quart) == (56.0, 33.0, 45.0)
+    assert (per_stream.quart_minus_bare, per_stream.gateway_minus_quart) == (12.0, 11.0)
+    cancelled = rows["disconnect to upstream cancel p99"]
+    assert (cancelled.gateway, cancelled.bare, cancelled.quart) == (4.0, 2.0, 2.5)
+
+
+def test_floor_targets_leave_the_quart_columns_empty_without_its_run() -> None:
+    rows = floor_targets(bench_report([relay_result("bare", 33.0, 2.0)]))
+    per_stream = next(row for row in rows if row.name == "RSS per open idle stream")
+    assert (per_stream.bare, per_stream.quart, per_stream.quart_minus_bare) == (33.0, None, None)
+    assert per_stream.gateway_minus_quart is None
+    assert floor_targets(bench_report([])) == []
+
+
+def test_markdown_floor_section_has_the_layer_table_and_each_relays_tables() -> None:
+    report = bench_report([relay_result("bare", 33.0, 2.0), relay_result("quart", 45.0, 2.5)])
+    text = markdown(report)
+    section = text[text.index("## Stack floor") :]
+    assert "| gateway | bare relay | quart relay | quart minus bare" in section
+    assert "| RSS per open idle stream | <= 40 KiB | 56.0 KiB | 33.0 KiB | 45.0 KiB | " in section
+    assert "+12.0 KiB | +11.0 KiB |" in section
+    for name in ("bare relay", "quart relay"):
+        assert f"Streaming through the {name}" in section
+        assert f"| {name} | 50.0 |" in section  # its idle-stream memory table
+        assert f"--framework {name.split()[0]}" in section
