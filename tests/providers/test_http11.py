@@ -22,6 +22,7 @@ import pytest
 import trio
 import trustme
 
+from trio_gateway import disconnects
 from trio_gateway.config.schema import OpenAIChatProviderConfig
 from trio_gateway.errors import UpstreamError
 from trio_gateway.messages import Message
@@ -519,3 +520,40 @@ async def test_a_request_that_cannot_be_sent_is_not_retried() -> None:
         await upstream.aclose()
     assert not info.value.retryable
     assert "could not be sent" in str(info.value)
+
+
+# -- the client went away -------------------------------------------------------------------------
+
+
+async def test_a_client_disconnect_shuts_the_upstream_connection_down_at_once() -> None:
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n"
+    hooks, token = disconnects.open_request_hooks()
+    try:
+        async with (
+            raw_server([(head, False)]) as server,
+            client(server.port) as http,
+            http.stream("GET", "/") as response,
+        ):
+            async for _ in response.aiter_raw():
+                break
+            assert len(hooks) == 1  # registered while the connection is in use
+            disconnects.run_hooks(hooks)  # what the server does on http.disconnect
+            with trio.fail_after(BOUND):
+                await server.closed_event.wait()  # before the reader even closed it
+    finally:
+        disconnects.reset_request_hooks(token)
+
+
+async def test_a_finished_answer_unregisters_its_hook_before_its_connection_is_reused() -> None:
+    hooks, token = disconnects.open_request_hooks()
+    try:
+        replies = [(ok(b"one"), False), (ok(b"two"), False)]
+        async with raw_server(replies) as server, client(server.port) as http:
+            with trio.fail_after(BOUND):
+                assert (await http.get("/")).content == b"one"
+                assert hooks == []
+                disconnects.run_hooks(hooks)  # a late disconnect: the pooled one is untouched
+                assert (await http.get("/")).content == b"two"
+        assert server.connections == 1
+    finally:
+        disconnects.reset_request_hooks(token)

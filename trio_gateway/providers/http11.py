@@ -16,6 +16,9 @@ What it does, and on purpose no more:
   (at most ``max_keepalive`` idle connections in all, newest reused first); anything else
   closes it at once (a cancelled read, an error, a response left half read), so an upstream
   whose answer is abandoned sees its connection close right away and stops generating.
+* While a request's connection is in use, a disconnect of the gateway's own client shuts it
+  down at once (:mod:`trio_gateway.disconnects`), before the cancellation of the run reaches
+  the task reading it.
 * A pooled connection the server has closed meanwhile (readable while idle) is dropped before
   use instead of failing the request; one whose last answer came with extra bytes is never
   pooled (they would be read as the next answer).
@@ -38,11 +41,14 @@ import math
 import select
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any, Self
 
 import h11
 import httpx
 import trio
+
+from .. import disconnects
 
 __all__ = ["Http11Transport"]
 
@@ -129,6 +135,17 @@ class _Connection:
         if self.stream is None:
             raise trio.ClosedResourceError("the upstream connection is closed")
         return self.stream
+
+    def shutdown(self) -> None:
+        """Tell the server at once that this connection is done (its owner still closes it);
+        safe from any task and at any time."""
+        stream = self.stream
+        while isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        sock = self.sock or (stream.socket if isinstance(stream, trio.SocketStream) else None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def fileno(self) -> int:
         stream = self.stream
@@ -240,19 +257,21 @@ class Http11Transport(httpx.AsyncBaseTransport):
         connection, stale = self._checkout(origin)
         if connection is None:
             connection = await self._connect(origin, request, timeouts.get("connect"))
+        unregister = disconnects.register(connection.shutdown)
         try:
             for old in stale:
                 await old.close()
             await self._send_request(connection, request, timeouts.get("write"))
             response = await self._receive_head(connection, request, timeouts.get("read"))
         except BaseException:
+            unregister()
             with trio.CancelScope(shield=True):
                 await connection.close()
             raise
         return httpx.Response(
             response.status_code,
             headers=response.headers.raw_items(),
-            stream=_ResponseBody(self, connection, timeouts.get("read")),
+            stream=_ResponseBody(self, connection, timeouts.get("read"), unregister),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason},
         )
 
@@ -354,11 +373,16 @@ class _ResponseBody(httpx.AsyncByteStream):
     carry none."""
 
     def __init__(
-        self, transport: Http11Transport, connection: _Connection, read_timeout: float | None
+        self,
+        transport: Http11Transport,
+        connection: _Connection,
+        read_timeout: float | None,
+        unregister: Callable[[], None],
     ) -> None:
         self._transport = transport
         self._connection: _Connection | None = connection
         self._read_timeout = read_timeout
+        self._unregister = unregister
         self._complete = False
 
     def __aiter__(self) -> Self:
@@ -404,6 +428,7 @@ class _ResponseBody(httpx.AsyncByteStream):
         connection, self._connection = self._connection, None
         if connection is None:
             return
+        self._unregister()  # before the connection can serve another request
         with trio.CancelScope(shield=True):
             if self._complete:
                 await self._transport._checkin(connection)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 import trio
 from hypercorn.typing import (
     ASGIReceiveCallable,
+    ASGIReceiveEvent,
     ASGISendCallable,
     ASGISendEvent,
     HTTPScope,
@@ -25,7 +26,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from .. import metrics
+from .. import disconnects, metrics
 from ..agent import AgentRuntime
 from ..errors import (
     GatewayError,
@@ -226,11 +227,31 @@ class GatewayApp:
     ) -> None:
         cleanups: list[Callable[[], None]] = []
         scope[CLEANUPS_KEY] = cleanups  # type: ignore[literal-required]  # our own scope key
+        hooks, token = disconnects.open_request_hooks()
         try:
-            await self.quart_app(scope, receive, send)
+            await self.quart_app(scope, _DisconnectWatch(receive, hooks), send)
         finally:
+            disconnects.reset_request_hooks(token)
             for cleanup in cleanups:
                 cleanup()
+
+
+class _DisconnectWatch:
+    """The ``receive`` quart gets: runs the request's disconnect hooks (see
+    :mod:`trio_gateway.disconnects`) as soon as the client is known to be gone, before quart
+    cancels the request's tasks."""
+
+    __slots__ = ("_hooks", "_receive")
+
+    def __init__(self, receive: ASGIReceiveCallable, hooks: list[disconnects.Hook]) -> None:
+        self._receive = receive
+        self._hooks = hooks
+
+    async def __call__(self) -> ASGIReceiveEvent:
+        message = await self._receive()
+        if message["type"] == "http.disconnect" and self._hooks:
+            disconnects.run_hooks(self._hooks)
+        return message
 
 
 async def _refuse(
