@@ -258,19 +258,28 @@ def authority() -> trustme.CA:
     return trustme.CA()
 
 
-async def test_tls_with_a_trusted_certificate(authority: trustme.CA) -> None:
+TlsWrap = Callable[[trio.SocketStream], trio.abc.Stream]
+
+
+@pytest.fixture
+def tls_wrap(authority: trustme.CA) -> TlsWrap:
+    """Makes a raw server speak TLS with a certificate for 127.0.0.1 from ``authority``."""
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     authority.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    authority.configure_trust(client_context)
 
     def wrap(stream: trio.SocketStream) -> trio.abc.Stream:
         return trio.SSLStream(stream, server_context, server_side=True)
 
+    return wrap
+
+
+async def test_tls_with_a_trusted_certificate(authority: trustme.CA, tls_wrap: TlsWrap) -> None:
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
     replies = [(ok(b"secure"), False), (chunked(b"data: x\n\n"), False)]
     transport = Http11Transport(ssl_context=client_context)
     async with (
-        raw_server(replies, wrap=wrap) as server,
+        raw_server(replies, wrap=tls_wrap) as server,
         client(server.port, scheme="https", transport=transport) as http,
     ):
         with trio.fail_after(BOUND):
@@ -279,18 +288,10 @@ async def test_tls_with_a_trusted_certificate(authority: trustme.CA) -> None:
     assert server.connections == 1
 
 
-async def test_tls_with_an_untrusted_certificate_is_a_connect_error(
-    authority: trustme.CA,
-) -> None:
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(server_context)
-
-    def wrap(stream: trio.SocketStream) -> trio.abc.Stream:
-        return trio.SSLStream(stream, server_context, server_side=True)
-
+async def test_tls_with_an_untrusted_certificate_is_a_connect_error(tls_wrap: TlsWrap) -> None:
     # The default context (httpx's trust store) does not know the test authority.
     async with (
-        raw_server([(ok(b"x"), False)], wrap=wrap) as server,
+        raw_server([(ok(b"x"), False)], wrap=tls_wrap) as server,
         client(server.port, scheme="https") as http,
     ):
         with trio.fail_after(BOUND), pytest.raises(httpx.ConnectError) as info:
