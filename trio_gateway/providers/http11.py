@@ -37,7 +37,6 @@ being held (a request body is written as its stream yields it, in writes of 64 K
 from __future__ import annotations
 
 import contextlib
-import math
 import select
 import socket
 import ssl
@@ -280,7 +279,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
     ) -> _Connection:
         scheme, host, port = origin
         try:
-            with trio.fail_after(math.inf if connect_timeout is None else connect_timeout):
+            with _deadline(connect_timeout):
                 stream = await trio.open_tcp_stream(host, port)  # sets TCP_NODELAY
                 if scheme == "http":
                     return _Connection(origin, sock=_detach(stream), stream=None)
