@@ -631,11 +631,15 @@ def test_early_answer_before_the_body_is_read_logs_no_error(
     size = 2 * MAX_BODY_BYTES if authorized else 100_000
     headers = [("Content-Length", str(size))]
     expected = 413 if authorized else 401
-    for _ in range(20):
+    # A race: it shows in about one request in two for some shapes and rarely for others, so
+    # try until it shows (or enough requests went by without it).
+    for attempt in range(1, 201):
         status, _body = raw_post(
             gateway, headers, [b"x" * sent] if sent else [], authorized=authorized
         )
         assert status == expected
+        if attempt % 10 == 0 and gateway.errors():
+            break
     assert not gateway.errors(), gateway.describe_errors()
 
 
