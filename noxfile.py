@@ -1,4 +1,9 @@
-"""Developer sessions: ``nox`` runs lint, type checks and tests; ``nox -s bench`` is separate."""
+"""Developer sessions: ``nox`` runs lint, type checks and tests; ``nox -s bench`` is separate.
+
+Every session installs the exact versions in constraints.txt, as CI does; ``nox -s latest``
+installs the newest versions pyproject.toml allows instead and runs the suite on them, so a
+new upstream release shows up here first, not as a red CI on a fresh machine.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = ["3.11"]
+CONSTRAINTS = ("-c", "constraints.txt")
 
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
-    session.install("ruff")
+    session.install(*CONSTRAINTS, "ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -21,14 +27,27 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package, the tests and the benchmarks."""
-    session.install("-e", ".[dev]")
+    session.install(*CONSTRAINTS, "-e", ".[dev]")
     session.run("mypy")
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole test suite (the same command as the README and CI)."""
-    session.install("-e", ".[test]")
+    session.install(*CONSTRAINTS, "-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON, reuse_venv=False)
+def latest(session: nox.Session) -> None:
+    """The suite on the newest versions pyproject.toml allows (no constraints file).
+
+    When it passes and the versions differ from constraints.txt, refresh that file (see its
+    header); when it fails, the release that broke it is in ``pip freeze`` of this session.
+    """
+    session.install("--upgrade", "--upgrade-strategy", "eager", "-e", ".[dev]")
+    session.run("pip", "freeze", "--exclude-editable")
+    session.run("mypy")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -39,5 +58,5 @@ def bench(session: nox.Session) -> None:
     ``nox -s bench -- --profile long`` runs the long one; other arguments go to
     ``benchmarks/run.py`` too. Results land in benchmarks/results/ (git-ignored).
     """
-    session.install("-e", ".")
+    session.install(*CONSTRAINTS, "-e", ".")
     session.run("python", "benchmarks/run.py", "--profile", "short", *session.posargs)

@@ -585,6 +585,9 @@ def test_parse_chat_request_invalid_utf8_inside_a_string_is_invalid_json() -> No
     with pytest.raises(InvalidRequestError) as caught:
         parse_chat_request(b'{"messages": [{"role": "user", "content": "\xff"}]}')
     assert caught.value.code == "invalid_json"
+    assert caught.value.message == (
+        "The request body is not valid JSON (invalid UTF-8 in a string)."
+    )
 
 
 def test_parse_chat_request_survives_deep_nesting() -> None:

@@ -16,6 +16,7 @@ import msgspec
 
 from ..errors import InvalidRequestError
 from ..messages import Role as Role
+from .decoding import DECODE_ERRORS, DecodeFault, decode_fault
 
 __all__ = [
     "AssistantMessage",
@@ -155,23 +156,23 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         )
     try:
         request = _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise _translate_validation_error(str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequestError(
-            f"The request body is not valid JSON ({exc}).", code="invalid_json"
-        ) from exc
-    except UnicodeDecodeError as exc:
-        # msgspec reports invalid UTF-8 inside a string this way, not as a DecodeError.
-        raise InvalidRequestError(
-            "The request body is not valid JSON (invalid UTF-8 in a string).", code="invalid_json"
-        ) from exc
-    except RecursionError as exc:
-        raise InvalidRequestError(
-            "The request body is nested too deeply.", code="invalid_json"
-        ) from exc
+    except DECODE_ERRORS as exc:
+        raise _translate_decode_error(exc, body) from exc
     _check_rules(request)
     return request
+
+
+def _translate_decode_error(exc: Exception, body: bytes) -> InvalidRequestError:
+    fault = decode_fault(exc, body)
+    if fault is DecodeFault.SCHEMA:
+        return _translate_validation_error(str(exc))
+    if fault is DecodeFault.ENCODING:
+        message = "The request body is not valid JSON (invalid UTF-8 in a string)."
+    elif fault is DecodeFault.DEPTH:
+        message = "The request body is nested too deeply."
+    else:
+        message = f"The request body is not valid JSON ({exc})."
+    return InvalidRequestError(message, code="invalid_json")
 
 
 def _translate_validation_error(text: str) -> InvalidRequestError:

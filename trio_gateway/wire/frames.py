@@ -10,6 +10,8 @@ from typing import Annotated
 
 import msgspec
 
+from .decoding import DECODE_ERRORS, DecodeFault, decode_fault
+
 __all__ = [
     "FrameError",
     "RequestFrame",
@@ -47,16 +49,21 @@ class _Id(msgspec.Struct):
 def parse_request(text: str | bytes) -> RequestFrame:
     try:
         return _decoder.decode(text)
-    except (RecursionError, UnicodeDecodeError) as exc:
-        raise FrameError("not a request frame: nested too deeply or not UTF-8") from exc
-    except msgspec.DecodeError as exc:
-        request_id: str | None = None
-        try:
-            candidate = msgspec.json.decode(text, type=_Id).id
-            request_id = candidate if isinstance(candidate, str) else None
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-            pass
-        raise FrameError(f"not a request frame: {exc}", request_id=request_id) from exc
+    except DECODE_ERRORS as exc:
+        fault = decode_fault(exc, text)
+        if fault in (DecodeFault.ENCODING, DecodeFault.DEPTH):
+            # Nothing in such a frame can be trusted, its id included.
+            raise FrameError(f"not a request frame: {fault.value}") from exc
+        raise FrameError(f"not a request frame: {exc}", request_id=_readable_id(text)) from exc
+
+
+def _readable_id(text: str | bytes) -> str | None:
+    """The frame's ``id`` when it is a string that can be read, to address the error to it."""
+    try:
+        candidate = msgspec.json.decode(text, type=_Id).id
+    except DECODE_ERRORS:
+        return None
+    return candidate if isinstance(candidate, str) else None
 
 
 def encode_response(request_id: str, payload: object) -> str:
