@@ -22,7 +22,12 @@ from trio_gateway.agent import (
     open_runtime,
 )
 from trio_gateway.agent.events import ToolStarted
-from trio_gateway.errors import InvalidRequestError, ProviderError, RunTimeoutError
+from trio_gateway.errors import (
+    DrainingError,
+    InvalidRequestError,
+    ProviderError,
+    RunTimeoutError,
+)
 from trio_gateway.messages import ToolCall
 from trio_gateway.providers import Completion, Emit, ModelRequest, TextDelta, ToolCallDelta
 from trio_gateway.providers.scripted import Fail, Hang, Say, ScriptedProvider
@@ -348,3 +353,18 @@ async def test_runtime_reload_closes_replaced_providers_once_their_runs_end(
                 await trio.sleep(0.01)
         assert all(provider_set.closed for provider_set in replaced)
         assert open_fds() <= fds_before
+
+
+async def test_runtime_refused_admission_releases_the_providers_at_once() -> None:
+    runtime = AgentRuntime(make_config())  # it built its providers: it closes them
+    prepared = await runtime.prepare(chat(user("q")))
+    assert prepared.lease is not None
+    runtime.reload(make_config())
+    provider_set = prepared.lease.provider_set
+    assert provider_set.retired
+    assert provider_set.users == 1  # the prepared run may still start
+    runtime.draining = True
+    with pytest.raises(DrainingError):
+        await runtime.admit(prepared)
+    assert provider_set.users == 0
+    assert provider_set.closed
