@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 from .config import AuthConfig
-from .errors import AuthenticationError
+from .errors import AuthenticationError, ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -24,6 +24,7 @@ __all__ = [
     "IPNetwork",
     "bearer_token",
     "check_authorization",
+    "check_exposure",
     "check_secret",
     "client_address",
     "is_loopback_host",
@@ -79,6 +80,30 @@ def _same(given: str, secret: str) -> bool:
 def needs_secret(auth: AuthConfig) -> bool:
     """True when the mode checks a secret but none is configured."""
     return auth.mode != "none" and auth.secret is None
+
+
+def check_exposure(host: str, auth: AuthConfig) -> None:
+    """Refuse to serve ``host`` beyond loopback without a credential check.
+
+    The one rule for start-up and for every reload (by signal, CLI or control plane): mode
+    ``none`` is allowed on loopback only, and a mode that checks a secret needs one.
+    """
+    if is_loopback_host(host):
+        return
+    if auth.mode == "none":
+        raise ConfigError(
+            f'refusing to bind {host}: gateway.auth.mode is "none", which is allowed on '
+            'loopback only. Use mode "token" with a token (gateway.auth.token or '
+            'EPILOOP_GATEWAY_TOKEN), or bind "loopback".',
+            path="gateway.bind",
+        )
+    if needs_secret(auth):
+        variable = "EPILOOP_GATEWAY_TOKEN" if auth.mode == "token" else "EPILOOP_GATEWAY_PASSWORD"
+        raise ConfigError(
+            f"refusing to bind {host}: auth mode {auth.mode!r} but no {auth.mode} is set "
+            f"(gateway.auth.{auth.mode} or {variable}).",
+            path="gateway.bind",
+        )
 
 
 def is_loopback_host(host: str) -> bool:

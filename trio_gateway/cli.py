@@ -183,13 +183,15 @@ async def _serve_until_signal(
 def _reload(runtime: AgentRuntime) -> None:
     """SIGHUP: load the config file again; keep the running config if the new one is bad."""
     try:
-        warnings = runtime.reload_from_file()
+        result = runtime.reload_from_file()
     except ConfigError as exc:
         click.echo(f"SIGHUP: config not reloaded, the running config stays: {exc}", err=True)
         return
     click.echo("SIGHUP: config reloaded (new runs use it)", err=True)
-    for warning in warnings:
+    for warning in result.warnings:
         click.echo(f"  note: {warning}", err=True)
+    if result.restart_required:
+        click.echo(f"  restart required for: {', '.join(result.restart_required)}", err=True)
 
 
 @main.group()
@@ -371,6 +373,12 @@ def _control_failure(error: ControlPlaneError, url: str) -> _Exit:
         return _Exit(
             f"the gateway is not running at {url} (start it with 'epiloop gateway')",
             EXIT_UNREACHABLE,
+        )
+    if error.code == "reload_only":
+        return _Exit(
+            "authentication failed: the config file's credential is not loaded yet; run "
+            "'epiloop config reload' first (or pass the running gateway's --token)",
+            EXIT_AUTH,
         )
     if is_auth_failure(error):
         return _Exit("authentication failed: check gateway.auth / EPILOOP_GATEWAY_TOKEN", EXIT_AUTH)
@@ -889,6 +897,9 @@ def config_reload(
         warnings = payload.get("warnings")
         for warning in warnings if isinstance(warnings, list) else []:
             click.echo(f"  note: {warning}", err=True)
+        restart = payload.get("restartRequired")
+        if isinstance(restart, list) and restart:
+            click.echo(f"  restart required for: {', '.join(map(str, restart))}", err=True)
         return 0
 
     _run_client(_target(url, token, password, config_file), work)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,14 +10,30 @@ import msgspec
 import pytest
 import trio
 from gateway_harness import make_config
+from mock_upstream import MockUpstream, Scenario
 
-from trio_gateway.agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunStarted
+from trio_gateway.agent import (
+    AgentRuntime,
+    PreparedRun,
+    RunEvent,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    open_runtime,
+)
 from trio_gateway.agent.events import ToolStarted
-from trio_gateway.errors import InvalidRequestError, ProviderError, RunTimeoutError
+from trio_gateway.errors import (
+    DrainingError,
+    InvalidRequestError,
+    ProviderError,
+    RunTimeoutError,
+)
 from trio_gateway.messages import ToolCall
 from trio_gateway.providers import Completion, Emit, ModelRequest, TextDelta, ToolCallDelta
 from trio_gateway.providers.scripted import Fail, Hang, Say, ScriptedProvider
 from trio_gateway.wire.chat import ChatRequest
+
+BOUND = 10
 
 
 def chat(*messages: dict[str, Any], **fields: Any) -> ChatRequest:
@@ -287,3 +304,67 @@ def test_history_messages_do_not_repeat_text_said_before_tool_calls() -> None:
         "thanks",
         "Let me check. You are welcome.",
     ]
+
+
+async def test_runtime_reload_closes_replaced_providers_once_their_runs_end(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    upstream = MockUpstream({"default": Scenario(tokens=["a", "b", "c"], pace=0.02)})
+    await nursery.start(upstream.serve)
+    provider = {"api": "openai-chat", "baseUrl": upstream.openai_base_url, "apiKey": "k"}
+    config = make_config(
+        {
+            "models": {"providers": {"up": provider}},
+            "agents": {"defaults": {"model": "up/m"}},
+            "session": {"store": "memory"},
+        }
+    )
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def run_one(runtime: AgentRuntime, prepared: PreparedRun, results: list[str]) -> None:
+        with await runtime.admit(prepared):
+            results.append((await runtime.run(prepared, Recorder())).text)
+
+    async with open_runtime(config, state_dir=tmp_path) as runtime:
+        warm: list[str] = []
+        await run_one(runtime, await runtime.prepare(chat(user("q"))), warm)
+        fds_before = open_fds()
+        results: list[str] = []
+        replaced = []
+        for _ in range(30):
+            prepared = await runtime.prepare(chat(user("q")))
+            assert prepared.lease is not None
+            requests = len(upstream.requests)
+            async with trio.open_nursery() as runs:
+                runs.start_soon(run_one, runtime, prepared, results)
+                with trio.fail_after(BOUND):
+                    while len(upstream.requests) == requests:
+                        await trio.sleep(0.005)
+                runtime.reload(config)  # replaces the providers this run is using
+                provider_set = prepared.lease.provider_set
+                replaced.append(provider_set)
+                assert provider_set.retired
+                assert not provider_set.closed  # its run is still streaming
+        assert results == ["abc"] * 30  # no run lost its providers under it
+        with trio.fail_after(BOUND):
+            while upstream.open_connections > 1:  # the current providers' pooled connection
+                await trio.sleep(0.01)
+        assert all(provider_set.closed for provider_set in replaced)
+        assert open_fds() <= fds_before
+
+
+async def test_runtime_refused_admission_releases_the_providers_at_once() -> None:
+    runtime = AgentRuntime(make_config())  # it built its providers: it closes them
+    prepared = await runtime.prepare(chat(user("q")))
+    assert prepared.lease is not None
+    runtime.reload(make_config())
+    provider_set = prepared.lease.provider_set
+    assert provider_set.retired
+    assert provider_set.users == 1  # the prepared run may still start
+    runtime.draining = True
+    with pytest.raises(DrainingError):
+        await runtime.admit(prepared)
+    assert provider_set.users == 0
+    assert provider_set.closed

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from gateway_harness import TOKEN, RunningGateway, start_gateway
+from gateway_harness import TOKEN, RunningGateway, make_config, start_gateway
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from trio_gateway.providers.scripted import Hang, Pause, Say, ScriptedProvider
@@ -377,3 +378,41 @@ async def test_control_sends_ticks(nursery: trio.Nursery) -> None:
         frame = await receive(ws)
         assert frame["event"] == "tick"
         assert isinstance(frame["payload"]["ts"], int)
+
+
+async def test_control_token_rotation_closes_connections_made_with_the_old_token(
+    nursery: trio.Nursery,
+) -> None:
+    gateway = await start_gateway(nursery)
+    runtime = gateway.runtime
+    async with connected(gateway) as old, connected(gateway) as kept:
+        # A reload that keeps the credential leaves connections alone.
+        runtime.reload(make_config({"agents": {"list": [{"id": "main"}]}}))
+        await request(kept, "h", "health")
+        assert (await response(kept, "h"))["ok"]
+        runtime.reload(make_config({"gateway": {"auth": {"token": "rotated-token-0123"}}}))
+        assert await closed_with(old) == (4001, "credentials_changed")
+        assert await closed_with(kept) == (4001, "credentials_changed")
+    async with connected(gateway, token="rotated-token-0123") as new:
+        await request(new, "h", "health")
+        assert (await response(new, "h"))["ok"]
+    async with open_websocket_url(ws_url(gateway)) as ws:
+        await receive(ws)
+        await request(ws, "c", "connect", {"auth": {"token": TOKEN}})
+        assert (await response(ws, "c"))["error"]["code"] == "auth_failed"
+
+
+async def test_control_file_credential_may_only_reload(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    gateway = await start_gateway(nursery)
+    runtime = gateway.runtime
+    runtime.config_path = tmp_path / "epiloop.json"
+    runtime.config_path.write_text('{ gateway: { auth: { token: "from-the-file-0123" } } }')
+    async with connected(gateway, token="from-the-file-0123") as ws:
+        await request(ws, "s", "status")
+        refused = await response(ws, "s")
+        assert refused["error"]["code"] == "reload_only"
+        await request(ws, "r", "config.reload")
+        assert (await response(ws, "r"))["ok"]
+    assert runtime.config.gateway.auth.token == "from-the-file-0123"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -16,8 +18,11 @@ import pytest
 import trio
 from gateway_harness import TOKEN, make_config, start_gateway
 
+from trio_gateway.agent import AgentRuntime
+from trio_gateway.auth import check_exposure
 from trio_gateway.errors import ConfigError
-from trio_gateway.providers.scripted import Pause, Say, ScriptedProvider
+from trio_gateway.providers.scripted import Hang, Pause, Say, ScriptedProvider
+from trio_gateway.server import serve_gateway
 from trio_gateway.sessions import MemorySessionStore
 from trio_gateway.sessions.store import SessionInfo
 
@@ -163,8 +168,9 @@ async def test_ops_reload_applies_to_new_runs_and_spares_running_streams(
             await provider.call_started.wait()
         new = make_config({"agents": {"list": [{"id": "solo", "systemPrompt": "Alone."}]}})
         runtime.providers = {"local": provider}  # the reload builds fresh ones
-        warnings = runtime.reload(new)
-        assert warnings == []
+        result = runtime.reload(new)
+        assert result.warnings == []
+        assert result.restart_required == []
         models = await http.get(f"{gateway.api_url}/models", headers=gateway.headers)
         assert [m["id"] for m in models.json()["data"]] == ["epiloop:solo"]
     assert streamed[0].endswith("data: [DONE]\n\n")
@@ -172,8 +178,6 @@ async def test_ops_reload_applies_to_new_runs_and_spares_running_streams(
 
 
 def test_ops_reload_refuses_an_invalid_file_and_keeps_the_config(tmp_path: Path) -> None:
-    from trio_gateway.agent import AgentRuntime
-
     runtime = AgentRuntime(make_config())
     runtime.config_path = tmp_path / "epiloop.json"
     runtime.config_path.write_text("{ agents: { list: [ { id: 'x', modle: 1 } ] } }")
@@ -270,3 +274,96 @@ async def test_ops_reload_over_the_control_plane(nursery: trio.Nursery, tmp_path
     assert reply["ok"] is True
     assert reply["payload"]["reloaded"] is True
     assert [a.id for a in gateway.runtime.config.agents.entries] == ["fresh"]
+
+
+def test_ops_reload_holds_the_exposure_rule_of_the_served_host() -> None:
+    runtime = AgentRuntime(make_config())
+    no_auth = make_config({"gateway": {"auth": {"mode": "none"}}})
+    with runtime.exposed_on("0.0.0.0"):
+        with pytest.raises(ConfigError) as refused:
+            runtime.reload(no_auth)
+        with pytest.raises(ConfigError) as at_start:
+            check_exposure("0.0.0.0", no_auth.gateway.auth)
+        assert str(refused.value) == str(at_start.value)
+        assert runtime.config.gateway.auth.token == TOKEN  # the running config stays
+    with runtime.exposed_on("127.0.0.1"):
+        runtime.reload(no_auth)  # loopback: allowed, as at start-up
+    assert runtime.config.gateway.auth.mode == "none"
+
+
+def test_ops_reload_lists_the_settings_that_need_a_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runtime = AgentRuntime(make_config())
+    moved = make_config({"gateway": {"port": 18000, "logging": {"level": "debug"}}})
+    with caplog.at_level(logging.WARNING, logger="trio_gateway.agent.runtime"):
+        result = runtime.reload(moved)
+    assert result.restart_required == ["gateway.port", "gateway.logging.level"]
+    assert "restart_required keys=gateway.port,gateway.logging.level" in caplog.text
+    # Compared with what the process started with: changing it back needs no restart.
+    assert runtime.reload(make_config()).restart_required == []
+
+
+async def test_ops_reload_applies_body_and_frame_limits(nursery: trio.Nursery) -> None:
+    from trio_websocket import open_websocket_url
+
+    gateway = await start_gateway(nursery, {"gateway": {"ws": {"maxFrameBytes": 2048}}})
+    body = {"messages": [{"role": "user", "content": "x" * 3000}]}
+    async with httpx.AsyncClient() as http:
+        ok = await http.post(
+            f"{gateway.api_url}/chat/completions", json=body, headers=gateway.headers
+        )
+        assert ok.status_code == 200
+        gateway.runtime.reload(
+            make_config(
+                {"gateway": {"http": {"maxBodyBytes": 2048}, "ws": {"maxFrameBytes": 65536}}}
+            )
+        )
+        refused = await http.post(
+            f"{gateway.api_url}/chat/completions", json=body, headers=gateway.headers
+        )
+        assert refused.status_code == 413
+    url = gateway.url.replace("http://", "ws://") + "/ws"
+    async with open_websocket_url(url) as ws:
+        await ws.get_message()
+        connect = {"type": "req", "id": "c", "method": "connect"}
+        await ws.send_message(json.dumps({**connect, "params": {"auth": {"token": TOKEN}}}))
+        await ws.get_message()
+        big = {"type": "req", "id": "g", "method": "sessions.get", "params": {"key": "k" * 8000}}
+        await ws.send_message(json.dumps(big))  # larger than the start-up limit
+        with trio.fail_after(BOUND):
+            reply = json.loads(await ws.get_message())
+    assert reply["error"]["code"] == "not_found"
+
+
+async def test_ops_reload_applies_the_shutdown_grace(nursery: trio.Nursery) -> None:
+    provider = ScriptedProvider([Say("started"), Hang()])
+    runtime = AgentRuntime(
+        make_config({"gateway": {"shutdownGraceSeconds": 600}}), providers={"local": provider}
+    )
+    stop = trio.Event()
+    done = trio.Event()
+
+    async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        await serve_gateway(
+            runtime, host="127.0.0.1", port=0, shutdown_trigger=stop.wait, task_status=task_status
+        )
+        done.set()
+
+    url = (await nursery.start(serve))[0]
+
+    async def stream(http: httpx.AsyncClient) -> None:
+        body = {"stream": True, "messages": [{"role": "user", "content": "x"}]}
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with contextlib.suppress(httpx.HTTPError):
+            await http.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+
+    # No client-side timeout: the stream stays open until the gateway ends it.
+    async with httpx.AsyncClient(timeout=None) as http, trio.open_nursery() as clients:
+        clients.start_soon(stream, http)
+        with trio.fail_after(BOUND):
+            await provider.call_started.wait()
+        runtime.reload(make_config({"gateway": {"shutdownGraceSeconds": 0.5}}))
+        stop.set()
+        with trio.fail_after(BOUND):  # not the 600 s the gateway started with
+            await done.wait()

@@ -88,12 +88,16 @@ class Ticket:
     _admission: Admission
     _session_key: str
     _released: bool = field(default=False)
+    #: Called once, after the lane and the slot are handed on (what else the run held).
+    on_release: Callable[[], None] | None = None
 
     def release(self) -> None:
         if self._released:
             return
         self._released = True
         self._admission._release(self._session_key)
+        if self.on_release is not None:
+            self.on_release()
 
     def __enter__(self) -> Ticket:
         return self

@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,8 +34,8 @@ import msgspec
 import trio
 
 from .. import metrics
-from ..auth import needs_secret
-from ..config import AgentConfig, Config
+from ..auth import check_exposure, needs_secret
+from ..config import AgentConfig, AuthConfig, Config
 from ..config.loader import load_config
 from ..config.loader import state_dir as default_state_dir
 from ..config.schema import EchoProviderConfig
@@ -64,7 +64,7 @@ from ..providers.base import (
     TokenUsage,
     ToolCallDelta,
 )
-from ..providers.registry import close_providers
+from ..providers.registry import ProviderLease, ProviderSet, close_providers
 from ..sessions import MemorySessionStore, SessionStore, TranscriptEntry, Turn, open_session_store
 from ..sessions.reconcile import reconcile
 from ..sessions.store import RunStatus
@@ -93,7 +93,7 @@ from .lanes import Admission, Ticket
 from .prompt import client_tool_specs, close_tool_calls, split_request
 from .routing import RunTarget, resolve_target
 
-__all__ = ["AgentRuntime", "PreparedRun", "RunResult", "open_runtime"]
+__all__ = ["AgentRuntime", "PreparedRun", "ReloadResult", "RunResult", "open_runtime"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +122,35 @@ class PreparedRun:
     max_tool_iterations: int
     #: Whether the turn is stored (a stable session, or ``session.persistStateless``).
     record: bool
+    #: The run's use of the providers in ``chain``, released when the run (or its admission
+    #: ticket) ends: a reload closes the providers it replaced only once every lease is gone.
+    lease: ProviderLease | None = None
 
     @property
     def model_ref(self) -> str:
         return self.chain[0].ref
+
+
+#: Settings read once, when the process starts: a reload that changes them says so.
+RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
+    ("gateway.port", lambda c: c.gateway.port),
+    ("gateway.bind", lambda c: c.gateway.bind),
+    ("gateway.logging.level", lambda c: c.gateway.logging.level),
+    ("gateway.logging.format", lambda c: c.gateway.logging.format),
+    ("session.store", lambda c: c.session.store),
+    ("session.path", lambda c: c.session.path),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did not apply at once."""
+
+    #: Human-readable notes (settings that apply to new connections only, and the like).
+    warnings: list[str]
+    #: Dotted keys whose new value differs from the one the gateway started with and that
+    #: only a restart applies.
+    restart_required: list[str]
 
 
 @dataclass
@@ -198,25 +223,112 @@ class AgentRuntime:
         )
         #: Where the config came from (a file path), for ``reload``; ``None``: not reloadable.
         self.config_path: Path | None = None
-        #: Providers replaced by a reload; runs that started before it may still use them.
-        self.retired_providers: list[Mapping[str, Provider]] = []
-        self._chains, self._agent_tools = self._derive(config)
+        #: The config the runtime started with (what restart-only settings still follow).
+        self._startup_config = config
+        #: The providers new runs use. Given ones belong to the caller; built ones to the
+        #: runtime, which closes them (see :meth:`aclose_providers`).
+        self._provider_set = ProviderSet(self.providers, owned=providers is None)
+        #: Sets a reload built and replaced, unused now, waiting for :meth:`serve_retirement`.
+        self._idle_sets: list[ProviderSet] = []
+        self._idle_sets_changed = trio.Event()
+        #: Sets the runtime built and has not closed yet (the current one included).
+        self._owned_sets: list[ProviderSet] = []
+        if self._provider_set.owned:
+            self._owned_sets.append(self._provider_set)
+        #: The hosts the runtime is served on (see :meth:`exposed_on`).
+        self._hosts: list[str] = []
+        #: Counts the reloads that changed the credential clients must present.
+        self.credentials_generation = 0
+        #: Set (and replaced) when it changes.
+        self._credentials_changed = trio.Event()
+        #: The auth settings in the config file, by the file's (inode, mtime, size).
+        self._file_auth: tuple[tuple[int, int, int], AuthConfig | None] | None = None
+        self._chains, self._agent_tools = self._derive(config, self.providers)
 
     def _derive(
-        self, config: Config
+        self, config: Config, providers: Mapping[str, Provider]
     ) -> tuple[dict[str, tuple[ModelTarget, ...]], dict[str, dict[str, Tool]]]:
-        """The per-agent model chains and tools for ``config`` (with ``self.providers``)."""
+        """The per-agent model chains and tools for ``config`` with ``providers``."""
         defaults = config.agents.defaults
-        chains = {agent.id: self._chain(agent, config) for agent in config.agents.entries}
+        chains = {
+            agent.id: self._chain(agent, config, providers) for agent in config.agents.entries
+        }
         tools = {
             agent.id: {tool.spec.name: tool for tool in self.tools.tools_for(agent, defaults)}
             for agent in config.agents.entries
         }
         return chains, tools
 
-    def reload(self, config: Config) -> list[str]:
+    @contextmanager
+    def exposed_on(self, host: str) -> Iterator[None]:
+        """While the runtime is served on ``host``: refuse auth settings that would expose it
+        (at once, and on every later reload)."""
+        check_exposure(host, self.config.gateway.auth)
+        self._hosts.append(host)
+        try:
+            yield
+        finally:
+            self._hosts.remove(host)
+
+    def _set_idle(self, provider_set: ProviderSet) -> None:
+        """A replaced set's last user is done: hand it to :meth:`serve_retirement`."""
+        self._idle_sets.append(provider_set)
+        self._idle_sets_changed.set()
+
+    async def serve_retirement(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Close the providers a reload replaced, each once its last run is over; runs until
+        cancelled (:func:`open_runtime` runs it)."""
+        task_status.started()
+        while True:
+            await self._idle_sets_changed.wait()
+            self._idle_sets_changed = trio.Event()
+            while self._idle_sets:
+                provider_set = self._idle_sets.pop(0)
+                if provider_set not in self._owned_sets:
+                    continue  # closed on exit already
+                self._owned_sets.remove(provider_set)
+                await close_providers(provider_set.providers)  # shielded and bounded
+                logger.debug("providers.retired providers=%s", ",".join(provider_set.providers))
+
+    async def aclose_providers(self) -> None:
+        """Close every provider the runtime built that is still open (on exit)."""
+        self._idle_sets.clear()
+        while self._owned_sets:
+            provider_set = self._owned_sets.pop()
+            provider_set.closed = True
+            await close_providers(provider_set.providers)
+
+    async def wait_credentials_changed(self, since: int) -> None:
+        """Return once :attr:`credentials_generation` is past ``since``: a reload changed the
+        credential clients authenticate with."""
+        while self.credentials_generation == since:
+            await self._credentials_changed.wait()
+
+    def file_auth(self) -> AuthConfig | None:
+        """The auth settings the config file holds now (what a reload would apply; ``None``
+        without a file or when it is invalid). Read again only when the file changed."""
+        if self.config_path is None:
+            return None
+        try:
+            status = self.config_path.stat()
+        except OSError:
+            return None
+        key = (status.st_ino, status.st_mtime_ns, status.st_size)
+        if self._file_auth is None or self._file_auth[0] != key:
+            try:
+                auth: AuthConfig | None = load_config(self.config_path).config.gateway.auth
+            except ConfigError:
+                auth = None
+            self._file_auth = (key, auth)
+        return self._file_auth[1]
+
+    def reload(self, config: Config) -> ReloadResult:
         """Apply a new, validated config to new runs; runs in progress keep what they started
-        with. Returns warnings about settings that need a restart to apply."""
+        with (their providers are closed once the last of them is over). Raises
+        ``ConfigError`` (the current config stays) for a config the running gateway cannot
+        take: one that would serve a non-loopback host without authentication, say."""
         current = self.config
         auth = config.gateway.auth
         if needs_secret(auth):
@@ -230,49 +342,61 @@ class AgentRuntime:
             kept = msgspec.structs.replace(auth, **{auth.mode: current.gateway.auth.secret})
             gateway = msgspec.structs.replace(config.gateway, auth=kept)
             config = msgspec.structs.replace(config, gateway=gateway)
+        for host in self._hosts:
+            check_exposure(host, config.gateway.auth)
         providers = build_providers(config)
-        previous_providers = self.providers
+        chains, tools = self._derive(config, providers)
+        replaced = self._provider_set
         self.providers = providers
-        try:
-            chains, tools = self._derive(config)
-        except BaseException:
-            self.providers = previous_providers
-            raise
-        self.retired_providers.append(previous_providers)
+        self._provider_set = ProviderSet(providers, owned=True)
+        self._owned_sets.append(self._provider_set)
         self.config, self._chains, self._agent_tools = config, chains, tools
+        if replaced.retire():
+            self._set_idle(replaced)
         defaults = config.agents.defaults
         self.admission.resize(
             max_concurrent=defaults.max_concurrent, max_queued=defaults.max_queued
         )
+        old_auth, new_auth = current.gateway.auth, config.gateway.auth
+        if new_auth.mode != "none" and (old_auth.mode, old_auth.secret) != (
+            new_auth.mode,
+            new_auth.secret,
+        ):
+            self.credentials_generation += 1
+            self._credentials_changed.set()
+            self._credentials_changed = trio.Event()
+            logger.info("config.credentials_changed mode=%s", new_auth.mode)
         warnings = []
-        if config.session != current.session:
-            warnings.append("session settings change only after a restart")
-        old_gateway, new_gateway = current.gateway, config.gateway
-        if (old_gateway.port, old_gateway.bind) != (new_gateway.port, new_gateway.bind):
-            warnings.append("gateway.port and gateway.bind change only after a restart")
-        if old_gateway.ws != new_gateway.ws:
+        if current.gateway.ws != config.gateway.ws:
             warnings.append("gateway.ws settings apply to new connections")
+        restart = [
+            key for key, value in RESTART_ONLY if value(config) != value(self._startup_config)
+        ]
+        if restart:
+            logger.warning("config.reload.restart_required keys=%s", ",".join(restart))
         logger.info(
             "config.reloaded agents=%s warnings=%d",
             ",".join(agent.id for agent in config.agents.entries),
             len(warnings),
         )
-        return warnings
+        return ReloadResult(warnings, restart)
 
-    def reload_from_file(self) -> list[str]:
+    def reload_from_file(self) -> ReloadResult:
         """Load the config file again and :meth:`reload` it (``ConfigError`` if invalid: the
         current config stays)."""
         if self.config_path is None:
             raise ConfigError("this gateway runs on the embedded default: there is no file")
         return self.reload(load_config(self.config_path).config)
 
-    def _chain(self, agent: AgentConfig, config: Config) -> tuple[ModelTarget, ...]:
+    def _chain(
+        self, agent: AgentConfig, config: Config, providers: Mapping[str, Provider]
+    ) -> tuple[ModelTarget, ...]:
         defaults = config.agents.defaults
         fallbacks = agent.fallbacks if agent.fallbacks is not None else defaults.fallbacks
         chain = []
         for ref in (agent.model or defaults.model, *fallbacks):
             provider_name, _, model = ref.partition("/")
-            provider = self.providers.get(provider_name)
+            provider = providers.get(provider_name)
             if provider is None:
                 raise ProviderError(f"No provider named {provider_name!r} is available.")
             settings = config.models.providers.get(provider_name)
@@ -293,8 +417,29 @@ class AgentRuntime:
         header_agent_id: str | None = None,
         header_session_key: str | None = None,
     ) -> PreparedRun:
-        """Route and validate a chat request; raise a request error if it cannot run."""
-        config = self.config
+        """Route and validate a chat request; raise a request error if it cannot run.
+
+        The prepared run holds a lease on the providers it will use (see :meth:`admit`)."""
+        config, chains, all_tools = self.config, self._chains, self._agent_tools
+        lease = self._provider_set.lease(self._set_idle)
+        try:
+            prepared = await self._prepare(
+                chat, config, chains, all_tools, header_agent_id, header_session_key
+            )
+        except BaseException:
+            lease.release()
+            raise
+        return replace(prepared, lease=lease)
+
+    async def _prepare(
+        self,
+        chat: ChatRequest,
+        config: Config,
+        chains: Mapping[str, tuple[ModelTarget, ...]],
+        all_tools: Mapping[str, dict[str, Tool]],
+        header_agent_id: str | None,
+        header_session_key: str | None,
+    ) -> PreparedRun:
         defaults = config.agents.defaults
         target = resolve_target(
             config,
@@ -308,7 +453,7 @@ class AgentRuntime:
             session = await self.sessions.get(target.session_key)
             if session is not None and session.agent_id.lower() != agent.id.lower():
                 raise _session_mismatch()
-        agent_tools = self._agent_tools[agent.id]
+        agent_tools = all_tools[agent.id]
         client_tools = client_tool_specs(chat.tools)
         for index, spec in enumerate(client_tools):
             if spec.name in agent_tools:
@@ -339,7 +484,7 @@ class AgentRuntime:
             run_id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
             target=target,
-            chain=self._chains[agent.id],
+            chain=chains[agent.id],
             instructions=tuple(instructions),
             conversation=tuple(conversation),
             agent_tools=agent_tools,
@@ -352,16 +497,27 @@ class AgentRuntime:
 
     async def admit(self, prepared: PreparedRun) -> Ticket:
         """Wait for the session's lane and a run slot; raise 409/429 errors when refused, and
-        503 once the gateway is draining for shutdown."""
-        if self.draining:
-            raise DrainingError(
-                "The gateway is shutting down and starts no new runs; retry shortly.",
-                retry_after=1,
+        503 once the gateway is draining for shutdown. Releasing the ticket releases the
+        prepared run's lease on its providers too (so does the end of the run); a refusal
+        releases it at once."""
+        lease = prepared.lease
+        try:
+            if self.draining:
+                raise DrainingError(
+                    "The gateway is shutting down and starts no new runs; retry shortly.",
+                    retry_after=1,
+                )
+            ticket = await self.admission.admit(
+                prepared.target.session_key,
+                lane_wait_seconds=self.config.session.queue_timeout_seconds,
             )
-        return await self.admission.admit(
-            prepared.target.session_key,
-            lane_wait_seconds=self.config.session.queue_timeout_seconds,
-        )
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        if lease is not None:
+            ticket.on_release = lease.release
+        return ticket
 
     async def run(
         self, prepared: PreparedRun, emit: EmitEvent, *, source: str = "http"
@@ -404,6 +560,8 @@ class AgentRuntime:
             metrics.TOKENS.labels(agent_id, "out").inc(result.usage.completion_tokens)
             self.active_runs.finish(active, result)
             run_id_var.reset(run_id_token)
+            if prepared.lease is not None:
+                prepared.lease.release()
 
     async def _run(self, prepared: PreparedRun, emit: EmitEvent, active: ActiveRun) -> RunResult:
         target = prepared.target
@@ -743,19 +901,15 @@ async def open_runtime(
     """The runtime for ``config`` with its configured session store and providers, closed on
     exit (the store flushed, the providers' HTTP connections closed, those a reload replaced
     too). ``config_path`` is the file :meth:`AgentRuntime.reload_from_file` reads."""
-    runtime: AgentRuntime | None = None
-    providers = build_providers(config)
-    try:
-        async with open_session_store(config.session, state_dir) as sessions:
-            runtime = AgentRuntime(
-                config, providers=providers, sessions=sessions, state_dir=state_dir
-            )
+    async with (
+        open_session_store(config.session, state_dir) as sessions,
+        trio.open_nursery() as nursery,
+    ):
+        runtime = AgentRuntime(config, sessions=sessions, state_dir=state_dir)
+        try:
             runtime.config_path = config_path
+            await nursery.start(runtime.serve_retirement)
             yield runtime
-    finally:
-        await close_providers(providers)
-        if runtime is not None:
-            for retired in runtime.retired_providers[1:]:
-                await close_providers(retired)
-            if runtime.providers is not providers:
-                await close_providers(runtime.providers)
+        finally:
+            nursery.cancel_scope.cancel(reason="the runtime is closing")
+            await runtime.aclose_providers()  # shielded and bounded

@@ -227,6 +227,11 @@ class GatewayApp:
     ) -> None:
         cleanups: list[Callable[[], None]] = []
         scope[CLEANUPS_KEY] = cleanups  # type: ignore[literal-required]  # our own scope key
+        # quart reads the body limits per request from its config: the runtime's live values
+        # (a reload applies to the next request).
+        http = self.runtime.config.gateway.http
+        self.quart_app.config["MAX_CONTENT_LENGTH"] = http.max_body_bytes
+        self.quart_app.config["BODY_TIMEOUT"] = http.body_timeout_seconds
         hooks, token = disconnects.open_request_hooks()
         try:
             await self.quart_app(scope, _DisconnectWatch(receive, hooks), send)

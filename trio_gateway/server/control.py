@@ -11,6 +11,7 @@ and recorded as aborted.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import time
@@ -28,7 +29,7 @@ from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunStarted
 from ..agent.active import ActiveRun
 from ..agent.events import RunResult, ToolFinished, ToolStarted
 from ..agent.routing import select_agent
-from ..auth import check_secret
+from ..auth import check_secret, client_address, is_loopback_host
 from ..config import redacted
 from ..errors import (
     AuthenticationError,
@@ -73,6 +74,9 @@ METHODS = (
     "config.reload",
 )
 EVENTS = ("connect.challenge", "tick", "agent")
+#: What a connection authenticated with the config file's new credential may call (see
+#: ``_file_credential``).
+RELOAD_ONLY_METHODS = ("health", "config.reload")
 #: Bound on sending a close frame to a client that may not be reading.
 CLOSE_BOUND_SECONDS = 2.0
 
@@ -142,6 +146,12 @@ class _NotFound(GatewayError):
 
 class _InvalidConfig(GatewayError):
     code = "invalid_config"
+
+
+class _ReloadOnly(GatewayError):
+    http_status = 403
+    error_type = "permission_error"
+    code = "reload_only"
 
 
 _P = TypeVar("_P", bound=_Params)
@@ -269,6 +279,10 @@ class ControlConnection:
         self.settings = runtime.config.gateway.ws
         self.event_seq = 0
         self.closing: _Closing | None = None
+        #: The runtime's credentials generation this connection authenticated under.
+        self.credentials = runtime.credentials_generation
+        #: Authenticated with the config file's credential, not loaded yet: reload only.
+        self.reload_only = False
         self._outgoing_send, self._outgoing_receive = trio.open_memory_channel[str](
             self.settings.send_queue_frames
         )
@@ -335,6 +349,7 @@ class ControlConnection:
                     self._nursery = nursery
                     await self._handshake()
                     nursery.start_soon(self._ticker)
+                    nursery.start_soon(self._watch_credentials)
                     await self._read_requests(nursery)
             finally:
                 self._outgoing_send.close()
@@ -348,6 +363,11 @@ class ControlConnection:
             logger.info("control.closed code=%d reason=%s", closing.code, closing.reason)
             with trio.move_on_after(CLOSE_BOUND_SECONDS):
                 await websocket.close(closing.code, closing.reason)
+
+    async def _watch_credentials(self) -> None:
+        """A reload that changes the credential ends connections made with the old one."""
+        await self.runtime.wait_credentials_changed(self.credentials)
+        self.close(4001, "credentials_changed")
 
     async def _end(self, code: int, reason: str) -> NoReturn:
         """Close the connection from its own task: cancel the nursery and unwind."""
@@ -405,12 +425,22 @@ class ControlConnection:
             )
             await self._end(4003, "protocol_mismatch")
         auth = self.runtime.config.gateway.auth
+        self.credentials = self.runtime.credentials_generation
+
+        def check() -> None:
+            try:
+                check_secret(auth, params.auth.token, params.auth.password)
+            except AuthenticationError:
+                if not self._file_credential(params.auth):
+                    raise
+                self.reload_only = True
+
         try:
             guard_credentials(
                 self.runtime,
                 websocket.scope,
                 websocket.headers.get("X-Forwarded-For"),
-                lambda: check_secret(auth, params.auth.token, params.auth.password),
+                check,
                 transport="ws",
             )
         except AuthRateLimitedError as exc:
@@ -425,7 +455,7 @@ class ControlConnection:
         payload = {
             "protocol": PROTOCOL_VERSION,
             "server": {"name": "epiloop-gateway", "version": __version__},
-            "methods": list(METHODS),
+            "methods": list(RELOAD_ONLY_METHODS if self.reload_only else METHODS),
             "events": list(EVENTS),
             "limits": {
                 "maxFrameBytes": self.settings.max_frame_bytes,
@@ -433,6 +463,32 @@ class ControlConnection:
             },
         }
         self.queue(encode_response(request.id, payload))
+
+    def _file_credential(self, given: _Auth) -> bool:
+        """Whether ``given`` is the credential the config file holds now, not loaded yet, and
+        the client is on loopback. Such a client proves it can read the file, whose credential
+        any reload would make valid: it may ask for that reload (and nothing else), so a
+        changed token can be reloaded by whoever changed it."""
+        config = self.runtime.config.gateway
+        client = websocket.scope.get("client")
+        peer = client[0] if isinstance(client, list | tuple) and client else None
+        trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
+        address = client_address(
+            peer if isinstance(peer, str) else None,
+            websocket.headers.get("X-Forwarded-For"),
+            trusted,
+        )
+        if not is_loopback_host(address):
+            return False
+        pending = self.runtime.file_auth()
+        if pending is None or pending.secret is None:
+            return False
+        try:
+            check_secret(pending, given.token, given.password)
+        except AuthenticationError:
+            return False
+        logger.info("control.connected_for_reload reason=file_credential")
+        return True
 
     async def _read_requests(self, nursery: trio.Nursery) -> None:
         while True:
@@ -448,6 +504,12 @@ class ControlConnection:
 
     async def _dispatch(self, request: RequestFrame) -> None:
         try:
+            if self.reload_only and request.method not in RELOAD_ONLY_METHODS:
+                raise _ReloadOnly(
+                    "This connection authenticated with the credential in the gateway's config "
+                    "file, which the gateway has not loaded yet: it may only call "
+                    "config.reload. Reload first, or use the credential the gateway runs with."
+                )
             if request.method == "agent":
                 await self._agent(request)
                 return
@@ -639,10 +701,15 @@ class ControlConnection:
     async def _config_reload(self, params: Mapping[str, object]) -> object:
         await trio.lowlevel.checkpoint()
         try:
-            warnings = self.runtime.reload_from_file()
+            result = self.runtime.reload_from_file()
         except ConfigError as exc:
             raise _InvalidConfig(f"config not reloaded, the running config stays: {exc}") from exc
-        return {"reloaded": True, "source": str(self.runtime.config_path), "warnings": warnings}
+        return {
+            "reloaded": True,
+            "source": str(self.runtime.config_path),
+            "warnings": result.warnings,
+            "restartRequired": result.restart_required,
+        }
 
     async def _config_get(self, params: Mapping[str, object]) -> object:
         await trio.lowlevel.checkpoint()

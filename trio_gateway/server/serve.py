@@ -17,9 +17,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from ..agent import AgentRuntime
-from ..auth import is_loopback_host, needs_secret
-from ..config import AuthConfig
-from ..errors import ConfigError
+from ..auth import check_exposure
 from .app import create_app
 
 __all__ = ["check_exposure", "freeze_startup_heap", "resolve_host", "serve_gateway"]
@@ -36,26 +34,6 @@ def resolve_host(bind: str) -> str:
     return {"loopback": "127.0.0.1", "lan": "0.0.0.0"}.get(bind, bind)
 
 
-def check_exposure(host: str, auth: AuthConfig) -> None:
-    """Refuse to listen beyond loopback without a credential check."""
-    if is_loopback_host(host):
-        return
-    if auth.mode == "none":
-        raise ConfigError(
-            f'refusing to bind {host}: gateway.auth.mode is "none", which is allowed on '
-            'loopback only. Use mode "token" with a token (gateway.auth.token or '
-            'EPILOOP_GATEWAY_TOKEN), or bind "loopback".',
-            path="gateway.bind",
-        )
-    if needs_secret(auth):
-        variable = "EPILOOP_GATEWAY_TOKEN" if auth.mode == "token" else "EPILOOP_GATEWAY_PASSWORD"
-        raise ConfigError(
-            f"refusing to bind {host}: auth mode {auth.mode!r} but no {auth.mode} is set "
-            f"(gateway.auth.{auth.mode} or {variable}).",
-            path="gateway.bind",
-        )
-
-
 def freeze_startup_heap() -> None:
     """Collect once, then move every object alive now out of the garbage collector's sight.
 
@@ -67,6 +45,23 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+class _LiveConfig(HypercornConfig):
+    """hypercorn's settings, with the limits it reads per connection taken from the runtime's
+    current config, so a reload applies them to new connections."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        super().__init__()
+        self._runtime = runtime
+
+    @property
+    def websocket_max_message_size(self) -> int:  # type: ignore[override]  # read-only on purpose
+        return self._runtime.config.gateway.ws.max_frame_bytes
+
+    @property
+    def h11_max_incomplete_size(self) -> int:  # type: ignore[override]  # read-only on purpose
+        return self._runtime.config.gateway.http.max_header_bytes
 
 
 def _bind_address(host: str, port: int) -> str:
@@ -84,14 +79,12 @@ async def serve_gateway(
 ) -> None:
     """Serve ``runtime`` on ``host:port`` (port 0 picks a free port; see ``task_status``).
     ``freeze_heap``: :func:`freeze_startup_heap` once the app is built (the CLI's process)."""
-    check_exposure(host, runtime.config.gateway.auth)
-    config = HypercornConfig()
+    check_exposure(host, runtime.config.gateway.auth)  # before anything is built
+    config = _LiveConfig(runtime)
     config.bind = [_bind_address(host, port)]
     config.graceful_timeout = runtime.config.gateway.shutdown_grace_seconds
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.websocket_max_message_size = runtime.config.gateway.ws.max_frame_bytes
-    config.h11_max_incomplete_size = runtime.config.gateway.http.max_header_bytes
     app = create_app(runtime)
     if freeze_heap:
         freeze_startup_heap()
@@ -111,15 +104,22 @@ async def serve_gateway(
             await trio.sleep_forever()
         else:
             await shutdown_trigger()
+        nonlocal grace
+        # The grace period of the config in force now (a reload may have changed it).
+        grace = config.graceful_timeout = runtime.config.gateway.shutdown_grace_seconds
         runtime.draining = True
         logger.info("shutdown.draining grace_seconds=%g", grace)
         background.start_soon(abort_stragglers)
 
     # Detached runs (started over the control plane) belong to the gateway, not to a client.
-    async with trio.open_nursery() as background:
-        runtime.background = background
-        try:
-            await serve(app, config, shutdown_trigger=drain_then_shut_down, task_status=task_status)
-        finally:
-            runtime.background = None
-            background.cancel_scope.cancel(reason="the gateway is shutting down")
+    # While it serves, every reload is held to the exposure rule for this host too.
+    with runtime.exposed_on(host):
+        async with trio.open_nursery() as background:
+            runtime.background = background
+            try:
+                await serve(
+                    app, config, shutdown_trigger=drain_then_shut_down, task_status=task_status
+                )
+            finally:
+                runtime.background = None
+                background.cancel_scope.cancel(reason="the gateway is shutting down")
