@@ -17,7 +17,9 @@ things, in order:
 A run that fails emits ``RunFailed`` and returns a failed :class:`RunResult`; it does not raise.
 A cancelled run (its client went away) records what it had so far as ``aborted`` and lets
 ``trio.Cancelled`` propagate. A stable session gets every turn recorded whatever the outcome, in
-one atomic write, shielded from cancellation and bounded in time.
+one atomic write, shielded from cancellation and bounded in time. A completed run whose turn
+cannot be stored fails (``session_store_error``) instead of finishing: its client must not
+believe the reply is part of the session.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from ..errors import (
     RunAbortedError,
     RunError,
     RunTimeoutError,
+    SessionStoreError,
     ToolError,
 )
 from ..logs import run_id_var
@@ -465,7 +468,18 @@ class AgentRuntime:
                 timings = state.timings(started)
                 return RunResult("failed", state.text(), None, state.usage, error, timings=timings)
             assert finish is not None
-            await self._record(prepared, state, "completed")
+            lost = await self._record(prepared, state, "completed")
+            if lost is not None:
+                logger.info(
+                    "run.failed run_id=%s agent=%s error=%s duration_ms=%.1f",
+                    prepared.run_id,
+                    target.agent.id,
+                    lost.code,
+                    duration_ms,
+                )
+                await emit(RunFailed(lost))
+                timings = state.timings(started)
+                return RunResult("failed", state.text(), None, state.usage, lost, timings=timings)
             logger.info(
                 "run.complete run_id=%s agent=%s finish_reason=%s tokens=%d duration_ms=%.1f",
                 prepared.run_id,
@@ -660,10 +674,16 @@ class AgentRuntime:
         metrics.TOOL_CALLS.labels(call.name, "ok").inc()
         return True, output
 
-    async def _record(self, prepared: PreparedRun, state: _RunState, status: RunStatus) -> None:
-        """Store the turn; shielded and bounded, so a cancelled run is recorded too."""
+    async def _record(
+        self, prepared: PreparedRun, state: _RunState, status: RunStatus
+    ) -> SessionStoreError | None:
+        """Store the turn; shielded and bounded, so a cancelled run is recorded too.
+
+        Returns the error to report when the turn could not be stored (counted in
+        ``epiloop_session_record_failures``), ``None`` when it was stored or needs no storing.
+        """
         if not prepared.record:
-            return
+            return None
         entries = [*state.new_entries, *state.produced]
         if status != "completed":
             # Calls that never got results get one, so the transcript stays a valid input.
@@ -689,14 +709,22 @@ class AgentRuntime:
             at=time.time(),
             keep=state.keep,
         )
-        with trio.move_on_after(RECORD_BOUND_SECONDS, shield=True) as scope:
+        reason = "timeout"
+        with trio.move_on_after(RECORD_BOUND_SECONDS, shield=True):
             try:
                 await self.sessions.record_turn(prepared.target.session_key, turn)
             except Exception:
-                # The client still gets its answer; the operator gets the store's error.
                 logger.exception("session.record.failed run_id=%s", prepared.run_id)
-        if scope.cancelled_caught:
+                reason = "error"
+            else:
+                return None
+        if reason == "timeout":
             logger.error("session.record.failed run_id=%s reason=timeout", prepared.run_id)
+        metrics.SESSION_RECORD_FAILURES.labels(reason).inc()
+        return SessionStoreError(
+            "The reply could not be stored in the session (the session store failed); it is "
+            "not part of the conversation. Retry later."
+        )
 
 
 def history_messages(transcript: Sequence[TranscriptEntry]) -> list[Message]:

@@ -279,6 +279,12 @@ class SessionConfig(_Section, frozen=True):
     persist_stateless: bool = False
     #: How long a request waits for its session's previous run before a 409 ``session_busy``.
     queue_timeout_seconds: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 30.0
+    #: ``/readyz`` probes the store with a real read and write at most this often.
+    probe_interval_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    #: The SQLite WAL is checkpointed and truncated at most this often (on the next write).
+    wal_checkpoint_seconds: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 30.0
+    #: The SQLite database may not grow past this; ``None``: as far as the disk allows.
+    max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] | None = None
 
 
 class HttpFetchToolConfig(_Section, frozen=True):
