@@ -80,7 +80,7 @@ from ..tools import (
     workspace_for,
 )
 from ..wire.chat import ChatRequest
-from .active import ActiveRun, ActiveRuns
+from .active import ActiveRun, ActiveRuns, Retention
 from .events import (
     RunEvent,
     RunFailed,
@@ -188,7 +188,7 @@ class AgentRuntime:
         self.tools = tools if tools is not None else default_registry()
         self.state_dir = state_dir if state_dir is not None else default_state_dir()
         defaults = config.agents.defaults
-        self.active_runs = ActiveRuns()
+        self.active_runs = ActiveRuns(_retention(config))
         #: Where detached runs live (set by whoever serves the runtime; see serve_gateway).
         self.background: trio.Nursery | None = None
         self.started_at = time.time()
@@ -405,7 +405,7 @@ class AgentRuntime:
                 metrics.TTFT.labels(agent_id).observe(result.timings.first_text)
             metrics.TOKENS.labels(agent_id, "in").inc(result.usage.prompt_tokens)
             metrics.TOKENS.labels(agent_id, "out").inc(result.usage.completion_tokens)
-            self.active_runs.finish(active, result)
+            self.active_runs.finish(active, result, _retention(self.config))
             run_id_var.reset(run_id_token)
 
     async def _run(self, prepared: PreparedRun, emit: EmitEvent, active: ActiveRun) -> RunResult:
@@ -747,6 +747,11 @@ def history_messages(transcript: Sequence[TranscriptEntry]) -> list[Message]:
             said = ""
         messages.append(message)
     return messages
+
+
+def _retention(config: Config) -> Retention:
+    kept = config.gateway.finished_runs
+    return Retention(kept.max_count, kept.max_bytes, kept.keep_seconds)
 
 
 def _export_queue_depth(admission: Admission) -> None:
