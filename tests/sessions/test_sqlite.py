@@ -21,9 +21,15 @@ import pytest
 import trio
 import trio.testing
 
+from trio_gateway.config.schema import SessionConfig
 from trio_gateway.errors import GatewayError, SessionStoreError
 from trio_gateway.messages import Role, ToolCall
-from trio_gateway.sessions import SessionStore, SqliteSessionStore, open_sqlite_store
+from trio_gateway.sessions import (
+    SessionStore,
+    SqliteSessionStore,
+    open_session_store,
+    open_sqlite_store,
+)
 from trio_gateway.sessions.sqlite import SCHEMA_VERSION
 from trio_gateway.sessions.store import SessionInfo, TranscriptEntry, Turn
 
@@ -287,6 +293,19 @@ async def test_sqlite_store_checkpoints_the_wal_while_another_connection_reads(
         assert len(await store.list_sessions()) == 10
     # 300 turns of 4 kB each: without a checkpoint that can restart the log, it holds them all.
     assert wal_bytes < 256 * 1024, wal_bytes
+
+
+async def test_open_session_store_applies_the_session_settings(tmp_path: Path) -> None:
+    config = SessionConfig(
+        path=str(tmp_path / "sessions.sqlite"), wal_checkpoint_seconds=0, max_bytes=1 << 20
+    )
+    async with open_session_store(config, tmp_path) as store:
+        await store.record_turn("k", turn(user("a")))
+        # walCheckpointSeconds 0: every write ends with a TRUNCATE checkpoint.
+        assert (await trio.Path(f"{config.path}-wal").stat()).st_size == 0
+        with pytest.raises(SessionStoreError):  # maxBytes: 1 MiB
+            await store.record_turn("k", turn(user("x" * (2 << 20))))
+        assert "full" in (store.health() or "")
 
 
 async def test_sqlite_store_concurrent_turns_each_land_whole(store: SqliteSessionStore) -> None:
