@@ -51,16 +51,16 @@ def test_active_runs_keep_no_text_of_runs_started_over_http() -> None:
     assert kept is not None
     assert (kept.status, kept.text, kept.text_dropped) == ("completed", "", True)
     assert kept.usage == TokenUsage(3, 4)
-    assert runs.statistics()[1] < 1024
+    assert runs.statistics().held_bytes < 1024
 
 
 def test_active_runs_bound_the_bytes_kept_oldest_first() -> None:
     runs = ActiveRuns(Retention(max_results=1000, max_bytes=MIB, keep_seconds=600))
     for index in range(10):
         finished(runs, f"r{index}", completed(f"{index}" * 300_000))
-    count, held = runs.statistics()
-    assert held <= MIB
-    assert count == 3
+    kept = runs.statistics()
+    assert kept.held_bytes <= MIB
+    assert kept.results == 3
     assert runs.result("r0") is None
     newest = runs.result("r9")
     assert newest is not None
@@ -75,7 +75,7 @@ def test_active_runs_result_over_the_byte_budget_keeps_its_outcome_only() -> Non
     assert kept is not None
     assert (kept.status, kept.text, kept.text_dropped) == ("completed", "", True)
     assert runs.result("small") is not None  # it did not have to make room
-    assert runs.statistics()[1] <= MIB
+    assert runs.statistics().held_bytes <= MIB
 
 
 def test_active_runs_bound_the_count() -> None:
@@ -83,7 +83,7 @@ def test_active_runs_bound_the_count() -> None:
     for index in range(5):
         finished(runs, f"r{index}", completed("a"))
         runs.remember_idempotency_key(f"key-{index}", f"r{index}")
-    assert runs.statistics()[0] == 3
+    assert runs.statistics().results == 3
     assert [runs.result(f"r{index}") is not None for index in range(5)] == [False] * 2 + [True] * 3
     assert runs.run_for_idempotency_key("key-0") is None
     assert runs.run_for_idempotency_key("key-4") == "r4"

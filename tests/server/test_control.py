@@ -312,9 +312,9 @@ async def test_control_agent_wait_after_http_runs_gets_their_outcome_not_their_t
             )
             assert answer.json()["choices"][0]["message"]["content"] == big
             run_ids.append(answer.json()["id"])
-    count, held = gateway.runtime.active_runs.statistics()
-    assert count == 5
-    assert held < 5 * 1024  # their clients have the text; the gateway keeps none of it
+    kept = gateway.runtime.active_runs.statistics()
+    assert kept.results == 5
+    assert kept.held_bytes < 5 * 1024  # their clients have the text; the gateway keeps none of it
     async with connected(gateway) as ws:
         await request(ws, "w", "agent.wait", {"runId": run_ids[0]})
         waited = (await response(ws, "w"))["payload"]

@@ -27,7 +27,7 @@ import trio
 
 from .events import RunEvent, RunResult
 
-__all__ = ["ActiveRun", "ActiveRuns", "Retention"]
+__all__ = ["ActiveRun", "ActiveRuns", "FinishedStatistics", "Retention"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +73,14 @@ class ActiveRun:
         self.abort_scope.cancel(reason=f"aborted: {reason}")
 
 
+@dataclass(frozen=True, slots=True)
+class FinishedStatistics:
+    """The finished results kept: how many, and the bytes they hold."""
+
+    results: int
+    held_bytes: int
+
+
 class ActiveRuns:
     def __init__(self, retention: Retention | None = None) -> None:
         self._runs: dict[str, ActiveRun] = {}
@@ -116,9 +124,9 @@ class ActiveRuns:
         entry = self._recent.get(run_id)
         return entry[1] if entry is not None else None
 
-    def statistics(self) -> tuple[int, int]:
+    def statistics(self) -> FinishedStatistics:
         """How many finished results are kept, and the bytes they hold."""
-        return len(self._recent), self._recent_bytes
+        return FinishedStatistics(len(self._recent), self._recent_bytes)
 
     def _trim_results(self, now: float) -> None:
         limits = self.retention
