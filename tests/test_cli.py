@@ -15,6 +15,9 @@ import httpx
 import pytest
 import trio
 
+from trio_gateway.sessions import open_sqlite_store
+from trio_gateway.sessions.store import TranscriptEntry, Turn
+
 BOUND = 20  # seconds: every subprocess step is bounded
 
 
@@ -171,3 +174,41 @@ async def test_cli_gateway_without_secret_prints_a_run_token(tmp_path: Path) -> 
         process.terminate()
         with trio.fail_after(BOUND):
             await process.wait()
+
+
+def test_cli_gateway_refuses_a_damaged_session_store_with_an_error_line(tmp_path: Path) -> None:
+    (tmp_path / "sessions.sqlite").write_bytes(b"this is not an SQLite file at all, " * 200)
+    done = epiloop(tmp_path, "gateway", "--port", "0")
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == [errors[0]]
+    assert errors[0].startswith("Error: Cannot open the session store")
+    assert "file is not a database" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+async def test_cli_doctor_checks_the_session_store(tmp_path: Path) -> None:
+    async def doctor() -> subprocess.CompletedProcess[str]:
+        return await trio.to_thread.run_sync(epiloop, tmp_path, "doctor")
+
+    missing = await doctor()
+    assert missing.returncode == 0
+    assert "no session store at" in missing.stdout
+    assert not (tmp_path / "sessions.sqlite").exists()
+
+    path = tmp_path / "sessions.sqlite"
+    async with open_sqlite_store(path) as store:
+        entries = [TranscriptEntry("user", f"{i:05d} " + "x" * 1000) for i in range(400)]
+        await store.record_turn("k", Turn("run-1", "main", "m", entries, "completed", 1, 1, 1.0))
+    healthy = await doctor()
+    assert healthy.returncode == 0
+    assert f"OK: session store {path}" in healthy.stdout
+
+    with path.open("r+b") as file:  # garbage over a few pages in the middle of the messages
+        file.seek(20 * 4096)
+        file.write(b"\xa5" * (4 * 4096))
+    damaged = await doctor()
+    assert damaged.returncode == 1
+    assert f"session store {path}:" in damaged.stderr
+    assert "Error: the session store is damaged" in damaged.stderr
+    assert "Traceback" not in damaged.stderr

@@ -50,10 +50,12 @@ from .errors import (
     InvalidRequestError,
     ModelNotFoundError,
     RequestError,
+    SessionStoreError,
 )
 from .logs import configure_logging
 from .providers.base import ReasoningDelta, TextDelta
 from .server import check_exposure, resolve_host, serve_gateway
+from .sessions.check import check_session_store
 from .wire.chat import ChatRequest
 
 __all__ = ["main"]
@@ -136,6 +138,8 @@ def gateway(
         raise click.ClickException(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from exc
+    except SessionStoreError as exc:  # a damaged or unwritable store: no traceback
+        raise click.ClickException(exc.message) from exc
 
 
 def _with_secret(config: Config, secret: str) -> Config:
@@ -192,6 +196,31 @@ def _reload(runtime: AgentRuntime) -> None:
         click.echo(f"  note: {warning}", err=True)
     if result.restart_required:
         click.echo(f"  restart required for: {', '.join(result.restart_required)}", err=True)
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False))
+def doctor(config_file: Path | None) -> None:
+    """Check the session store: it opens, answers a read and a write, passes SQLite's integrity
+    check. Exit 1 if something is wrong."""
+    loaded = _load(config_file)
+    report = trio.run(check_session_store, loaded.config.session, state_dir())
+    if report.path is None:
+        click.echo(f"OK: session store {report.store!r} (nothing on disk to check)")
+        return
+    if not report.exists:
+        click.echo(f"OK: no session store at {report.path} yet (the gateway creates it)")
+        return
+    if not report.problems:
+        click.echo(f"OK: session store {report.path} (reads, writes, integrity check passed)")
+        return
+    click.echo(f"session store {report.path}: {len(report.problems)} problem(s):", err=True)
+    for problem in report.problems[:50]:
+        click.echo(f"  {problem}", err=True)
+    raise click.ClickException(
+        "the session store is damaged; stop the gateway, then restore the file from a backup "
+        "or move it away (the gateway then starts with no sessions)"
+    )
 
 
 @main.group()

@@ -24,6 +24,7 @@ this tree once, at the boundary where they are caught, with ``raise X(...) from 
     │   └── OverloadedError           429  gateway_overloaded: run cap and queue are full
     ├── ServiceUnavailableError       503  gateway_busy: maxInFlight requests being served
     │   └── DrainingError             503  gateway_draining: shutting down, no new runs
+    ├── SessionStoreError             500 session_store_error: the session store failed
     ├── RunError                      500  an agent run failed
     │   ├── ProviderError             502 upstream_error: the model provider failed
     │   │   └── UpstreamError         502  the upstream answered with an error or broke off
@@ -62,6 +63,7 @@ __all__ = [
     "RunTimeoutError",
     "ServiceUnavailableError",
     "SessionBusyError",
+    "SessionStoreError",
     "ToolError",
     "UpstreamError",
 ]
@@ -211,6 +213,12 @@ class DrainingError(ServiceUnavailableError):
 
     http_status = 503
     code = "gateway_draining"
+
+
+class SessionStoreError(GatewayError):
+    """The session store could not read or write (a damaged file, a full disk, ...)."""
+
+    code = "session_store_error"
 
 
 class RunError(GatewayError):

@@ -33,6 +33,7 @@ __all__ = [
     "HTTP_REQUESTS",
     "QUEUE_DEPTH",
     "RUN_DURATION",
+    "SESSION_RECORD_FAILURES",
     "TOKENS",
     "TOOL_CALLS",
     "TTFT",
@@ -97,6 +98,11 @@ TOOL_CALLS = Counter(
 DISCONNECT_CANCELLED_RUNS = Counter(
     "epiloop_disconnect_cancelled_runs",
     "Runs cancelled because their client went away.",
+)
+SESSION_RECORD_FAILURES = Counter(
+    "epiloop_session_record_failures",
+    "Turns the session store could not store, by reason (error, timeout).",
+    ["reason"],
 )
 AUTH_FAILURES = Counter(
     "epiloop_auth_failures",

@@ -298,6 +298,39 @@ async def test_control_abort_by_session_key_and_agent_wait(nursery: trio.Nursery
     assert final["error"]["code"] == "run_aborted"
 
 
+async def test_control_agent_wait_after_http_runs_gets_their_outcome_not_their_text(
+    nursery: trio.Nursery,
+) -> None:
+    gateway = await start_gateway(nursery)
+    big = " ".join(["word"] * 50_000)
+    async with httpx.AsyncClient(timeout=BOUND) as http:
+        run_ids = []
+        for _ in range(5):  # a burst of large stateless replies
+            answer = await http.post(
+                f"{gateway.api_url}/chat/completions",
+                json={"messages": [{"role": "user", "content": big}]},
+                headers=gateway.headers,
+            )
+            assert answer.json()["choices"][0]["message"]["content"] == big
+            run_ids.append(answer.json()["id"])
+    kept = gateway.runtime.active_runs.statistics()
+    assert kept.results == 5
+    assert kept.held_bytes < 5 * 1024  # their clients have the text; the gateway keeps none of it
+    async with connected(gateway) as ws:
+        await request(ws, "w", "agent.wait", {"runId": run_ids[0]})
+        waited = (await response(ws, "w"))["payload"]
+        await request(ws, "r", "agent", {"message": "kept for agent.wait"})
+        run_id = (await response(ws, "r"))["payload"]["runId"]
+        assert (await response(ws, "r"))["payload"]["status"] == "completed"
+        await request(ws, "w2", "agent.wait", {"runId": run_id})
+        waited_ws = (await response(ws, "w2"))["payload"]
+    assert waited["status"] == "completed"
+    assert waited["stopReason"] == "stop"
+    assert (waited["text"], waited["textDropped"]) == ("", True)
+    assert waited_ws["text"] == "kept for agent.wait"
+    assert "textDropped" not in waited_ws
+
+
 async def test_control_idempotent_retry_attaches_to_the_same_run(nursery: trio.Nursery) -> None:
     provider = ScriptedProvider([Say("one "), Pause(0.3), Say("two")])
     gateway = await start_gateway(nursery, providers={"local": provider})

@@ -23,8 +23,7 @@ from trio_gateway.auth import check_exposure
 from trio_gateway.errors import ConfigError
 from trio_gateway.providers.scripted import Hang, Pause, Say, ScriptedProvider
 from trio_gateway.server import serve_gateway
-from trio_gateway.sessions import MemorySessionStore
-from trio_gateway.sessions.store import SessionInfo
+from trio_gateway.sessions import MemorySessionStore, open_sqlite_store
 
 BOUND = 20
 
@@ -49,9 +48,7 @@ async def test_ops_healthz_needs_no_auth_and_touches_nothing(nursery: trio.Nurse
 
 async def test_ops_readyz_reports_each_check(nursery: trio.Nursery) -> None:
     class BrokenStore(MemorySessionStore):
-        async def list_sessions(
-            self, *, agent_id: str | None = None, limit: int = 100
-        ) -> list[SessionInfo]:
+        async def probe(self) -> None:
             raise OSError("disk gone")
 
     gateway = await start_gateway(nursery)
@@ -67,6 +64,100 @@ async def test_ops_readyz_reports_each_check(nursery: trio.Nursery) -> None:
         store = await http.get(f"{broken.url}/readyz")
         assert store.status_code == 503
         assert store.json()["checks"]["sessionStore"] is False
+
+
+class _ProbeCountingStore(MemorySessionStore):
+    """A memory store that counts its probes and can be told it is failing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probes = 0
+        self.failure: str | None = None
+
+    async def probe(self) -> None:
+        self.probes += 1
+        await super().probe()
+
+    def health(self) -> str | None:
+        return self.failure
+
+
+async def test_ops_readyz_probes_the_store_at_most_every_interval(nursery: trio.Nursery) -> None:
+    store = _ProbeCountingStore()
+    gateway = await start_gateway(
+        nursery, {"session": {"probeIntervalSeconds": 3600}}, sessions=store
+    )
+    async with httpx.AsyncClient() as http:
+        for _ in range(5):
+            assert (await http.get(f"{gateway.url}/readyz")).status_code == 200
+        assert store.probes == 1
+        # A failure a real request met turns readiness red at once, without a new probe.
+        store.failure = "record_turn failed: database or disk is full"
+        failing = await http.get(f"{gateway.url}/readyz")
+        assert failing.status_code == 503
+        assert failing.json()["checks"]["sessionStore"] is False
+        store.failure = None
+        assert (await http.get(f"{gateway.url}/readyz")).status_code == 200
+    assert store.probes == 1
+
+
+async def test_ops_full_store_fails_the_turn_and_readiness_until_writes_succeed(
+    tmp_path: Path,
+) -> None:
+    """A real SQLite store that cannot grow (max_page_count: SQLITE_FULL, as on a full disk)."""
+    key = {"x-epiloop-session-key": "full-disk"}
+    big = "word " * 80_000  # the echo provider answers it back: the turn needs ~800 kB
+    async with (
+        open_sqlite_store(tmp_path / "sessions.sqlite", max_bytes=64 * 4096) as store,
+        trio.open_nursery() as nursery,
+    ):
+        gateway = await start_gateway(
+            nursery, {"session": {"probeIntervalSeconds": 0}}, sessions=store
+        )
+        sdk = openai.AsyncOpenAI(
+            base_url=gateway.api_url, api_key=TOKEN, max_retries=0, default_headers=key
+        )
+        async with sdk, httpx.AsyncClient(timeout=BOUND) as http:
+
+            async def failures() -> float:
+                text = (await http.get(f"{gateway.url}/metrics", headers=gateway.headers)).text
+                return metric_value(text, "epiloop_session_record_failures_total", 'reason="error"')
+
+            assert (await http.get(f"{gateway.url}/readyz")).status_code == 200
+            before = await failures()
+            with pytest.raises(openai.InternalServerError) as caught:
+                await sdk.chat.completions.create(
+                    model="epiloop", messages=[{"role": "user", "content": big}]
+                )
+            assert caught.value.status_code == 500
+            assert caught.value.code == "session_store_error"
+            ready = await http.get(f"{gateway.url}/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["sessionStore"] is False
+
+            streamed = await http.post(
+                f"{gateway.api_url}/chat/completions",
+                json={"messages": [{"role": "user", "content": big}], "stream": True},
+                headers={**gateway.headers, **key},
+            )
+            assert streamed.status_code == 200  # the error comes in-band, and no [DONE]
+            events = [line for line in streamed.text.splitlines() if line.startswith("data: ")]
+            assert json.loads(events[-1][6:])["error"]["code"] == "session_store_error"
+            assert "data: [DONE]" not in streamed.text
+            assert await failures() == before + 2
+            assert await store.get("full-disk") is None
+            assert (await http.get(f"{gateway.url}/readyz")).status_code == 503
+
+            # A turn that fits is stored: writes succeed again, and so does readiness.
+            small = await sdk.chat.completions.create(
+                model="epiloop", messages=[{"role": "user", "content": "small"}]
+            )
+            assert small.choices[0].message.content == "small"
+            assert (await http.get(f"{gateway.url}/readyz")).status_code == 200
+        session = await store.get("full-disk")
+        assert session is not None
+        assert [entry.content for entry in session.transcript] == ["small", "small"]
+        nursery.cancel_scope.cancel(reason="test over")
 
 
 async def test_ops_metrics_count_requests_runs_and_tokens(nursery: trio.Nursery) -> None:

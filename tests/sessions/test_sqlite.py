@@ -11,6 +11,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,9 +21,15 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gateway.errors import GatewayError
+from trio_gateway.config.schema import SessionConfig
+from trio_gateway.errors import GatewayError, SessionStoreError
 from trio_gateway.messages import Role, ToolCall
-from trio_gateway.sessions import SessionStore, SqliteSessionStore, open_sqlite_store
+from trio_gateway.sessions import (
+    SessionStore,
+    SqliteSessionStore,
+    open_session_store,
+    open_sqlite_store,
+)
 from trio_gateway.sessions.sqlite import SCHEMA_VERSION
 from trio_gateway.sessions.store import SessionInfo, TranscriptEntry, Turn
 
@@ -194,6 +201,111 @@ async def test_sqlite_store_open_failure_is_a_gateway_error(tmp_path: Path, kind
         async with open_sqlite_store(path):
             pass
     assert failed.value.code == "session_store_error"
+
+
+async def test_sqlite_store_probe_reads_and_writes_and_leaves_nothing(
+    store: SqliteSessionStore,
+) -> None:
+    await store.record_turn("k", turn(user("a"), user("b")))
+    before = rows(store.path, "SELECT count(*) FROM sessions")
+    await store.probe()
+    assert store.health() is None
+    assert rows(store.path, "SELECT count(*) FROM sessions") == before
+    assert [info.key for info in await store.list_sessions()] == ["k"]
+
+
+async def test_sqlite_store_open_refuses_a_file_whose_tables_are_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.sqlite"
+    async with open_sqlite_store(path) as store:
+        for index in range(20):
+            await store.record_turn(f"k{index}", turn(user("x" * 100), at=float(index)))
+    ((root,),) = rows(path, "SELECT rootpage FROM sqlite_master WHERE name = 'sessions'")
+    ((page_size,),) = rows(path, "PRAGMA page_size")
+    assert isinstance(root, int)
+    assert isinstance(page_size, int)
+    with path.open("r+b") as file:  # garbage over the sessions table's root page
+        file.seek((root - 1) * page_size)
+        file.write(b"\xa5" * page_size)
+    with pytest.raises(SessionStoreError, match="cannot be used") as failed:
+        async with open_sqlite_store(path):
+            pass
+    assert "malformed" in failed.value.message
+    assert "epiloop doctor" in failed.value.message
+
+
+async def test_sqlite_store_full_fails_the_write_and_health_until_a_write_succeeds(
+    tmp_path: Path,
+) -> None:
+    # SQLite's max_page_count: the file is "full" as on a full disk (SQLITE_FULL).
+    async with open_sqlite_store(tmp_path / "sessions.sqlite", max_bytes=64 * 4096) as store:
+        await store.record_turn("small", turn(user("x" * 20_000)))
+        assert store.health() is None
+        with pytest.raises(SessionStoreError) as failed:
+            await store.record_turn("big", turn(user("y" * 400_000)))
+        assert failed.value.code == "session_store_error"
+        assert isinstance(failed.value.__cause__, sqlite3.OperationalError)
+        assert "full" in (store.health() or "")
+        assert await store.get("big") is None
+        # Reads still work, but the store stays unhealthy: the probe writes as much as the
+        # write that failed, and there is no room for that.
+        assert await store.get("small") is not None
+        with pytest.raises(SessionStoreError):
+            await store.probe()
+        assert "full" in (store.health() or "")
+        # A write that fits succeeds: the store is healthy again.
+        await store.record_turn("small", turn(user("fits"), run_id="run-2"))
+        assert store.health() is None
+        await store.probe()
+        assert store.health() is None
+
+
+async def test_sqlite_store_checkpoints_the_wal_while_another_connection_reads(
+    tmp_path: Path,
+) -> None:
+    """Another connection (a second gateway worker) that keeps reading keeps SQLite's own
+    PASSIVE checkpoints from ever restarting the log; the store's TRUNCATE checkpoint does."""
+    path = tmp_path / "sessions.sqlite"
+    stop = threading.Event()
+
+    def keep_reading() -> None:
+        reader = raw(path)
+        try:
+            while not stop.is_set():
+                reader.execute("BEGIN")
+                reader.execute("SELECT count(*) FROM messages").fetchone()
+                time.sleep(0.001)
+                reader.execute("ROLLBACK")
+        finally:
+            reader.close()
+
+    async with open_sqlite_store(path, checkpoint_seconds=0.0) as store:
+        thread = threading.Thread(target=keep_reading)
+        thread.start()
+        try:
+            with trio.fail_after(BOUND * 3):
+                for index in range(300):
+                    await store.record_turn(f"k{index % 10}", turn(user(f"{index} " + "x" * 4000)))
+            wal_bytes = (await trio.Path(f"{path}-wal").stat()).st_size
+        finally:
+            stop.set()
+            await trio.to_thread.run_sync(thread.join)
+        assert await store.check_integrity()
+        assert len(await store.list_sessions()) == 10
+    # 300 turns of 4 kB each: without a checkpoint that can restart the log, it holds them all.
+    assert wal_bytes < 256 * 1024, wal_bytes
+
+
+async def test_open_session_store_applies_the_session_settings(tmp_path: Path) -> None:
+    config = SessionConfig(
+        path=str(tmp_path / "sessions.sqlite"), wal_checkpoint_seconds=0, max_bytes=1 << 20
+    )
+    async with open_session_store(config, tmp_path) as store:
+        await store.record_turn("k", turn(user("a")))
+        # walCheckpointSeconds 0: every write ends with a TRUNCATE checkpoint.
+        assert (await trio.Path(f"{config.path}-wal").stat()).st_size == 0
+        with pytest.raises(SessionStoreError):  # maxBytes: 1 MiB
+            await store.record_turn("k", turn(user("x" * (2 << 20))))
+        assert "full" in (store.health() or "")
 
 
 async def test_sqlite_store_concurrent_turns_each_land_whole(store: SqliteSessionStore) -> None:

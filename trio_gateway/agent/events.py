@@ -108,3 +108,5 @@ class RunResult:
     tool_calls: tuple[ToolCall, ...] = ()
     reasoning: str = ""
     timings: RunTimings = RunTimings()
+    #: The text (and tool calls) were dropped when the run's result was kept after it finished.
+    text_dropped: bool = False

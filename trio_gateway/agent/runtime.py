@@ -17,7 +17,9 @@ things, in order:
 A run that fails emits ``RunFailed`` and returns a failed :class:`RunResult`; it does not raise.
 A cancelled run (its client went away) records what it had so far as ``aborted`` and lets
 ``trio.Cancelled`` propagate. A stable session gets every turn recorded whatever the outcome, in
-one atomic write, shielded from cancellation and bounded in time.
+one atomic write, shielded from cancellation and bounded in time. A completed run whose turn
+cannot be stored fails (``session_store_error``) instead of finishing: its client must not
+believe the reply is part of the session.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from ..errors import (
     RunAbortedError,
     RunError,
     RunTimeoutError,
+    SessionStoreError,
     ToolError,
 )
 from ..logs import run_id_var
@@ -77,7 +80,7 @@ from ..tools import (
     workspace_for,
 )
 from ..wire.chat import ChatRequest
-from .active import ActiveRun, ActiveRuns
+from .active import ActiveRun, ActiveRuns, Retention
 from .events import (
     RunEvent,
     RunFailed,
@@ -210,7 +213,7 @@ class AgentRuntime:
         self.tools = tools if tools is not None else default_registry()
         self.state_dir = state_dir if state_dir is not None else default_state_dir()
         defaults = config.agents.defaults
-        self.active_runs = ActiveRuns()
+        self.active_runs = ActiveRuns(_retention(config))
         #: Where detached runs live (set by whoever serves the runtime; see serve_gateway).
         self.background: trio.Nursery | None = None
         self.started_at = time.time()
@@ -558,7 +561,7 @@ class AgentRuntime:
                 metrics.TTFT.labels(agent_id).observe(result.timings.first_text)
             metrics.TOKENS.labels(agent_id, "in").inc(result.usage.prompt_tokens)
             metrics.TOKENS.labels(agent_id, "out").inc(result.usage.completion_tokens)
-            self.active_runs.finish(active, result)
+            self.active_runs.finish(active, result, _retention(self.config))
             run_id_var.reset(run_id_token)
             if prepared.lease is not None:
                 prepared.lease.release()
@@ -623,7 +626,18 @@ class AgentRuntime:
                 timings = state.timings(started)
                 return RunResult("failed", state.text(), None, state.usage, error, timings=timings)
             assert finish is not None
-            await self._record(prepared, state, "completed")
+            lost = await self._record(prepared, state, "completed")
+            if lost is not None:
+                logger.info(
+                    "run.failed run_id=%s agent=%s error=%s duration_ms=%.1f",
+                    prepared.run_id,
+                    target.agent.id,
+                    lost.code,
+                    duration_ms,
+                )
+                await emit(RunFailed(lost))
+                timings = state.timings(started)
+                return RunResult("failed", state.text(), None, state.usage, lost, timings=timings)
             logger.info(
                 "run.complete run_id=%s agent=%s finish_reason=%s tokens=%d duration_ms=%.1f",
                 prepared.run_id,
@@ -818,10 +832,16 @@ class AgentRuntime:
         metrics.TOOL_CALLS.labels(call.name, "ok").inc()
         return True, output
 
-    async def _record(self, prepared: PreparedRun, state: _RunState, status: RunStatus) -> None:
-        """Store the turn; shielded and bounded, so a cancelled run is recorded too."""
+    async def _record(
+        self, prepared: PreparedRun, state: _RunState, status: RunStatus
+    ) -> SessionStoreError | None:
+        """Store the turn; shielded and bounded, so a cancelled run is recorded too.
+
+        Returns the error to report when the turn could not be stored (counted in
+        ``epiloop_session_record_failures``), ``None`` when it was stored or needs no storing.
+        """
         if not prepared.record:
-            return
+            return None
         entries = [*state.new_entries, *state.produced]
         if status != "completed":
             # Calls that never got results get one, so the transcript stays a valid input.
@@ -847,14 +867,22 @@ class AgentRuntime:
             at=time.time(),
             keep=state.keep,
         )
-        with trio.move_on_after(RECORD_BOUND_SECONDS, shield=True) as scope:
+        reason = "timeout"
+        with trio.move_on_after(RECORD_BOUND_SECONDS, shield=True):
             try:
                 await self.sessions.record_turn(prepared.target.session_key, turn)
             except Exception:
-                # The client still gets its answer; the operator gets the store's error.
                 logger.exception("session.record.failed run_id=%s", prepared.run_id)
-        if scope.cancelled_caught:
+                reason = "error"
+            else:
+                return None
+        if reason == "timeout":
             logger.error("session.record.failed run_id=%s reason=timeout", prepared.run_id)
+        metrics.SESSION_RECORD_FAILURES.labels(reason).inc()
+        return SessionStoreError(
+            "The reply could not be stored in the session (the session store failed); it is "
+            "not part of the conversation. Retry later."
+        )
 
 
 def history_messages(transcript: Sequence[TranscriptEntry]) -> list[Message]:
@@ -877,6 +905,11 @@ def history_messages(transcript: Sequence[TranscriptEntry]) -> list[Message]:
             said = ""
         messages.append(message)
     return messages
+
+
+def _retention(config: Config) -> Retention:
+    kept = config.gateway.finished_runs
+    return Retention(kept.max_count, kept.max_bytes, kept.keep_seconds)
 
 
 def _export_queue_depth(admission: Admission) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "EchoProviderConfig",
     "EndpointsConfig",
     "ExecToolConfig",
+    "FinishedRunsConfig",
     "GatewayConfig",
     "HttpConfig",
     "HttpFetchToolConfig",
@@ -128,6 +129,17 @@ class WsConfig(_Section, frozen=True):
     send_queue_frames: Annotated[int, msgspec.Meta(ge=8, le=1 << 20)] = 1024
 
 
+class FinishedRunsConfig(_Section, frozen=True):
+    """What the gateway keeps of finished runs for ``agent.wait`` and idempotent retries."""
+
+    #: Most finished results kept (and idempotency keys remembered).
+    max_count: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 1000
+    #: Most bytes the kept results hold together (their text, mostly).
+    max_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 34)] = 16 * 1024 * 1024
+    #: How long a finished result (and an idempotency key) is kept.
+    keep_seconds: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 600.0
+
+
 class LoggingConfig(_Section, frozen=True):
     """What ``epiloop gateway`` logs to stderr (``--log-format`` / ``--log-level`` win)."""
 
@@ -148,6 +160,7 @@ class GatewayConfig(_Section, frozen=True):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     #: How long ``SIGTERM``/Ctrl-C lets in-flight requests finish before cancelling them.
     shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    finished_runs: FinishedRunsConfig = msgspec.field(default_factory=FinishedRunsConfig)
 
 
 class EchoProviderConfig(_Section, frozen=True, tag="echo", tag_field="api"):
@@ -279,6 +292,12 @@ class SessionConfig(_Section, frozen=True):
     persist_stateless: bool = False
     #: How long a request waits for its session's previous run before a 409 ``session_busy``.
     queue_timeout_seconds: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 30.0
+    #: ``/readyz`` probes the store with a real read and write at most this often.
+    probe_interval_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    #: The SQLite WAL is checkpointed and truncated at most this often (on the next write).
+    wal_checkpoint_seconds: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 30.0
+    #: The SQLite database may not grow past this; ``None``: as far as the disk allows.
+    max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] | None = None
 
 
 class HttpFetchToolConfig(_Section, frozen=True):

@@ -189,6 +189,8 @@ def _result_payload(result: RunResult, run_id: str) -> dict[str, object]:
             "completionTokens": result.usage.completion_tokens,
         },
     }
+    if result.text_dropped:
+        payload["textDropped"] = True
     if result.error is not None:
         payload["error"] = {"code": result.error.code, "message": result.error.message}
     if result.tool_calls:

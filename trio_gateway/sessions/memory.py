@@ -73,6 +73,13 @@ class MemorySessionStore:
         await trio.lowlevel.checkpoint()
         return self._sessions.pop(key, None) is not None
 
+    async def probe(self) -> None:
+        """Memory always answers."""
+        await trio.lowlevel.checkpoint()
+
+    def health(self) -> str | None:
+        return None
+
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
 

@@ -35,11 +35,16 @@ async def open_session_store(config: SessionConfig, state_dir: Path) -> AsyncIte
     """The configured store (``session.store``), open for the context's lifetime.
 
     ``"memory"``: a :class:`MemorySessionStore`; ``"sqlite"``: the file at
-    :func:`sqlite_path`, created if missing. Raises :class:`~trio_gateway.errors.GatewayError`
-    if the file cannot be opened.
+    :func:`sqlite_path`, created if missing, its WAL checkpointed every
+    ``session.walCheckpointSeconds``. Raises :class:`~trio_gateway.errors.SessionStoreError` if
+    the file cannot be opened or fails its start-up probe (a real read and write).
     """
     if config.store == "sqlite":
-        async with open_sqlite_store(sqlite_path(config, state_dir)) as store:
+        path = sqlite_path(config, state_dir)
+        checkpoint = config.wal_checkpoint_seconds
+        async with open_sqlite_store(
+            path, checkpoint_seconds=checkpoint, max_bytes=config.max_bytes
+        ) as store:
             yield store
         return
     memory = MemorySessionStore()

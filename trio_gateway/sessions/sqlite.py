@@ -2,8 +2,8 @@
 
 Owns the schema (and its migrations, numbered by ``PRAGMA user_version``), the one connection
 to the file, and the translation of ``sqlite3`` and ``OSError`` failures into
-:class:`~trio_gateway.errors.GatewayError` (code ``session_store_error``). It keeps exactly the
-semantics of :class:`~trio_gateway.sessions.memory.MemorySessionStore`; the behaviour tests run
+:class:`~trio_gateway.errors.SessionStoreError` (code ``session_store_error``). It keeps exactly
+the semantics of :class:`~trio_gateway.sessions.memory.MemorySessionStore`; the behaviour tests run
 against both. Imports nothing above ``sessions`` (no agent, server or wire).
 
 Concurrency. All SQLite work runs in a worker thread on one connection
@@ -36,6 +36,24 @@ behind the store's lock; we judged power-loss durability of the very last turns 
 on turn throughput. (If the file system refuses WAL, the store falls back to the rollback
 journal with ``synchronous=FULL``, the setting that is safe in that mode, and logs a warning.)
 
+Health. The store remembers whether its last read and its last write failed for a reason of the
+storage (a damaged file, a full disk, an I/O error; not a constraint a bad turn broke):
+:meth:`~SqliteSessionStore.health` says what failed, and the next read or write that succeeds
+clears it. :meth:`~SqliteSessionStore.probe` is a real read and a real write (a row inserted and
+deleted again in one committed transaction, padded so that it needs new pages, as large as the
+write that last failed, up to :data:`PROBE_MAX_BYTES`); opening the store runs it once, so a
+damaged or unwritable file is refused at start.
+
+Checkpoints. SQLite's automatic checkpoint (after a commit that leaves 1000 pages in the WAL) is
+``PASSIVE``: it copies what it can into the main file but never restarts the log while another
+connection reads. With several gateway processes (hypercorn workers) or any other reader on the
+file, some connection is nearly always inside a read transaction under steady traffic, so the
+``-wal`` file grew without bound. With ``checkpoint_seconds`` set, the first write after each
+interval ends with ``PRAGMA wal_checkpoint(TRUNCATE)``, which waits briefly
+(:data:`CHECKPOINT_BUSY_MS`) for the readers to move on, copies the whole log into the file and
+truncates it to zero bytes; if the readers do not move on in time it is tried again at the next
+write.
+
 Text that UTF-8 cannot encode (a lone surrogate, as ``surrogateescape``-decoded tool output may
 contain) is stored as a BLOB of its ``surrogatepass`` encoding and decoded back on read, so
 every string round-trips exactly, as in memory.
@@ -46,9 +64,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -57,11 +77,18 @@ from typing import TypeVar
 
 import trio
 
-from ..errors import GatewayError
+from ..errors import SessionStoreError
 from ..messages import ToolCall
 from .store import Session, SessionInfo, TranscriptEntry, Turn
 
-__all__ = ["BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "SqliteSessionStore", "open_sqlite_store"]
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "CHECKPOINT_BUSY_MS",
+    "PROBE_MAX_BYTES",
+    "SCHEMA_VERSION",
+    "SqliteSessionStore",
+    "open_sqlite_store",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +103,18 @@ PROGRESS_INSTRUCTIONS = 1_000
 #: How long closing the store may take when its context exits (shielded from cancellation).
 CLOSE_BOUND_SECONDS = 10.0
 
-_ERROR_CODE = "session_store_error"
+#: How long a ``TRUNCATE`` checkpoint waits for readers and writers of other connections.
+CHECKPOINT_BUSY_MS = 250
+
+#: The smallest and the largest padding of :meth:`SqliteSessionStore.probe`'s write.
+PROBE_MIN_BYTES = 4096
+PROBE_MAX_BYTES = 1 << 20
+
+#: The key of the row the probe inserts and deletes in the same transaction (never visible).
+_PROBE_KEY = "\x00epiloop-store-probe"
+
+#: Failures that are the input's fault, not the storage's: they leave the store's health alone.
+_NOT_STORAGE_FAULTS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 
 #: ``INSERT ... ON CONFLICT DO UPDATE`` (the upsert) came with SQLite 3.24.
 _MIN_SQLITE = (3, 24, 0)
@@ -153,10 +191,22 @@ class SqliteSessionStore:
     :func:`open_sqlite_store` does that and closes the store when its context exits.
     """
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        path: Path,
+        *,
+        checkpoint_seconds: float | None = None,
+    ) -> None:
         self.path = path
         self._connection: sqlite3.Connection | None = connection
         self._lock = trio.Lock()
+        #: What the last read / the last write that failed for a storage reason said.
+        self._read_failure: str | None = None
+        self._write_failure: str | None = None
+        #: How large the write that failed was (the probe then writes as much).
+        self._failed_write_bytes = 0
+        self._checkpoints = _Checkpoints(checkpoint_seconds)
         #: Set while a cancelled read winds down: makes SQLite stop the statement it runs.
         self._stop_reading = threading.Event()
         connection.set_progress_handler(self._stop_reading.is_set, PROGRESS_INSTRUCTIONS)
@@ -166,7 +216,9 @@ class SqliteSessionStore:
 
     async def record_turn(self, key: str, turn: Turn) -> SessionInfo:
         """Store ``turn`` in one transaction: whole, or (on any error) not at all."""
-        return await self._write("record_turn", partial(_record_turn, key=key, turn=turn))
+        return await self._write(
+            "record_turn", partial(_record_turn, key=key, turn=turn), size=_turn_bytes(turn)
+        )
 
     async def list_sessions(
         self, *, agent_id: str | None = None, limit: int = 100
@@ -182,11 +234,38 @@ class SqliteSessionStore:
         """Remove the session; ``False`` if there is none."""
         return await self._write("delete", partial(_delete, key=key))
 
+    def health(self) -> str | None:
+        """``None`` while the last read and the last write succeeded; else what failed."""
+        if self._connection is None:
+            return "the session store is closed"
+        return self._write_failure or self._read_failure
+
+    async def probe(self) -> None:
+        """A real read and a real write; raises :class:`SessionStoreError` if either fails.
+
+        The write inserts a row padded to at least :data:`PROBE_MIN_BYTES` (as large as the last
+        write that failed, up to :data:`PROBE_MAX_BYTES`) and deletes it in the same committed
+        transaction: nothing changes that a reader could see, but the file must have room for it.
+        """
+        await self._read("probe", _probe_read)
+        size = min(max(PROBE_MIN_BYTES, self._failed_write_bytes), PROBE_MAX_BYTES)
+        await self._write("probe", partial(_probe_write, size=size), size=size)
+
     async def check_integrity(self) -> bool:
         """``PRAGMA integrity_check`` and ``PRAGMA foreign_key_check`` both find nothing wrong.
 
         A file SQLite reports as corrupt (or as not a database) is ``False`` too; the problems
         found are logged. Cancellable, like every read.
+        """
+        problems = await self.integrity_problems()
+        for problem in problems[:20]:
+            logger.warning("session_store.integrity.failed path=%s problem=%s", self.path, problem)
+        return not problems
+
+    async def integrity_problems(self) -> list[str]:
+        """What ``PRAGMA integrity_check`` and ``PRAGMA foreign_key_check`` find (``[]``: none).
+
+        A file SQLite reports as corrupt (or as not a database) gives SQLite's message.
         """
         async with self._lock:
             connection = self._open_connection()
@@ -197,9 +276,7 @@ class SqliteSessionStore:
                 if code not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
                     raise _store_error("check_integrity", exc) from exc
                 problems = [str(exc)]
-        for problem in problems[:20]:
-            logger.warning("session_store.integrity.failed path=%s problem=%s", self.path, problem)
-        return not problems
+        return problems
 
     async def aclose(self) -> None:
         """Close the connection once work in progress is done. Idempotent."""
@@ -216,16 +293,20 @@ class SqliteSessionStore:
 
     def _open_connection(self) -> sqlite3.Connection:
         if self._connection is None:
-            raise GatewayError("The session store is closed.", code=_ERROR_CODE)
+            raise SessionStoreError("The session store is closed.")
         return self._connection
 
     async def _read(self, operation: str, work: Callable[[sqlite3.Connection], T]) -> T:
         async with self._lock:
             connection = self._open_connection()
             try:
-                return await self._interruptible(connection, partial(_in_read_transaction, work))
+                value = await self._interruptible(connection, partial(_in_read_transaction, work))
             except sqlite3.Error as exc:
+                if not isinstance(exc, _NOT_STORAGE_FAULTS):
+                    self._read_failure = f"{operation} failed: {exc}"
                 raise _store_error(operation, exc) from exc
+            self._read_failure = None
+            return value
 
     async def _interruptible(
         self, connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]
@@ -262,36 +343,94 @@ class SqliteSessionStore:
         await trio.lowlevel.checkpoint_if_cancelled()
         return value
 
-    async def _write(self, operation: str, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(
+        self, operation: str, work: Callable[[sqlite3.Connection], T], *, size: int = 0
+    ) -> T:
         async with self._lock:
             connection = self._open_connection()
             try:
-                return await trio.to_thread.run_sync(
-                    _in_write_transaction, work, connection, abandon_on_cancel=False
+                value = await trio.to_thread.run_sync(
+                    self._write_in_thread, work, connection, abandon_on_cancel=False
                 )
             except sqlite3.Error as exc:
+                if not isinstance(exc, _NOT_STORAGE_FAULTS):
+                    self._write_failure = f"{operation} failed: {exc}"
+                    self._failed_write_bytes = size
                 raise _store_error(operation, exc) from exc
+            self._write_failure = None
+            self._failed_write_bytes = 0
+            return value
+
+    def _write_in_thread(
+        self, work: Callable[[sqlite3.Connection], T], connection: sqlite3.Connection
+    ) -> T:
+        value = _in_write_transaction(work, connection)
+        self._checkpoints.after_write(connection, self.path)
+        return value
+
+
+class _Checkpoints:
+    """When to checkpoint the WAL: after the first write of every interval (``None``: never).
+
+    Runs in the store's worker thread, under the store's lock, right after a commit.
+    """
+
+    def __init__(self, interval: float | None) -> None:
+        self.interval = interval
+        self.due = time.monotonic() if interval is not None else math.inf
+
+    def after_write(self, connection: sqlite3.Connection, path: Path) -> None:
+        if self.interval is None or time.monotonic() < self.due:
+            return
+        self.due = time.monotonic() + self.interval
+        try:
+            busy, log, copied = _checkpoint(connection)
+        except sqlite3.Error as exc:
+            # The turn is committed; a checkpoint that fails is tried again next interval.
+            logger.warning("session_store.checkpoint.failed path=%s error=%s", path, exc)
+            return
+        if busy:
+            logger.info(
+                "session_store.checkpoint.busy path=%s wal_frames=%d copied=%d", path, log, copied
+            )
+        else:
+            logger.debug("session_store.checkpoint.complete path=%s frames=%d", path, copied)
 
 
 @asynccontextmanager
-async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteSessionStore]:
+async def open_sqlite_store(
+    path: Path, *, checkpoint_seconds: float | None = None, max_bytes: int | None = None
+) -> AsyncIterator[SqliteSessionStore]:
     """Open (creating or migrating) the store at ``path``; close it when the context exits.
 
     Missing parent directories are created with mode ``0o700`` and a new file with ``0o600``
-    (existing ones keep their modes). Raises :class:`GatewayError` if the file cannot be opened
-    or was written by a newer version of the gateway.
+    (existing ones keep their modes). Raises :class:`SessionStoreError` if the file cannot be
+    opened, was written by a newer version of the gateway, or fails the
+    :meth:`~SqliteSessionStore.probe` (a damaged or unwritable file). ``checkpoint_seconds``:
+    checkpoint and truncate the WAL at most this often (see the module docstring); ``None``:
+    only SQLite's own checkpoints. ``max_bytes``: the database may not grow past this (SQLite's
+    ``max_page_count``); a write that needs more fails as on a full disk. ``None``: no limit.
     """
     logger.debug("session_store.open.started path=%s", path)
     try:
-        connection = await trio.to_thread.run_sync(_connect, path, abandon_on_cancel=False)
+        connection = await trio.to_thread.run_sync(
+            partial(_connect, path, max_bytes=max_bytes), abandon_on_cancel=False
+        )
     except (sqlite3.Error, OSError) as exc:
         logger.error("session_store.open.failed path=%s error=%s", path, exc)
-        raise GatewayError(
-            f"Cannot open the session store {str(path)!r}: {exc}", code=_ERROR_CODE
-        ) from exc
-    store = SqliteSessionStore(connection, path)
-    logger.info("session_store.open.complete path=%s schema_version=%d", path, SCHEMA_VERSION)
+        raise SessionStoreError(f"Cannot open the session store {str(path)!r}: {exc}") from exc
+    store = SqliteSessionStore(connection, path, checkpoint_seconds=checkpoint_seconds)
     try:
+        try:
+            await store.probe()
+        except SessionStoreError as exc:
+            reason = store.health() or exc.message
+            logger.error("session_store.open.failed path=%s error=%s", path, reason)
+            raise SessionStoreError(
+                f"The session store {str(path)!r} cannot be used: {reason}. "
+                "Run 'epiloop doctor' for details; move the file away to start with no sessions."
+            ) from exc
+        logger.info("session_store.open.complete path=%s schema_version=%d", path, SCHEMA_VERSION)
         yield store
     finally:
         with trio.move_on_after(CLOSE_BOUND_SECONDS, shield=True) as scope:
@@ -303,20 +442,19 @@ async def open_sqlite_store(path: Path) -> AsyncIterator[SqliteSessionStore]:
 # --- errors ---------------------------------------------------------------------------------
 
 
-def _store_error(operation: str, exc: sqlite3.Error) -> GatewayError:
+def _store_error(operation: str, exc: sqlite3.Error) -> SessionStoreError:
     logger.error("session_store.%s.failed error=%s", operation, exc)
-    return GatewayError(f"The session store failed ({operation}).", code=_ERROR_CODE)
+    return SessionStoreError(f"The session store failed ({operation}).")
 
 
 # --- the worker-thread side: plain blocking functions of the connection ----------------------
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, *, max_bytes: int | None = None) -> sqlite3.Connection:
     if sqlite3.sqlite_version_info < _MIN_SQLITE:
-        raise GatewayError(
+        raise SessionStoreError(
             f"The session store needs SQLite {'.'.join(map(str, _MIN_SQLITE))} or later; this "
             f"Python links SQLite {sqlite3.sqlite_version}. Use session.store 'memory' instead.",
-            code=_ERROR_CODE,
         )
     _make_private_dirs(path.parent)
     with contextlib.suppress(FileExistsError):
@@ -325,6 +463,9 @@ def _connect(path: Path) -> sqlite3.Connection:
     try:
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
         connection.execute("PRAGMA foreign_keys = ON")
+        if max_bytes is not None:
+            (page_size,) = connection.execute("PRAGMA page_size").fetchone()
+            connection.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size):d}")
         (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
         if str(mode).lower() == "wal":
             connection.execute("PRAGMA synchronous = NORMAL")
@@ -355,10 +496,9 @@ def _make_private_dirs(directory: Path) -> None:
 def _migrate(connection: sqlite3.Connection, *, path: Path) -> None:
     (version,) = connection.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:
-        raise GatewayError(
+        raise SessionStoreError(
             f"The session store {str(path)!r} has schema version {version}, newer than this "
             f"gateway's ({SCHEMA_VERSION}); upgrade the gateway or use another session.path.",
-            code=_ERROR_CODE,
         )
     for statements in _MIGRATIONS[version:]:
         for statement in statements:
@@ -503,6 +643,46 @@ def _reset(connection: sqlite3.Connection, *, key: str) -> bool:
 def _delete(connection: sqlite3.Connection, *, key: str) -> bool:
     # The session's messages go with it (ON DELETE CASCADE).
     return connection.execute("DELETE FROM sessions WHERE key = ?", (_bind(key),)).rowcount > 0
+
+
+def _probe_read(connection: sqlite3.Connection) -> None:
+    """Read the most recent session and its last message, through both tables' indexes."""
+    row = connection.execute("SELECT key FROM sessions ORDER BY updated_at DESC LIMIT 1").fetchone()
+    if row is not None:
+        connection.execute(
+            "SELECT role, content FROM messages WHERE session_key = ? "
+            "ORDER BY position DESC LIMIT 1",
+            (row[0],),
+        ).fetchall()
+
+
+def _probe_write(connection: sqlite3.Connection, *, size: int) -> None:
+    """Insert a padded session row and delete it again (the caller's transaction commits)."""
+    connection.execute("DELETE FROM sessions WHERE key = ?", (_PROBE_KEY,))
+    connection.execute(
+        "INSERT INTO sessions (key, agent_id, created_at, updated_at, model, last_status, "
+        "last_run_id) VALUES (?, '', 0, 0, ?, 'completed', '')",
+        (_PROBE_KEY, "p" * size),
+    )
+    connection.execute("DELETE FROM sessions WHERE key = ?", (_PROBE_KEY,))
+
+
+def _checkpoint(connection: sqlite3.Connection) -> tuple[int, int, int]:
+    """``PRAGMA wal_checkpoint(TRUNCATE)`` with a short busy timeout: (busy, log, copied)."""
+    connection.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_MS:d}")
+    try:
+        busy, log, copied = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+    return int(busy), int(log), int(copied)
+
+
+def _turn_bytes(turn: Turn) -> int:
+    """About how many bytes ``turn`` adds to the file."""
+    return sum(
+        len(entry.content) + sum(len(call.arguments) + 64 for call in entry.tool_calls) + 64
+        for entry in turn.entries
+    )
 
 
 def _integrity_problems(connection: sqlite3.Connection) -> list[str]:

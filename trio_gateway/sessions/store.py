@@ -115,6 +115,14 @@ class SessionStore(Protocol):
         """Remove the session; ``False`` if there is none."""
         ...
 
+    async def probe(self) -> None:
+        """A real read and a real write; raises ``SessionStoreError`` if either fails."""
+        ...
+
+    def health(self) -> str | None:
+        """``None`` while the store's last read and last write succeeded; else what failed."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
