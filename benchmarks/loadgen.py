@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 
 import msgspec
 import trio
-from http_client import ProtocolError, ResponseParser, build_request
-from upstream_server import TAG_PREFIX
+
+from .http_client import ProtocolError, ResponseParser, build_request
+from .upstream_server import TAG_PREFIX
 
 __all__ = [
     "TOKEN_MARK",

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
-import procstats
-import profiling
-import report
-import scenarios
 import trio
-from loadgen import LoadResult
-from processes import BENCH_DIR, open_gateway, open_upstream
+
+from . import procstats, profiling, report, scenarios, tables
+from .loadgen import LoadResult
+from .phases import Bench
+from .processes import BENCH_DIR, open_gateway, open_upstream
+from .profiles import PROFILES
 
 __all__ = ["main"]
 
@@ -40,7 +40,7 @@ _T = TypeVar("_T")
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--profile", choices=sorted(scenarios.PROFILES), default="short")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
     parser.add_argument(
         "--only", nargs="+", choices=SCENARIOS, help="run these scenarios only (default: all)"
     )
@@ -106,7 +106,7 @@ async def _timed(seconds: dict[str, float], name: str, step: Callable[[], Awaita
 
 
 async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadResult]]:
-    profile = scenarios.PROFILES[arguments.profile]
+    profile = PROFILES[arguments.profile]
     if arguments.py_spy is not None:
         profile = msgspec.structs.replace(profile, profile_s=arguments.py_spy)
     wanted = set(arguments.only or SCENARIOS) - set(arguments.skip)
@@ -128,9 +128,7 @@ async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadRe
         async with open_gateway(upstream.url, workdir, cpus=gateway_cpus) as gateway:
             await trio.sleep(0.5)
             startup_rss = procstats.sample(gateway.pid).rss_bytes
-            bench = scenarios.Bench(
-                profile, upstream, gateway, workdir, gateway_cpus, load_cpus, all_cpus
-            )
+            bench = Bench(profile, upstream, gateway, workdir, gateway_cpus, load_cpus, all_cpus)
             if arguments.raw:
                 bench.raw = raw
             result = report.Report(
@@ -206,7 +204,7 @@ def _write(result: report.Report, raw: list[LoadResult], output: Path) -> tuple[
     output.mkdir(parents=True, exist_ok=True)
     name = f"{result.started_at.replace(':', '')}-{result.profile.name}"
     data = msgspec.json.format(msgspec.json.encode(result), indent=2)
-    text = report.markdown(result)
+    text = tables.markdown(result)
     json_path = output / f"{name}.json"
     md_path = output / f"{name}.md"
     json_path.write_bytes(data)
@@ -236,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     if not arguments.keep_workdir:
         shutil.rmtree(result.workdir, ignore_errors=True)
     json_path, md_path = _write(result, raw, arguments.output)
-    print(report.markdown(result))
+    print(tables.markdown(result))
     print(f"\nwrote {json_path} and {md_path}", file=sys.stderr)
 
 

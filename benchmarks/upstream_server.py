@@ -28,7 +28,8 @@ from typing import Literal
 
 import msgspec
 import trio
-from mock_upstream import MockUpstream, RecordedRequest, Scenario
+
+from .mock_upstream import MockUpstream, RecordedRequest, Scenario
 
 __all__ = ["RequestRecord", "request_tag"]
 

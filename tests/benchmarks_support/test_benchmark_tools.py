@@ -10,11 +10,12 @@ import math
 
 import pytest
 import trio
-from http_client import ProtocolError, ResponseParser
-from loadgen import LoadClient, LoadSpec, Target, run_load
-from mock_upstream import MockUpstream, Scenario
-from profiling import PARTIAL, TRIO_LOOP, breakdown, layer_of
-from summary import percentile, percentiles
+
+from benchmarks.http_client import ProtocolError, ResponseParser
+from benchmarks.loadgen import LoadClient, LoadSpec, Target, run_load
+from benchmarks.mock_upstream import MockUpstream, Scenario
+from benchmarks.profiling import PARTIAL, TRIO_LOOP, breakdown, layer_of
+from benchmarks.summary import percentile, percentiles
 
 BOUND = 10.0
 

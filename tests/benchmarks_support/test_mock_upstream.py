@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from mock_upstream import MockUpstream, Scenario
 
+from benchmarks.mock_upstream import MockUpstream, Scenario
 from trio_gateway.wire.sse import SSEDecoder
 
 BOUND = 5.0
