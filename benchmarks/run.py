@@ -1,12 +1,15 @@
-"""Run the benchmark suite: ``python benchmarks/run.py --profile short|long``.
+"""Run the benchmark suite: ``python -m benchmarks.run --profile short|long``.
 
-Benchmark tooling (``nox -s bench`` runs the short profile). It starts the mock upstream and
-the gateway as processes of their own, pins the gateway to core 0 and itself (the load
-generator) and the mock to core 1, runs the scenarios (see ``scenarios.py`` and README.md),
-and writes ``benchmarks/results/<time>-<profile>.json`` and ``.md`` plus ``latest-<profile>.*``.
-The ``floor`` scenario also starts ``floor_relay.py`` (a bare relay on the same serving stack,
-then the same relay as a quart-trio route) on the gateway's core, while the gateway idles.
-Every load phase is bounded in count and time; the whole run stops by itself.
+Benchmark tooling (``nox -s bench`` runs the short profile), run from the repository's root.
+It starts the mock upstream and the gateway as processes of their own, pins the gateway to core
+0 and itself (the load generator) and the mock to core 1, runs the scenarios (see
+``scenarios.py`` and README.md), and writes ``benchmarks/results/<time>-<profile>.json`` and
+``.md`` plus ``latest-<profile>.*``, and the PNG plots ``<time>-<profile>-<chart>.png`` when
+matplotlib is installed (the ``bench`` extra; it says so when it is not). The ``floor`` scenario
+also starts ``benchmarks.floor_relay`` (a bare relay on the same serving stack, then the same
+relay as a quart-trio route) on the gateway's core, while the gateway idles. Every load phase is
+bounded in count and time; the whole run stops by itself. ``benchmarks.publish`` turns a results
+JSON into ``RESULTS-tables.md`` and the plots ``RESULTS.md`` links to.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import TypeVar
 import msgspec
 import trio
 
-from . import procstats, profiling, report, scenarios, tables
+from . import plots, procstats, profiling, report, scenarios, tables
 from .loadgen import LoadResult
 from .phases import Bench
 from .processes import BENCH_DIR, open_gateway, open_upstream
@@ -200,9 +203,13 @@ async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadRe
     return result, raw
 
 
+def _name(result: report.Report) -> str:
+    return f"{result.started_at.replace(':', '')}-{result.profile.name}"
+
+
 def _write(result: report.Report, raw: list[LoadResult], output: Path) -> tuple[Path, Path]:
     output.mkdir(parents=True, exist_ok=True)
-    name = f"{result.started_at.replace(':', '')}-{result.profile.name}"
+    name = _name(result)
     data = msgspec.json.format(msgspec.json.encode(result), indent=2)
     text = tables.markdown(result)
     json_path = output / f"{name}.json"
@@ -222,7 +229,7 @@ def _keep_profile(result: report.Report, output: Path) -> None:
     if profile is None or not Path(profile.raw_path).exists():
         return
     output.mkdir(parents=True, exist_ok=True)
-    kept = output / f"{result.started_at.replace(':', '')}-{result.profile.name}-py-spy.txt"
+    kept = output / f"{_name(result)}-py-spy.txt"
     shutil.copyfile(profile.raw_path, kept)
     result.cpu_profile = msgspec.structs.replace(profile, raw_path=str(kept))
 
@@ -236,6 +243,11 @@ def main(argv: list[str] | None = None) -> None:
     json_path, md_path = _write(result, raw, arguments.output)
     print(tables.markdown(result))
     print(f"\nwrote {json_path} and {md_path}", file=sys.stderr)
+    if plots.available():
+        for path in plots.render(result, arguments.output, prefix=f"{_name(result)}-"):
+            print(f"wrote {path}", file=sys.stderr)
+    else:
+        print(f"plots not rendered: {plots.MISSING}", file=sys.stderr)
 
 
 if __name__ == "__main__":
