@@ -1,6 +1,6 @@
 """The stack floor: a relay served the way the gateway is served, with no gateway logic.
 
-Benchmark tooling. ``python benchmarks/floor_relay.py --upstream URL [--framework bare|quart]``
+Benchmark tooling. ``python -m benchmarks.floor_relay --upstream URL [--framework bare|quart]``
 serves one of two relays with hypercorn's trio worker (``hypercorn.trio.serve``, hypercorn's
 defaults except what the gateway also sets: no access log, a 2 s graceful shutdown) on
 127.0.0.1 (a free port unless ``--port``), prints one line ``{"url": ...}`` and stops on end of

@@ -1,15 +1,16 @@
 """Run the benchmark suite: ``python -m benchmarks.run --profile short|long``.
 
 Benchmark tooling (``nox -s bench`` runs the short profile), run from the repository's root.
-It starts the mock upstream and the gateway as processes of their own, pins the gateway to core
-0 and itself (the load generator) and the mock to core 1, runs the scenarios (see
-``scenarios.py`` and README.md), and writes ``benchmarks/results/<time>-<profile>.json`` and
-``.md`` plus ``latest-<profile>.*``, and the PNG plots ``<time>-<profile>-<chart>.png`` when
-matplotlib is installed (the ``bench`` extra; it says so when it is not). The ``floor`` scenario
-also starts ``benchmarks.floor_relay`` (a bare relay on the same serving stack, then the same
-relay as a quart-trio route) on the gateway's core, while the gateway idles. Every load phase is
-bounded in count and time; the whole run stops by itself. ``benchmarks.publish`` turns a results
-JSON into ``RESULTS-tables.md`` and the plots ``RESULTS.md`` links to.
+It starts the mock upstream and the gateway as processes of their own, pins the gateway to
+core 0 and itself (the load generator) and the mock to core 1, runs the scenarios (see
+:mod:`benchmarks.scenarios` and README.md), and writes
+``benchmarks/results/<time>-<profile>.json`` and ``.md`` plus ``latest-<profile>.*``, and the
+PNG plots ``<time>-<profile>-<chart>.png`` when matplotlib is installed (the ``bench`` extra;
+it says so when it is not). The ``floor`` scenario also starts ``benchmarks.floor_relay`` (a
+bare relay on the same serving stack, then the same relay as a quart-trio route) on the
+gateway's core, while the gateway idles. Every load phase is bounded in count and time; the
+whole run stops by itself. ``benchmarks.publish`` turns a results JSON into
+``RESULTS-tables.md`` and the plots ``RESULTS.md`` links to.
 """
 
 from __future__ import annotations

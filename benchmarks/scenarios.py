@@ -394,7 +394,7 @@ async def cpu_profile(bench: Bench) -> ProfileResult:
 
 
 class FloorResult(msgspec.Struct, frozen=True):
-    """Scenarios 1, 2, 4 and 5 through one of ``floor_relay.py``'s relays (target name
+    """Scenarios 1, 2, 4 and 5 through one of ``benchmarks.floor_relay``'s relays (target name
     ``"floor-bare"`` or ``"floor-quart"``)."""
 
     #: Which relay: ``"bare"`` (a plain ASGI app) or ``"quart"`` (a quart-trio route).
