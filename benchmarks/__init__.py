@@ -6,7 +6,8 @@ imports nothing, so ``python -m benchmarks.upstream_server`` stays free of the g
 The modules (benchmarks/README.md has the details):
 
 - ``run``: the command line; ``publish``: tables and plots from a results JSON;
-- ``profiles``, ``phases``, ``scenarios``: how much to run, measuring one phase, the scenarios;
+- ``profiles``, ``phases``, ``scenarios``, ``results``: how much to run, measuring one phase,
+  the scenarios, what they measured;
 - ``loadgen`` over ``http_client`` (the one HTTP/1.1 client of the suite): the load generator;
 - ``mock_upstream`` (with ``mock_answers``) and ``upstream_server``: the mock LLM upstream;
 - ``floor_relay``: the bare and quart-trio relays of the ``floor`` scenario;

@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from .profiles import Profile
-from .scenarios import (
+from .results import (
     DisconnectResult,
     FloorResult,
     MemoryResult,

@@ -2,8 +2,9 @@
 the mock upstream, and reports both side by side, as a result struct of the JSON.
 
 Benchmark tooling. Each scenario is a function of a :class:`phases.Bench` (the running
-processes and the profile); measuring one phase is :mod:`phases`' job, the numbers out of it
-:mod:`summary`'s.
+processes and the profile) that returns its result struct (:mod:`benchmarks.results`);
+measuring one phase is :mod:`benchmarks.phases`' job, the numbers out of it
+:mod:`benchmarks.summary`'s.
 
 1. :func:`streaming_latency`: added time to first token and inter-token gap at each
    concurrency level, with throughput and gateway CPU per token (scenario 2 reads it at 50).
@@ -24,22 +25,23 @@ import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
-import msgspec
 import trio
 
 from . import procstats, profiling
 from .loadgen import LoadClient, LoadSpec, Target, open_streams, run_load
 from .phases import Bench, measure, run_phase
 from .processes import GatewayProcess, open_floor_relay, open_gateway
-from .summary import Comparison, Percentiles, PhaseSummary, compare, mib, percentiles, summarize
+from .results import (
+    DisconnectResult,
+    FloorResult,
+    MemoryResult,
+    MemoryStep,
+    ProfileResult,
+    WorkersResult,
+)
+from .summary import Comparison, PhaseSummary, compare, mib, percentiles, summarize
 
 __all__ = [
-    "DisconnectResult",
-    "FloorResult",
-    "MemoryResult",
-    "MemoryStep",
-    "ProfileResult",
-    "WorkersResult",
     "cpu_profile",
     "disconnects",
     "floor",
@@ -113,32 +115,6 @@ async def non_streaming(
 
 
 # -- 4: memory per open idle stream ---------------------------------------------------------------
-
-
-class MemoryStep(msgspec.Struct, frozen=True):
-    streams: int
-    ready: int
-    failed: int
-    rss_mib: float
-    #: Seconds it took to open this step's streams.
-    open_s: float
-
-
-class MemoryResult(msgspec.Struct, frozen=True):
-    target: str
-    #: RSS of the measured process before the first stream.
-    baseline_rss_mib: float
-    steps: list[MemoryStep]
-    #: Least-squares slope of RSS over the open streams of the steps (the baseline is left
-    #: out: the first streams reuse memory that earlier requests freed).
-    per_stream_kib: float | None
-    #: The same slope with the baseline as a point (0 streams).
-    per_stream_with_baseline_kib: float | None
-    #: After every stream was closed.
-    after_close_rss_mib: float
-    #: Seconds from closing every client connection until the mock's open connections were
-    #: back to where they were (``None``: not within the bound).
-    upstream_released_s: float | None
 
 
 def _slope(points: list[tuple[float, float]]) -> float | None:
@@ -227,19 +203,6 @@ async def _fill_caches(bench: Bench, targets: list[Target]) -> None:
 # -- 5: disconnect to upstream cancel -------------------------------------------------------------
 
 
-class DisconnectResult(msgspec.Struct, frozen=True):
-    target: str
-    concurrency: int
-    requests: int
-    disconnected: int
-    #: Disconnected requests whose upstream connection the mock saw closed by its client.
-    cancelled: int
-    #: ...and those it did not (still open, or closed by the mock itself after finishing).
-    not_cancelled: int
-    latency_ms: Percentiles | None
-    errors: dict[str, int]
-
-
 async def _disconnect_phase(bench: Bench, target: Target) -> DisconnectResult:
     profile = bench.profile
     await bench.upstream.records()  # forget earlier requests
@@ -300,21 +263,6 @@ def _cpus_text(cpus: set[int] | None) -> str:
 # -- 6: hypercorn --workers N ---------------------------------------------------------------------
 
 
-class WorkersResult(msgspec.Struct, frozen=True):
-    workers: int
-    #: How the workers were started, and on which CPUs.
-    command: str
-    cpus: str
-    processes: int
-    idle_rss_mib: float
-    #: CPU seconds of each process of the tree over the whole scenario (master first): how
-    #: evenly the workers shared the load.
-    process_cpu_s: list[float]
-    streaming: list[PhaseSummary]
-    non_streaming: Comparison | None
-    error: str | None = None
-
-
 async def workers(bench: Bench, direct_plain: PhaseSummary | None = None) -> WorkersResult:
     """Scenario 6: the gateway under ``hypercorn -k trio --workers N``
     (``trio_gateway.server.asgi:app``) on every core (N workers on a 2-core machine need both;
@@ -355,14 +303,6 @@ async def workers(bench: Bench, direct_plain: PhaseSummary | None = None) -> Wor
 # -- 7: where the CPU goes ------------------------------------------------------------------------
 
 
-class ProfileResult(msgspec.Struct, frozen=True):
-    concurrency: int
-    seconds: float
-    phase: PhaseSummary
-    breakdown: profiling.Breakdown
-    raw_path: str
-
-
 async def cpu_profile(bench: Bench) -> ProfileResult:
     """py-spy on the gateway during a streaming phase at ``profile_concurrency``. py-spy runs
     on the load side's core and pauses the gateway briefly for each sample."""
@@ -391,25 +331,6 @@ async def cpu_profile(bench: Bench) -> ProfileResult:
 
 
 # -- the stack floor: the same targets through a bare relay ---------------------------------------
-
-
-class FloorResult(msgspec.Struct, frozen=True):
-    """Scenarios 1, 2, 4 and 5 through one of ``benchmarks.floor_relay``'s relays (target name
-    ``"floor-bare"`` or ``"floor-quart"``)."""
-
-    #: Which relay: ``"bare"`` (a plain ASGI app) or ``"quart"`` (a quart-trio route).
-    framework: str
-    command: str
-    cpus: str
-    startup_rss_mib: float
-    #: Direct, then through the relay, at ``Profile.floor_levels`` (``gateway`` is the relay).
-    latency: list[Comparison]
-    memory: MemoryResult
-    disconnect: DisconnectResult
-    #: The direct phases were reused (same spec and upstream): the latency scenario's of the
-    #: same run, or (the quart relay, without it) the bare relay's; so the floors and the
-    #: gateway are compared with the same baseline.
-    direct_reused: bool
 
 
 async def floor(

@@ -7,7 +7,7 @@ Benchmark tooling; pure functions from a :class:`report.Report` to text, no I/O.
 from __future__ import annotations
 
 from .report import Report, floor_targets
-from .scenarios import DisconnectResult, FloorResult, MemoryResult
+from .results import DisconnectResult, FloorResult, MemoryResult
 from .summary import Comparison, Percentiles, PhaseSummary
 from .targets import level
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from .scenarios import DisconnectResult, MemoryResult
+from .results import DisconnectResult, MemoryResult
 from .summary import Comparison, PhaseSummary
 
 __all__ = [

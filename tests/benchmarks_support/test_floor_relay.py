@@ -17,7 +17,7 @@ from benchmarks.mock_upstream import MockUpstream, Scenario
 from benchmarks.processes import open_floor_relay
 from benchmarks.profiles import SHORT
 from benchmarks.report import Machine, Report, floor_targets
-from benchmarks.scenarios import DisconnectResult, FloorResult, MemoryResult
+from benchmarks.results import DisconnectResult, FloorResult, MemoryResult
 from benchmarks.summary import Percentiles
 from benchmarks.tables import markdown
 from benchmarks.targets import StackNumbers, floor_rows, stack_numbers

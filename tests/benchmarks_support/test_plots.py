@@ -18,7 +18,7 @@ from benchmarks import plots, publish
 from benchmarks.loadgen import LoadResult, LoadSpec, RequestResult
 from benchmarks.profiles import SHORT
 from benchmarks.report import Machine, Report, read_report
-from benchmarks.scenarios import DisconnectResult, FloorResult, MemoryResult
+from benchmarks.results import DisconnectResult, FloorResult, MemoryResult
 from benchmarks.summary import Comparison, PhaseSummary, ResourceUse, compare, summarize
 
 LEVELS = (1, 50, 200)
