@@ -402,7 +402,10 @@ async def _main(upstream_url: str, framework: Framework, host: str, port: int) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.floor_relay",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
     parser.add_argument("--upstream", required=True, help="the mock upstream's root URL")
     parser.add_argument(
         "--framework",

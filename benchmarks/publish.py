@@ -45,7 +45,10 @@ def tables_document(report: Report, source: str, figures: list[tuple[str, str]])
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.publish",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
     parser.add_argument("results", type=Path, help="a results JSON written by benchmarks.run")
     parser.add_argument("--tables", type=Path, default=TABLES, help="default: %(default)s")
     parser.add_argument("--figures", type=Path, default=FIGURES, help="default: %(default)s")

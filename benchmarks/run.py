@@ -43,7 +43,9 @@ _T = TypeVar("_T")
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
     parser.add_argument(
         "--only", nargs="+", choices=SCENARIOS, help="run these scenarios only (default: all)"
