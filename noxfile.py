@@ -53,10 +53,12 @@ def latest(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """The benchmark suite, short profile (under two minutes); see benchmarks/README.md.
+    """The benchmark suite, short profile (under two minutes), with its plots; see
+    benchmarks/README.md.
 
     ``nox -s bench -- --profile long`` runs the long one; other arguments go to
-    ``benchmarks/run.py`` too. Results land in benchmarks/results/ (git-ignored).
+    ``python -m benchmarks.run`` too. Results and plots land in benchmarks/results/ (git-ignored).
+    The ``bench`` extra adds matplotlib, for the plots.
     """
-    session.install(*CONSTRAINTS, "-e", ".")
-    session.run("python", "benchmarks/run.py", "--profile", "short", *session.posargs)
+    session.install(*CONSTRAINTS, "-e", ".[bench]")
+    session.run("python", "-m", "benchmarks.run", "--profile", "short", *session.posargs)

@@ -1,6 +1,6 @@
 """The stack floor: a relay served the way the gateway is served, with no gateway logic.
 
-Benchmark tooling. ``python benchmarks/floor_relay.py --upstream URL [--framework bare|quart]``
+Benchmark tooling. ``python -m benchmarks.floor_relay --upstream URL [--framework bare|quart]``
 serves one of two relays with hypercorn's trio worker (``hypercorn.trio.serve``, hypercorn's
 defaults except what the gateway also sets: no access log, a 2 s graceful shutdown) on
 127.0.0.1 (a free port unless ``--port``), prints one line ``{"url": ...}`` and stops on end of
@@ -402,7 +402,10 @@ async def _main(upstream_url: str, framework: Framework, host: str, port: int) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.floor_relay",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
     parser.add_argument("--upstream", required=True, help="the mock upstream's root URL")
     parser.add_argument(
         "--framework",

@@ -1,18 +1,37 @@
-"""A minimal HTTP/1.1 client for the load generator: a sans-IO response parser plus requests.
+"""The benchmarks' HTTP/1.1 client: a sans-IO response parser, request bytes, and the few trio
+calls that hold one request open.
 
-Benchmark tooling. The load generator must cost far less per streamed event than the gateway it
-measures, so this is not a general client: it sends one prebuilt request at a time on a
-keep-alive connection and parses the answer with :class:`ResponseParser`, which takes bytes
+Benchmark tooling, and the only HTTP client of the suite's load side (the floor relays talk to
+the mock upstream through the gateway's own transport, ``trio_gateway.providers.http11``, on
+purpose: they measure it). The load generator must cost far less per streamed event than the
+gateway it measures, so this is not a general client: it sends one prebuilt request at a time on
+a keep-alive connection and parses the answer with :class:`ResponseParser`, which takes bytes
 and returns the body's payload bytes (chunked transfer coding and ``Content-Length`` bodies;
-no trailers, no 1xx, no ``Transfer-Encoding`` other than ``chunked``). No event loop here: the
-parser is plain synchronous code, like h11, and the load generator drives it over trio sockets.
+no trailers, no 1xx, no ``Transfer-Encoding`` other than ``chunked``). The parser is plain
+synchronous code, like h11; the load generator's ``epoll`` loop drives it directly (its hot
+path), and :func:`connect`, :func:`send_all` and :func:`receive_head` drive it over trio
+sockets for the streams it holds open.
 """
 
 from __future__ import annotations
 
+import socket
 from enum import Enum
 
-__all__ = ["ProtocolError", "ResponseParser", "build_request"]
+import trio
+
+__all__ = [
+    "RECEIVE_SIZE",
+    "ProtocolError",
+    "ResponseParser",
+    "build_request",
+    "connect",
+    "receive_head",
+    "send_all",
+]
+
+#: Bytes asked for per read.
+RECEIVE_SIZE = 65536
 
 
 class ProtocolError(Exception):
@@ -193,3 +212,39 @@ class ResponseParser:
         else:
             self._state = _State.UNTIL_CLOSE
             self.keep_alive = False
+
+
+# -- trio: one request held open ----------------------------------------------------------------
+
+
+async def connect(host: str, port: int) -> trio.socket.SocketType:
+    """A TCP connection to ``host:port`` with ``TCP_NODELAY`` (closed again when it fails)."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        sent = await sock.send(view)
+        view = view[sent:]
+
+
+async def receive_head(sock: trio.socket.SocketType, parser: ResponseParser) -> bytes:
+    """Read until ``parser`` has the response head and the first body bytes, or the whole
+    response when its body is empty; return those body bytes (:class:`ProtocolError` when the
+    connection closes first)."""
+    body = b""
+    while not body and not parser.complete:
+        data = await sock.recv(RECEIVE_SIZE)
+        if not data:
+            parser.feed_eof()  # raises unless the close ended the response
+            break
+        body = parser.feed(data)
+    return body

@@ -1,11 +1,11 @@
 """The load generator: C concurrent chat completion requests, bounded in count and time.
 
 Benchmark tooling; it runs in the benchmark runner's process, never in the gateway's. Each of
-``concurrency`` slots sends one request at a time over a keep-alive HTTP/1.1 connection
-(:mod:`http_client`) until ``requests`` were started or ``max_seconds`` passed; requests still
-running ``drain_seconds`` later are cut and reported as errors. Per request it records, on
-``time.monotonic()``: the time to the response head, to the first token, every gap between two
-tokens, the total time, tokens received and the error if any.
+``concurrency`` slots sends one request at a time over a keep-alive HTTP/1.1 connection (the
+suite's one client, :mod:`benchmarks.http_client`) until ``requests`` were started or
+``max_seconds`` passed; requests still running ``drain_seconds`` later are cut and reported as
+errors. Per request it records, on ``time.monotonic()``: the time to the response head, to the
+first token, every gap between two tokens, the total time, tokens received and the error if any.
 
 :class:`LoadClient` drives the sockets with ``epoll`` from a worker thread (so it costs a few
 microseconds per streamed event and does not become the bottleneck); the caller stays in trio
@@ -33,8 +33,17 @@ from dataclasses import dataclass, field
 
 import msgspec
 import trio
-from http_client import ProtocolError, ResponseParser, build_request
-from upstream_server import TAG_PREFIX
+
+from .http_client import RECEIVE_SIZE as _RECEIVE_SIZE
+from .http_client import (
+    ProtocolError,
+    ResponseParser,
+    build_request,
+    connect,
+    receive_head,
+    send_all,
+)
+from .upstream_server import TAG_PREFIX
 
 __all__ = [
     "TOKEN_MARK",
@@ -49,7 +58,6 @@ __all__ = [
 ]
 
 TOKEN_MARK = b"~"
-_RECEIVE_SIZE = 65536
 _tags = itertools.count(1)
 
 
@@ -379,24 +387,6 @@ async def run_load(client: LoadClient, spec: LoadSpec) -> LoadResult:
     return await trio.to_thread.run_sync(client.run, spec)
 
 
-async def _connect(target: Target) -> trio.socket.SocketType:
-    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await sock.connect((target.host, target.port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        sent = await sock.send(view)
-        view = view[sent:]
-
-
 @dataclass(slots=True)
 class OpenStreams:
     """Streams held open by :func:`open_streams`."""
@@ -425,17 +415,11 @@ async def _hold_stream(
     sock: trio.socket.SocketType | None = None
     try:
         async with limiter:
-            sock = await _connect(target)
+            sock = await connect(target.host, target.port)
             result.started_at = time.monotonic()
-            request = target.request(result.tag, stream=True)
-            await _send_all(sock, request)
+            await send_all(sock, target.request(result.tag, stream=True))
             parser = ResponseParser()
-            body = b""
-            while not body:
-                data = await sock.recv(_RECEIVE_SIZE)
-                if not data:
-                    parser.feed_eof()
-                body = parser.feed(data)
+            await receive_head(sock, parser)
             result.status = parser.status
             result.head_seconds = time.monotonic() - result.started_at
         if parser.status != 200:

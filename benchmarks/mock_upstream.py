@@ -7,7 +7,11 @@ benchmark measures the gateway rather than its fake upstream.
 What it serves, for every request, is a :class:`Scenario` picked by the request's ``model``
 (``scenarios["default"]`` otherwise): text tokens, reasoning pieces and tool calls, streamed as
 SSE with a first-token delay and a pace, or one JSON answer when the request does not ask to
-stream, and optionally a fault (an HTTP error, a hang, a TCP reset, garbage, ...).
+stream, and optionally a fault (an HTTP error, a hang, a TCP reset, garbage, ...). This module
+owns the server: connections, pacing, faults that act on the connection, and the records; the
+answers' bytes come from :mod:`benchmarks.mock_answers`, which also defines :class:`Scenario`
+(re-exported here, so ``from benchmarks.mock_upstream import MockUpstream, Scenario`` is all a
+test needs).
 
 It records every request (:class:`RecordedRequest`) with the time the server saw its connection
 close, so a test can measure how fast a cancelled client really stops the upstream's work. Each
@@ -23,11 +27,8 @@ It imports nothing from ``trio_gateway``: it speaks the upstream protocols from 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import math
 import socket
 import struct
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -36,84 +37,26 @@ import h11
 import msgspec
 import trio
 
+from .mock_answers import (
+    STATUS_FAULTS,
+    Frames,
+    anthropic_frames,
+    anthropic_message,
+    check_body,
+    count_events,
+    count_prompt_words,
+    error_body,
+    openai_completion,
+    openai_frames,
+)
+from .mock_answers import Fault as Fault
+from .mock_answers import Scenario as Scenario
+
 __all__ = ["Fault", "MockUpstream", "MockUpstreamStatistics", "RecordedRequest", "Scenario"]
 
-Fault = Literal[
-    # Send the response headers (and the role chunk / message_start), then hang.
-    "hang_before_first_token",
-    # Read the request, then hang without sending any response.
-    "hang_before_headers",
-    # Stream ``fault_after`` token events, then hang.
-    "hang_mid_stream",
-    # Stream ``fault_after`` token events, then abort the connection with a TCP RST.
-    "reset_mid_stream",
-    # Close the connection right after reading the request, without any response.
-    "close_immediately",
-    # Stream ``fault_after`` token events, then a ``data:`` line that is not JSON.
-    "malformed_sse",
-    # Stream ``fault_after`` token events, then an in-band SSE error event; no end marker.
-    "error_event",
-    # HTTP errors with a provider-shaped JSON error body; 429 and 503 carry ``Retry-After``.
-    "status_400",
-    "status_429",
-    "status_500",
-    "status_503",
-    # 200 with an HTML body.
-    "wrong_content_type",
-]
-
-_STATUS_FAULTS: dict[str, tuple[int, str, str]] = {
-    # fault: (status, OpenAI error type, Anthropic error type)
-    "status_400": (400, "invalid_request_error", "invalid_request_error"),
-    "status_429": (429, "rate_limit_error", "rate_limit_error"),
-    "status_500": (500, "server_error", "api_error"),
-    "status_503": (503, "server_error", "overloaded_error"),
-}
-
-#: OpenAI finish reasons and the Anthropic stop reasons the mock sends for them.
-_ANTHROPIC_STOP = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "content_filter": "refusal",
-}
 
 #: Bound on closing a connection, shielded from cancellation.
 _CLOSE_BOUND = 1.0
-
-
-@dataclass
-class Scenario:
-    """What the mock answers to one request."""
-
-    #: Text pieces, streamed one SSE event each.
-    tokens: list[str] = field(default_factory=lambda: ["Hello", ",", " world", "!"])
-    #: Seconds between the response headers and the first token event.
-    first_token_delay: float = 0.0
-    #: Seconds between two token events.
-    pace: float = 0.0
-    #: ``(prompt_tokens, completion_tokens)``; ``None``: prompt words and streamed events.
-    usage: tuple[int, int] | None = None
-    #: ``(id, name, arguments JSON)``; arguments stream as a few deltas each.
-    tool_calls: list[tuple[str, str, str]] = field(default_factory=list)
-    #: OpenAI ``reasoning_content`` deltas / Anthropic thinking deltas, before the text.
-    reasoning: list[str] = field(default_factory=list)
-    #: OpenAI finish reason (mapped for Anthropic; unknown names are sent as they are).
-    #: ``None``: ``"tool_calls"`` when there are tool calls, else ``"stop"``.
-    finish_reason: str | None = None
-    fault: Fault | None = None
-    #: Token events sent before a mid-stream fault.
-    fault_after: int = 2
-    #: The ``Retry-After`` header value of ``status_429`` / ``status_503``.
-    retry_after: str | None = None
-    #: Apply the fault to the first N requests of this scenario only; ``None``: always.
-    fail_times: int | None = None
-
-    @property
-    def effective_finish_reason(self) -> str:
-        if self.finish_reason is not None:
-            return self.finish_reason
-        return "tool_calls" if self.tool_calls else "stop"
 
 
 @dataclass
@@ -357,10 +300,10 @@ class MockUpstream:
         self.requests.append(record)
         conn.records.append(record)
         anthropic = path == "/v1/messages"
-        problem = _check_body(body, anthropic=anthropic)
+        problem = check_body(body, anthropic=anthropic)
         if problem is not None:
             await self._send_json(
-                conn, 400, _error_body(problem, "invalid_request_error", anthropic)
+                conn, 400, error_body(problem, "invalid_request_error", anthropic)
             )
             return True
         assert isinstance(body, dict)
@@ -377,14 +320,14 @@ class MockUpstream:
             return False
         if fault == "hang_before_headers":
             await trio.sleep_forever()
-        if fault is not None and fault in _STATUS_FAULTS:
-            status, openai_type, anthropic_type = _STATUS_FAULTS[fault]
+        if fault is not None and fault in STATUS_FAULTS:
+            status, openai_type, anthropic_type = STATUS_FAULTS[fault]
             extra: list[tuple[str, str]] = []
             if scenario.retry_after is not None and status in (429, 503):
                 extra.append(("retry-after", scenario.retry_after))
             error_type = anthropic_type if anthropic else openai_type
             message = f"mock upstream fault {fault}"
-            await self._send_json(conn, status, _error_body(message, error_type, anthropic), extra)
+            await self._send_json(conn, status, error_body(message, error_type, anthropic), extra)
             record.completed_at = trio.current_time()
             return True
         if fault == "wrong_content_type":
@@ -403,19 +346,19 @@ class MockUpstream:
             record.completed_at = trio.current_time()
             return True
 
-        usage = scenario.usage or (_count_prompt_words(body), _count_events(scenario))
+        usage = scenario.usage or (count_prompt_words(body), count_events(scenario))
         if body.get("stream") is True:
             if anthropic:
-                frames = _anthropic_frames(scenario, model, usage)
+                frames = anthropic_frames(scenario, model, usage)
             else:
                 options = body.get("stream_options")
                 include_usage = isinstance(options, dict) and options.get("include_usage") is True
-                frames = _openai_frames(scenario, model, usage, include_usage=include_usage)
+                frames = openai_frames(scenario, model, usage, include_usage=include_usage)
             return await self._stream(conn, record, scenario, fault, frames)
         if anthropic:
-            answer = _anthropic_message(scenario, model, usage)
+            answer = anthropic_message(scenario, model, usage)
         else:
-            answer = _openai_completion(scenario, model, usage)
+            answer = openai_completion(scenario, model, usage)
         return await self._send_whole(conn, record, scenario, fault, answer)
 
     def _next_scenario(self, key: str) -> Scenario:
@@ -457,7 +400,7 @@ class MockUpstream:
         record: RecordedRequest,
         scenario: Scenario,
         fault: Fault | None,
-        frames: _Frames,
+        frames: Frames,
     ) -> bool:
         headers = [
             ("content-type", "text/event-stream; charset=utf-8"),
@@ -496,7 +439,7 @@ class MockUpstream:
         record.completed_at = trio.current_time()
         return True
 
-    async def _inject(self, conn: _Connection, fault: Fault | None, frames: _Frames) -> bool:
+    async def _inject(self, conn: _Connection, fault: Fault | None, frames: Frames) -> bool:
         """Play a mid-stream fault; return whether the stream goes on afterwards."""
         if fault == "hang_mid_stream":
             await trio.sleep_forever()
@@ -528,7 +471,7 @@ class MockUpstream:
         if fault == "malformed_sse":
             data = b"{this is not json"
         if fault == "error_event":
-            data = msgspec.json.encode(_error_body("mock upstream error", "server_error", False))
+            data = msgspec.json.encode(error_body("mock upstream error", "server_error", False))
         headers = [("content-type", "application/json"), ("content-length", str(len(data)))]
         await conn.send(h11.Response(status_code=200, headers=headers))
         if fault in ("hang_mid_stream", "reset_mid_stream"):
@@ -539,267 +482,6 @@ class MockUpstream:
             conn.mark_closed("server")
             return False
         await conn.send(h11.Data(data=data), h11.EndOfMessage())
-        record.tokens_sent = _count_events(scenario)
+        record.tokens_sent = count_events(scenario)
         record.completed_at = trio.current_time()
         return True
-
-
-# -- request checks and counting -------------------------------------------------------------
-
-
-def _check_body(body: object, *, anthropic: bool) -> str | None:
-    """What is wrong with a request body, as the upstream would say it; ``None``: nothing."""
-    if not isinstance(body, dict):
-        return "the request body must be a JSON object"
-    if not isinstance(body.get("model"), str):
-        return "model: a string is required"
-    if not isinstance(body.get("messages"), list):
-        return "messages: an array is required"
-    if anthropic and not isinstance(body.get("max_tokens"), int):
-        return "max_tokens: an integer is required"
-    return None
-
-
-def _count_prompt_words(body: dict[str, object]) -> int:
-    words = 0
-    messages = body.get("messages")
-    assert isinstance(messages, list)
-    system = body.get("system")
-    if isinstance(system, str):
-        words += len(system.split())
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            words += len(content.split())
-        elif isinstance(content, list):
-            for part in content:
-                text = part.get("text") if isinstance(part, dict) else None
-                if isinstance(text, str):
-                    words += len(text.split())
-    return words
-
-
-def _count_events(scenario: Scenario) -> int:
-    return (
-        len(scenario.tokens)
-        + len(scenario.reasoning)
-        + sum(1 + len(_split_arguments(arguments)) for _, _, arguments in scenario.tool_calls)
-    )
-
-
-def _split_arguments(arguments: str) -> list[str]:
-    """Tool-call arguments as the deltas they stream in: three pieces (fewer when short)."""
-    if not arguments:
-        return []
-    size = max(1, math.ceil(len(arguments) / 3))
-    return [arguments[i : i + size] for i in range(0, len(arguments), size)]
-
-
-def _error_body(message: str, error_type: str, anthropic: bool) -> dict[str, object]:
-    if anthropic:
-        return {"type": "error", "error": {"type": error_type, "message": message}}
-    return {"error": {"message": message, "type": error_type, "param": None, "code": None}}
-
-
-# -- streamed frames --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Frames:
-    """One stream, encoded ahead of time so the send loop only sleeps and writes."""
-
-    head: bytes
-    #: ``(payload, is_token)``: token events count for pacing and ``fault_after``.
-    body: list[tuple[bytes, bool]]
-    tail: bytes
-    #: An in-band error event in the dialect of the stream.
-    error: bytes
-
-
-_encode = msgspec.json.encode
-_ids = itertools.count(1)
-
-
-def _openai_frames(
-    scenario: Scenario, model: str, usage: tuple[int, int], *, include_usage: bool
-) -> _Frames:
-    chunk_id = f"chatcmpl-mock{next(_ids)}".encode()
-    prefix = (
-        b'data: {"id":"'
-        + chunk_id
-        + b'","object":"chat.completion.chunk","created":'
-        + str(int(time.time())).encode()
-        + b',"model":'
-        + _encode(model)
-        + b',"choices":'
-    )
-
-    def choice(delta: bytes, finish: bytes = b"null") -> bytes:
-        return prefix + b'[{"index":0,"delta":' + delta + b',"finish_reason":' + finish + b"}]}\n\n"
-
-    body: list[tuple[bytes, bool]] = []
-    for piece in scenario.reasoning:
-        body.append((choice(b'{"reasoning_content":' + _encode(piece) + b"}"), True))
-    for token in scenario.tokens:
-        body.append((choice(b'{"content":' + _encode(token) + b"}"), True))
-    for index, (call_id, name, arguments) in enumerate(scenario.tool_calls):
-        start = {
-            "index": index,
-            "id": call_id,
-            "type": "function",
-            "function": {"name": name, "arguments": ""},
-        }
-        body.append((choice(b'{"tool_calls":[' + _encode(start) + b"]}"), True))
-        for piece in _split_arguments(arguments):
-            delta = {"index": index, "function": {"arguments": piece}}
-            body.append((choice(b'{"tool_calls":[' + _encode(delta) + b"]}"), True))
-    tail = choice(b"{}", _encode(scenario.effective_finish_reason))
-    if include_usage:
-        prompt, completion = usage
-        usage_json = _encode(
-            {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            }
-        )
-        tail += prefix + b'[],"usage":' + usage_json + b"}\n\n"
-    tail += b"data: [DONE]\n\n"
-    error = b"data: " + _encode(_error_body("mock upstream error", "server_error", False)) + b"\n\n"
-    head = choice(b'{"role":"assistant","content":""}')
-    return _Frames(head, body, tail, error)
-
-
-def _sse(event: str, payload: object) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + _encode(payload) + b"\n\n"
-
-
-def _anthropic_frames(scenario: Scenario, model: str, usage: tuple[int, int]) -> _Frames:
-    prompt, completion = usage
-    message: dict[str, object] = {
-        "id": f"msg_mock{next(_ids)}",
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": prompt, "output_tokens": 1},
-    }
-    head = _sse("message_start", {"type": "message_start", "message": message})
-    head += _sse("ping", {"type": "ping"})
-    body: list[tuple[bytes, bool]] = []
-    block = 0
-
-    def delta_frame(index: bytes, delta: bytes) -> bytes:
-        return (
-            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
-            + index
-            + b',"delta":'
-            + delta
-            + b"}\n\n"
-        )
-
-    def stop_frame(index: int) -> bytes:
-        return _sse("content_block_stop", {"type": "content_block_stop", "index": index})
-
-    if scenario.reasoning:
-        thinking = {"type": "thinking", "thinking": ""}
-        body.append((_sse("content_block_start", _block_start(block, thinking)), False))
-        index = str(block).encode()
-        for piece in scenario.reasoning:
-            delta = b'{"type":"thinking_delta","thinking":' + _encode(piece) + b"}"
-            body.append((delta_frame(index, delta), True))
-        signature = b'{"type":"signature_delta","signature":"bW9jaw=="}'
-        body.append((delta_frame(index, signature), False))
-        body.append((stop_frame(block), False))
-        block += 1
-    if scenario.tokens:
-        text = {"type": "text", "text": ""}
-        body.append((_sse("content_block_start", _block_start(block, text)), False))
-        index = str(block).encode()
-        for token in scenario.tokens:
-            delta = b'{"type":"text_delta","text":' + _encode(token) + b"}"
-            body.append((delta_frame(index, delta), True))
-        body.append((stop_frame(block), False))
-        block += 1
-    for call_id, name, arguments in scenario.tool_calls:
-        tool_use = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
-        body.append((_sse("content_block_start", _block_start(block, tool_use)), True))
-        index = str(block).encode()
-        for piece in _split_arguments(arguments):
-            delta = b'{"type":"input_json_delta","partial_json":' + _encode(piece) + b"}"
-            body.append((delta_frame(index, delta), True))
-        body.append((stop_frame(block), False))
-        block += 1
-    finish = scenario.effective_finish_reason
-    message_delta = {
-        "type": "message_delta",
-        "delta": {"stop_reason": _ANTHROPIC_STOP.get(finish, finish), "stop_sequence": None},
-        "usage": {"output_tokens": completion},
-    }
-    tail = _sse("message_delta", message_delta) + _sse("message_stop", {"type": "message_stop"})
-    error = _sse("error", _error_body("Overloaded", "overloaded_error", True))
-    return _Frames(head, body, tail, error)
-
-
-def _block_start(index: int, block: Mapping[str, object]) -> dict[str, object]:
-    return {"type": "content_block_start", "index": index, "content_block": block}
-
-
-# -- whole answers ----------------------------------------------------------------------------
-
-
-def _openai_completion(scenario: Scenario, model: str, usage: tuple[int, int]) -> object:
-    message: dict[str, object] = {"role": "assistant", "content": "".join(scenario.tokens) or None}
-    if scenario.reasoning:
-        message["reasoning_content"] = "".join(scenario.reasoning)
-    if scenario.tool_calls:
-        message["tool_calls"] = [
-            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-            for call_id, name, arguments in scenario.tool_calls
-        ]
-    prompt, completion = usage
-    return {
-        "id": f"chatcmpl-mock{next(_ids)}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": scenario.effective_finish_reason,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
-    }
-
-
-def _anthropic_message(scenario: Scenario, model: str, usage: tuple[int, int]) -> object:
-    content: list[object] = []
-    if scenario.reasoning:
-        thinking = "".join(scenario.reasoning)
-        content.append({"type": "thinking", "thinking": thinking, "signature": "bW9jaw=="})
-    if scenario.tokens:
-        content.append({"type": "text", "text": "".join(scenario.tokens)})
-    for call_id, name, arguments in scenario.tool_calls:
-        arguments_value: object = msgspec.json.decode(arguments) if arguments else {}
-        content.append({"type": "tool_use", "id": call_id, "name": name, "input": arguments_value})
-    finish = scenario.effective_finish_reason
-    prompt, completion = usage
-    return {
-        "id": f"msg_mock{next(_ids)}",
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": _ANTHROPIC_STOP.get(finish, finish),
-        "stop_sequence": None,
-        "usage": {"input_tokens": prompt, "output_tokens": completion},
-    }

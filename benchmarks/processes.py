@@ -1,13 +1,15 @@
 """The processes a benchmark runs besides itself: the mock upstream, the gateway, the floor relay.
 
-Benchmark tooling. :func:`open_upstream` starts ``upstream_server.py`` and talks to it over its
-stdin/stdout; :func:`open_gateway` writes a gateway config for that upstream and starts the
-gateway either with its own CLI (``python -m trio_gateway gateway``, one process) or with
-``hypercorn -k trio --workers N`` and the gateway's ASGI entry point
-(``trio_gateway.server.asgi:app``); :func:`open_floor_relay` starts ``floor_relay.py`` (the
-bare or the quart-trio relay the ``floor`` scenario measures). Each is pinned to a set of CPUs when
-asked (``taskset`` when installed, else ``sched_setaffinity``), and stopped with SIGTERM (then
-SIGKILL after a bound) when the block exits.
+Benchmark tooling. :func:`open_upstream` starts ``python -m benchmarks.upstream_server`` and
+talks to it over its stdin/stdout; :func:`open_gateway` writes a gateway config for that upstream
+and starts the gateway either with its own CLI (``python -m trio_gateway gateway``, one process)
+or with ``hypercorn -k trio --workers N`` and the gateway's ASGI entry point
+(``trio_gateway.server.asgi:app``); :func:`open_floor_relay` starts
+``python -m benchmarks.floor_relay`` (the bare or the quart-trio relay the ``floor`` scenario
+measures). The benchmark modules run with the repository's root as their working directory.
+Each is pinned to a set of CPUs when asked (``taskset`` when installed, else
+``sched_setaffinity``), and stopped with SIGTERM (then SIGKILL after a bound) when the block
+exits.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import IO
 
 import msgspec
 import trio
-from upstream_server import RequestRecord, Stats
+
+from .upstream_server import RequestRecord, Stats
 
 __all__ = [
     "BENCH_DIR",
@@ -42,6 +45,8 @@ __all__ = [
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
+#: The repository's root: the benchmark processes run ``python -m benchmarks.<module>`` there.
+ROOT_DIR = BENCH_DIR.parent
 _STARTUP_BOUND = 60.0
 _STOP_BOUND = 10.0
 _LISTENING = re.compile(r"Listening on http://([0-9.]+):(\d+)")
@@ -133,15 +138,15 @@ class UpstreamProcess:
 
 
 @asynccontextmanager
-async def _open_script(
-    script: str, arguments: Sequence[str], *, cpus: set[int] | None
+async def _open_module(
+    module: str, arguments: Sequence[str], *, cpus: set[int] | None
 ) -> AsyncIterator[tuple[trio.Process, dict[str, str], _LineReader]]:
-    """Start ``benchmarks/<script>`` (pinned to ``cpus``) with its stdin and stdout piped; wait
-    (bounded) for its first line, a JSON object; close its stdin (the script stops) and stop it
-    when the block exits."""
-    command, pin_needed = _pinned([sys.executable, str(BENCH_DIR / script), *arguments], cpus)
+    """Start ``python -m benchmarks.<module>`` in the repository's root (pinned to ``cpus``) with
+    its stdin and stdout piped; wait (bounded) for its first line, a JSON object; close its stdin
+    (the process stops) and stop it when the block exits."""
+    command, pin_needed = _pinned([sys.executable, "-m", f"benchmarks.{module}", *arguments], cpus)
     process = await trio.lowlevel.open_process(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT_DIR
     )
     try:
         _pin(process.pid, cpus, pin_needed)
@@ -152,26 +157,26 @@ async def _open_script(
             try:
                 hello = msgspec.json.decode(await reader.readline(), type=dict[str, str])
             except EOFError as exc:
-                raise RuntimeError(f"{script} exited during start-up") from exc
+                raise RuntimeError(f"benchmarks.{module} exited during start-up") from exc
         yield process, hello, reader
     finally:
         if process.stdin is not None:
             with trio.move_on_after(_STOP_BOUND, shield=True):
-                await process.stdin.aclose()  # end of stdin: the script stops
+                await process.stdin.aclose()  # end of stdin: the process stops
         await _stop(process)
 
 
 @asynccontextmanager
 async def open_upstream(*, cpus: set[int] | None) -> AsyncIterator[UpstreamProcess]:
     """Start the mock upstream (pinned to ``cpus``); stop it when the block exits."""
-    async with _open_script("upstream_server.py", [], cpus=cpus) as (process, hello, reader):
+    async with _open_module("upstream_server", [], cpus=cpus) as (process, hello, reader):
         assert process.stdin is not None
         yield UpstreamProcess(process, hello["url"], process.stdin, reader)
 
 
 @dataclass(frozen=True)
 class FloorRelayProcess:
-    """A running floor relay (``floor_relay.py``)."""
+    """A running floor relay (``benchmarks.floor_relay``)."""
 
     pid: int
     host: str
@@ -187,9 +192,9 @@ async def open_floor_relay(
     """Start the ``framework`` floor relay (``bare`` or ``quart``) for ``upstream_url``, pinned
     to ``cpus`` (the gateway's core); stop it when the block exits."""
     arguments = ["--upstream", upstream_url, "--framework", framework]
-    async with _open_script("floor_relay.py", arguments, cpus=cpus) as (process, hello, _):
+    async with _open_module("floor_relay", arguments, cpus=cpus) as (process, hello, _):
         host, _, port = hello["url"].removeprefix("http://").rpartition(":")
-        command = f"python benchmarks/floor_relay.py --upstream URL --framework {framework}"
+        command = f"python -m benchmarks.floor_relay --upstream URL --framework {framework}"
         yield FloorRelayProcess(process.pid, host, int(port), command)
 
 

@@ -1,8 +1,10 @@
-"""The result document of a benchmark run: machine, versions, scenarios, targets; JSON and markdown.
+"""The result document of a benchmark run: machine, versions, scenarios, targets (the JSON).
 
-Benchmark tooling. :class:`Report` is what ``run.py`` writes as JSON; :func:`markdown` renders
-it as the tables ``RESULTS.md`` keeps; :func:`check_targets` compares it with the issue's
-targets (measured by the suite, never asserted in tests).
+Benchmark tooling. :class:`Report` is what ``benchmarks.run`` writes as JSON and what
+:func:`read_report` reads back (``benchmarks.tables`` renders it as markdown,
+``benchmarks.plots`` as PNG plots); :func:`machine` collects the machine's facts;
+:func:`check_targets` and :func:`floor_targets` fill in its target tables (``benchmarks.targets``
+has the goals).
 """
 
 from __future__ import annotations
@@ -11,33 +13,28 @@ import importlib.metadata
 import os
 import platform
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-from scenarios import (
+
+from .profiles import Profile
+from .results import (
     DisconnectResult,
     FloorResult,
     MemoryResult,
-    Profile,
     ProfileResult,
     WorkersResult,
 )
-from summary import Comparison, Percentiles, PhaseSummary
+from .summary import Comparison
+from .targets import FloorRow, StackNumbers, TargetCheck, floor_rows, stack_numbers, target_checks
 
 __all__ = [
-    "FloorRow",
     "Machine",
     "Report",
-    "StackNumbers",
-    "TargetCheck",
     "check_targets",
-    "floor_rows",
     "floor_targets",
     "machine",
-    "markdown",
-    "stack_numbers",
+    "read_report",
 ]
 
 _PACKAGES = (
@@ -66,15 +63,6 @@ class Machine(msgspec.Struct, frozen=True):
     git_modified: list[str]
     #: Load average (1 min) when the run started: other programs on a shared machine.
     load_average_at_start: float
-
-
-class TargetCheck(msgspec.Struct, frozen=True):
-    name: str
-    goal: str
-    measured: float | None
-    unit: str
-    met: bool | None
-    note: str = ""
 
 
 class Report(msgspec.Struct):
@@ -155,54 +143,13 @@ def machine() -> Machine:
     )
 
 
+def read_report(data: bytes) -> Report:
+    """A report from the JSON ``benchmarks.run`` wrote (``msgspec.ValidationError`` when it is
+    not one)."""
+    return msgspec.json.decode(data, type=Report)
+
+
 # -- targets ---------------------------------------------------------------------------------------
-
-
-class StackNumbers(msgspec.Struct, frozen=True):
-    """The targets' numbers for one serving stack: the gateway, or the floor relay
-    (``None``: not measured)."""
-
-    added_ttft_p50_ms: float | None = None
-    added_gap_p99_ms: float | None = None
-    cpu_per_token_us: float | None = None
-    tokens_per_s: float | None = None
-    idle_rss_mib: float | None = None
-    per_stream_kib: float | None = None
-    cancel_p99_ms: float | None = None
-
-
-def _level(comparisons: list[Comparison], concurrency: int) -> Comparison | None:
-    for comparison in comparisons:
-        if comparison.concurrency == concurrency:
-            return comparison
-    return None
-
-
-def _rate(phase: PhaseSummary) -> float:
-    return phase.steady_tokens_per_s or phase.tokens_per_s
-
-
-def stack_numbers(
-    latency: list[Comparison],
-    memory: MemoryResult | None,
-    disconnect: DisconnectResult | None,
-    *,
-    idle_rss_mib: float | None = None,
-) -> StackNumbers:
-    """The target numbers out of one stack's streaming comparisons (the stack is their
-    ``gateway`` side), its idle-stream memory and its disconnect latencies."""
-    one = _level(latency, 1)
-    fifty = _level(latency, 50)
-    top = _level(latency, 200)
-    return StackNumbers(
-        added_ttft_p50_ms=one.added_ttft_ms.p50 if one and one.added_ttft_ms else None,
-        added_gap_p99_ms=fifty.added_gap_ms.p99 if fifty and fifty.added_gap_ms else None,
-        cpu_per_token_us=fifty.gateway.cpu_per_token_us if fifty else None,
-        tokens_per_s=_rate(top.gateway) if top else None,
-        idle_rss_mib=idle_rss_mib,
-        per_stream_kib=memory.per_stream_kib if memory else None,
-        cancel_p99_ms=disconnect.latency_ms.p99 if disconnect and disconnect.latency_ms else None,
-    )
 
 
 def _gateway_numbers(report: Report) -> StackNumbers:
@@ -214,141 +161,10 @@ def _gateway_numbers(report: Report) -> StackNumbers:
     )
 
 
-@dataclass(frozen=True)
-class _Goal:
-    name: str
-    goal: str
-    unit: str
-    value: Callable[[StackNumbers], float | None]
-    ok: Callable[[float], bool]
-    note: str
-    #: Shown in the floor section (idle RSS is not: the relay imports the gateway's package).
-    floor: bool = True
-
-
-_GOALS = (
-    _Goal(
-        "added TTFT p50, concurrency 1",
-        "<= 1 ms",
-        "ms",
-        lambda numbers: numbers.added_ttft_p50_ms,
-        lambda value: value <= 1.0,
-        "gateway TTFT p50 minus direct TTFT p50",
-    ),
-    _Goal(
-        "added inter-token gap p99, concurrency 50",
-        "<= 2 ms",
-        "ms",
-        lambda numbers: numbers.added_gap_p99_ms,
-        lambda value: value <= 2.0,
-        "gateway gap p99 minus direct gap p99",
-    ),
-    _Goal(
-        "gateway CPU per streamed token, concurrency 50",
-        "<= 80 µs",
-        "µs",
-        lambda numbers: numbers.cpu_per_token_us,
-        lambda value: value <= 80.0,
-        "gateway process CPU seconds / tokens delivered",
-    ),
-    _Goal(
-        "streamed tokens/s, concurrency 200",
-        ">= 8,500/s",
-        "tokens/s",
-        lambda numbers: numbers.tokens_per_s,
-        lambda value: value >= 8500,
-        "sustained tokens/s through the gateway (one core)",
-    ),
-    _Goal(
-        "idle RSS",
-        "<= 60 MiB",
-        "MiB",
-        lambda numbers: numbers.idle_rss_mib,
-        lambda value: value <= 60.0,
-        "gateway RSS after start-up, before any request",
-        floor=False,
-    ),
-    _Goal(
-        "RSS per open idle stream",
-        "<= 40 KiB",
-        "KiB",
-        lambda numbers: numbers.per_stream_kib,
-        lambda value: value <= 40.0,
-        "slope of gateway RSS over open idle streams",
-    ),
-    _Goal(
-        "disconnect to upstream cancel p99",
-        "<= 10 ms",
-        "ms",
-        lambda numbers: numbers.cancel_p99_ms,
-        lambda value: value <= 10.0,
-        "client close to the mock seeing its connection closed",
-    ),
-)
-
-
 def check_targets(report: Report) -> list[TargetCheck]:
-    """The issue's targets against this report's numbers (``met`` is ``None`` when a scenario
-    did not run)."""
-    numbers = _gateway_numbers(report)
-    top = _level(report.latency, 200)
-    checks: list[TargetCheck] = []
-    for goal in _GOALS:
-        note = goal.note
-        if goal.unit == "tokens/s" and top is not None:
-            direct = _rate(top.direct)
-            note += f"; offered by the load side directly: {direct:,.0f}/s"
-            if direct < 8500:
-                note += " (below the target: the load side cannot verify it)"
-        measured = goal.value(numbers)
-        met = None if measured is None else goal.ok(measured)
-        checks.append(TargetCheck(goal.name, goal.goal, measured, goal.unit, met, note))
-    return checks
-
-
-class FloorRow(msgspec.Struct, frozen=True):
-    """One target: the gateway's number, the two relays', and what each layer adds (``None``:
-    not measured). Differences are negative for tokens/s when the upper layer delivers fewer."""
-
-    name: str
-    goal: str
-    unit: str
-    gateway: float | None
-    #: The bare ASGI relay: the serving stack and the gateway's shape.
-    bare: float | None
-    #: The same relay as a quart-trio route.
-    quart: float | None
-    #: ``quart - bare``: what quart-trio (with quart and werkzeug) costs.
-    quart_minus_bare: float | None
-    #: ``gateway - quart``: what the gateway's own logic costs.
-    gateway_minus_quart: float | None
-
-
-def _minus(upper: float | None, lower: float | None) -> float | None:
-    return None if upper is None or lower is None else upper - lower
-
-
-def floor_rows(gateway: StackNumbers, bare: StackNumbers, quart: StackNumbers) -> list[FloorRow]:
-    """The floor section's table: per target (idle RSS aside), the three stacks and what each
-    layer adds to the one below it."""
-    rows: list[FloorRow] = []
-    for goal in _GOALS:
-        if not goal.floor:
-            continue
-        ours, base, framed = goal.value(gateway), goal.value(bare), goal.value(quart)
-        rows.append(
-            FloorRow(
-                goal.name,
-                goal.goal,
-                goal.unit,
-                ours,
-                base,
-                framed,
-                quart_minus_bare=_minus(framed, base),
-                gateway_minus_quart=_minus(ours, framed),
-            )
-        )
-    return rows
+    """The targets against this report's numbers (``met`` is ``None`` when a scenario did not
+    run)."""
+    return target_checks(_gateway_numbers(report), report.latency)
 
 
 def _floor_numbers(report: Report, framework: str) -> StackNumbers:
@@ -365,419 +181,3 @@ def floor_targets(report: Report) -> list[FloorRow]:
     return floor_rows(
         _gateway_numbers(report), _floor_numbers(report, "bare"), _floor_numbers(report, "quart")
     )
-
-
-# -- markdown --------------------------------------------------------------------------------------
-
-
-def _f(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:,.{digits}f}"
-
-
-def _signed(value: float | None, digits: int = 2) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:+,.{digits}f}"
-
-
-def _p(values: Percentiles | None, attribute: str, digits: int = 2) -> str:
-    return "n/a" if values is None else _f(getattr(values, attribute), digits)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines.extend("| " + " | ".join(row) + " |" for row in rows)
-    return lines
-
-
-def _busy(phase: PhaseSummary) -> str:
-    return "/".join(f"{share * 100:.0f}%" for share in phase.resources.core_busy.values())
-
-
-def _kernel(phase: PhaseSummary) -> str:
-    cpu = phase.resources.gateway_cpu_s
-    return "n/a" if cpu <= 0 else f"{phase.resources.gateway_system_cpu_s / cpu * 100:.0f}%"
-
-
-def _errors(phase: PhaseSummary) -> str:
-    if not phase.errors:
-        return "0"
-    kinds = ", ".join(f"{kind}: {count}" for kind, count in phase.error_kinds.items())
-    return f"{phase.errors} ({kinds})"
-
-
-def _streaming_table(comparisons: list[Comparison], side: str) -> list[str]:
-    """Section 1's table; ``side`` names the measured stack in the headers (``gw``)."""
-    rows = []
-    for c in comparisons:
-        d, g = c.direct, c.gateway
-        rows.append(
-            [
-                str(c.concurrency),
-                f"{g.completed}/{g.requests}",
-                f"{_p(d.ttft_ms, 'p50')} / {_p(g.ttft_ms, 'p50')}",
-                _signed(c.added_ttft_ms.p50 if c.added_ttft_ms else None),
-                _signed(c.added_ttft_ms.p99 if c.added_ttft_ms else None),
-                f"{_p(d.gap_ms, 'p50')} / {_p(g.gap_ms, 'p50')}",
-                f"{_p(d.gap_ms, 'p99')} / {_p(g.gap_ms, 'p99')}",
-                _signed(c.added_gap_ms.p99 if c.added_gap_ms else None),
-                f"{_f(d.steady_tokens_per_s or d.tokens_per_s, 0)} / "
-                f"{_f(g.steady_tokens_per_s or g.tokens_per_s, 0)}",
-                f"{_f(g.cpu_per_token_us, 1)} ({_kernel(g)})",
-                _busy(g),
-                f"{_f(d.resources.background_cpu_s, 1)} / {_f(g.resources.background_cpu_s, 1)}",
-                _errors(g),
-            ]
-        )
-    return _table(
-        [
-            "C",
-            f"{side} ok",
-            f"TTFT p50 d / {side}",
-            "+TTFT p50",
-            "+TTFT p99",
-            f"gap p50 d / {side}",
-            f"gap p99 d / {side}",
-            "+gap p99",
-            f"tokens/s d / {side}",
-            f"{side} CPU µs/token (kernel)",
-            "busy",
-            f"bg s d / {side}",
-            f"{side} errors",
-        ],
-        rows,
-    )
-
-
-_PROCESS_NAMES = {
-    "direct": "mock upstream (reference)",
-    "floor-bare": "bare relay",
-    "floor-quart": "quart relay",
-}
-
-
-def _memory_table(memories: list[MemoryResult]) -> list[str]:
-    rows = []
-    for memory in memories:
-        steps = ", ".join(
-            f"{step.ready}: {step.rss_mib:.1f}"
-            + (f" ({step.failed} failed)" if step.failed else "")
-            for step in memory.steps
-        )
-        rows.append(
-            [
-                _PROCESS_NAMES.get(memory.target, memory.target),
-                _f(memory.baseline_rss_mib, 1),
-                steps,
-                f"{_f(memory.per_stream_kib, 1)} ({_f(memory.per_stream_with_baseline_kib, 1)})",
-                _f(memory.after_close_rss_mib, 1),
-                _f(memory.upstream_released_s, 3),
-            ]
-        )
-    return _table(
-        [
-            "process",
-            "RSS before, MiB",
-            "open streams: RSS MiB",
-            "KiB per stream (with baseline)",
-            "RSS after close, MiB",
-            "upstream freed after s",
-        ],
-        rows,
-    )
-
-
-def _disconnect_table(results: list[DisconnectResult]) -> list[str]:
-    return _table(
-        [
-            "",
-            "C",
-            "disconnected",
-            "cancelled",
-            "not cancelled",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "max ms",
-        ],
-        [
-            [
-                d.target,
-                str(d.concurrency),
-                str(d.disconnected),
-                str(d.cancelled),
-                str(d.not_cancelled),
-                _p(d.latency_ms, "p50"),
-                _p(d.latency_ms, "p90"),
-                _p(d.latency_ms, "p99"),
-                _p(d.latency_ms, "max"),
-            ]
-            for d in results
-        ],
-    )
-
-
-_RELAYS = {
-    "bare": (
-        "bare relay",
-        "a plain ASGI app on hypercorn's trio worker (as the gateway is served) that parses "
-        "nothing: it forwards the request body to the mock over the gateway's own HTTP/1.1 "
-        "transport (`Http11Transport`, pooled keep-alive) and the upstream's body chunks to the "
-        "client unchanged, the read in a task of the request's nursery, through a bounded "
-        "channel, cancelled by a disconnect",
-    ),
-    "quart": (
-        "quart relay",
-        "the same relay as a quart-trio route in the gateway's quart shape: "
-        "`await request.get_data()`, the upstream head awaited in the route, then a "
-        "`quart.Response` whose `ResponseBody` opens the per-request nursery in `__aenter__` "
-        "and yields the channel's chunks (as the gateway's `ChatStreamBody`), with no error "
-        "handlers, hooks or ASGI wrapper",
-    ),
-}
-
-
-def _floor_section(report: Report, floors: list[FloorResult]) -> list[str]:
-    rows = report.floor_targets or floor_targets(report)
-    relays = [
-        f"The *{_RELAYS[f.framework][0]}* (`{f.command}`, start-up RSS "
-        f"{f.startup_rss_mib:.0f} MiB) is {_RELAYS[f.framework][1]}."
-        for f in floors
-        if f.framework in _RELAYS
-    ]
-    out = [
-        "",
-        "## Stack floor: a bare hypercorn relay and a quart-trio relay",
-        "",
-        f"Each relay runs alone, {floors[0].cpus} (the gateway idles meanwhile). "
-        + " ".join(relays)
-        + " The bare relay's numbers are the cost of the serving stack and the shape the "
-        "gateway commits to; *quart minus bare* is what quart-trio (with quart and werkzeug) "
-        "adds to it, and *gateway minus quart relay* what the gateway's own logic adds (the "
-        "relays pass each chunk on as it comes; the gateway coalesces chunks for a client that "
-        "falls behind, so under load it can beat them). Gateway numbers are this run's (n/a: "
-        "not run). "
-        + (
-            "All are compared with the same direct phases (the latency scenario's)."
-            if floors[0].direct_reused
-            else "The relays' direct phases were measured once, in this scenario, and shared."
-        ),
-        "",
-    ]
-    out += _table(
-        [
-            "target",
-            "goal",
-            "gateway",
-            "bare relay",
-            "quart relay",
-            "quart minus bare (quart-trio)",
-            "gateway minus quart relay (the gateway's logic)",
-        ],
-        [
-            [
-                row.name,
-                row.goal,
-                f"{_f(row.gateway, 1)} {row.unit}",
-                f"{_f(row.bare, 1)} {row.unit}",
-                f"{_f(row.quart, 1)} {row.unit}",
-                f"{_signed(row.quart_minus_bare, 1)} {row.unit}",
-                f"{_signed(row.gateway_minus_quart, 1)} {row.unit}",
-            ]
-            for row in rows
-        ],
-    )
-    for floor in floors:
-        name = _RELAYS.get(floor.framework, (floor.framework, ""))[0]
-        out += ["", f"Streaming through the {name} (as section 1):", ""]
-        out += _streaming_table(floor.latency, floor.framework)
-        out += ["", f"Idle streams and disconnects through the {name} (as sections 4 and 5):", ""]
-        out += _memory_table([floor.memory])
-        out += [""]
-        out += _disconnect_table([floor.disconnect])
-    return out
-
-
-def markdown(report: Report) -> str:
-    """The report as markdown tables."""
-    m = report.machine
-    out: list[str] = [
-        f"# Benchmark results: profile `{report.profile.name}`",
-        "",
-        f"Run {report.started_at}, {report.duration_s:.0f} s. Machine: {m.cpu_model}, "
-        f"{m.cpus} cores, {m.memory_gib} GiB, Linux {m.kernel}, Python {m.python}; "
-        f"load average at start {m.load_average_at_start:.2f}.",
-        "",
-        "Versions: " + ", ".join(f"{name} {version}" for name, version in m.versions.items()),
-        "",
-        f"Gateway: commit {m.git_commit or '?'}"
-        + (f" with local changes in {', '.join(m.git_modified)}" if m.git_modified else "")
-        + f"; started as `{report.gateway_command}`. Pinning: {report.pinning}.",
-        "",
-        f"Upstream: mock (`benchmarks/mock_upstream.py`), {report.profile.tokens} tokens per "
-        f"answer, first token after {report.profile.first_token_delay_s * 1000:g} ms, then one "
-        f"every {report.profile.pace_s * 1000:g} ms. Direct = the same load generator against "
-        "the mock itself.",
-        "",
-        "## Targets",
-        "",
-    ]
-    out += _table(
-        ["target", "goal", "measured", "met"],
-        [
-            [
-                check.name,
-                check.goal,
-                f"{_f(check.measured, 1)} {check.unit}",
-                {True: "yes", False: "**no**", None: "not measured"}[check.met],
-            ]
-            for check in report.targets
-        ],
-    )
-    out += [""]
-    for check in report.targets:
-        if check.note:
-            out.append(f"- {check.name}: {check.note}.")
-    if report.latency:
-        out += [
-            "",
-            "## 1. Streaming: added latency (gateway minus direct), throughput, CPU per token",
-            "",
-            "Milliseconds. *busy* = each core's busy share during the gateway phase (core 0: "
-            "gateway, core 1: load generator + mock); *bg* = CPU seconds other programs used "
-            "during the direct / gateway phase (a phase that shared its cores is not comparable).",
-            "",
-        ]
-        out += _streaming_table(report.latency, "gw")
-        out += [
-            "",
-            "Load side (mock + load generator) busy share of its core, direct / gateway: "
-            + ", ".join(
-                f"C={c.concurrency}: {c.direct.load_side_busy * 100:.0f}% / "
-                f"{c.gateway.load_side_busy * 100:.0f}%"
-                for c in report.latency
-            )
-            + ". Gateway peak RSS per level: "
-            + ", ".join(
-                f"C={c.concurrency}: {c.gateway.resources.gateway_peak_rss_mib:.0f} MiB"
-                for c in report.latency
-            )
-            + ".",
-        ]
-    if report.non_streaming is not None:
-        c = report.non_streaming
-        out += [
-            "",
-            f"## 3. Non-streaming requests at saturation (C={c.concurrency}, "
-            f"{report.profile.nonstream_s:g} s each)",
-            "",
-        ]
-        out += _table(
-            ["", "requests/s", "p50 ms", "p99 ms", "gw CPU µs/request", "busy", "errors"],
-            [
-                [
-                    phase.target,
-                    _f(phase.requests_per_s, 0),
-                    _p(phase.total_ms, "p50"),
-                    _p(phase.total_ms, "p99"),
-                    _f(phase.cpu_per_request_us, 0),
-                    _busy(phase),
-                    _errors(phase),
-                ]
-                for phase in (c.direct, c.gateway)
-            ],
-        )
-        out += ["", f"Gateway / direct requests/s: {_f(c.requests_per_s_ratio, 2)}."]
-    if report.memory:
-        out += ["", "## 4. Memory per open idle stream", ""]
-        out += _memory_table(report.memory)
-    if report.disconnect:
-        out += ["", "## 5. Disconnect to upstream cancel", ""]
-        out += _disconnect_table(report.disconnect)
-    out += ["", "## 6. hypercorn --workers", ""]
-    if report.workers is not None:
-        w = report.workers
-        out += [
-            f"`{w.command}`, {w.cpus}; {w.processes} processes, idle RSS {w.idle_rss_mib:.0f} MiB "
-            "(all processes); CPU seconds per process over the scenario (master first): "
-            + ", ".join(f"{cpu:.1f}" for cpu in w.process_cpu_s)
-            + ". Single-process numbers are the pinned one-core gateway above.",
-            "",
-        ]
-        rows = []
-        for phase in w.streaming:
-            single = _level(report.latency, phase.concurrency)
-            rows.append(
-                [
-                    f"streaming C={phase.concurrency}",
-                    _f(single.gateway.steady_tokens_per_s or single.gateway.tokens_per_s, 0)
-                    if single
-                    else "n/a",
-                    _f(phase.steady_tokens_per_s or phase.tokens_per_s, 0),
-                    _p(phase.gap_ms, "p99"),
-                    _f(phase.cpu_per_token_us, 1),
-                    _busy(phase),
-                    _errors(phase),
-                ]
-            )
-        if w.non_streaming is not None:
-            phase = w.non_streaming.gateway
-            single_plain = report.non_streaming
-            rows.append(
-                [
-                    f"non-streaming C={phase.concurrency} (requests/s)",
-                    _f(single_plain.gateway.requests_per_s, 0) if single_plain else "n/a",
-                    _f(phase.requests_per_s, 0),
-                    _p(phase.total_ms, "p99"),
-                    _f(phase.cpu_per_request_us, 0) + " /req",
-                    _busy(phase),
-                    _errors(phase),
-                ]
-            )
-        out += _table(
-            [
-                "load",
-                "1 process (tokens/s)",
-                f"{w.workers} workers",
-                "gap/latency p99 ms",
-                "CPU µs/token",
-                "busy",
-                "errors",
-            ],
-            rows,
-        )
-    else:
-        out.append(f"Not run: {report.workers_skipped or 'skipped'}.")
-    if report.floors:
-        out += _floor_section(report, report.floors)
-    if report.cpu_profile is not None:
-        p = report.cpu_profile
-        out += [
-            "",
-            f"## Where the gateway's CPU goes (py-spy, C={p.concurrency}, {p.seconds:g} s, "
-            f"{p.breakdown.samples} samples)",
-            "",
-            f"CPU per token during the profile: {_f(p.phase.cpu_per_token_us, 1)} µs "
-            "(py-spy itself slows the gateway a little).",
-            "",
-        ]
-        out += _table(
-            ["layer", "share", "µs per token"],
-            [
-                [layer.layer, f"{layer.share * 100:.1f}%", _f(layer.us_per_token, 1)]
-                for layer in p.breakdown.layers
-            ],
-        )
-        out += ["", "Top frames by self time:", ""]
-        out += _table(
-            ["frame", "share"],
-            [[f"`{frame.frame}`", f"{frame.share * 100:.1f}%"] for frame in p.breakdown.top_self],
-        )
-    if report.notes:
-        out += ["", "## Notes", ""]
-        out += [f"- {note}" for note in report.notes]
-    seconds = ", ".join(f"{name} {value:.0f} s" for name, value in report.scenario_seconds.items())
-    out += ["", f"Scenario durations: {seconds}.", ""]
-    return "\n".join(out)

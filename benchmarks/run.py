@@ -1,12 +1,16 @@
-"""Run the benchmark suite: ``python benchmarks/run.py --profile short|long``.
+"""Run the benchmark suite: ``python -m benchmarks.run --profile short|long``.
 
-Benchmark tooling (``nox -s bench`` runs the short profile). It starts the mock upstream and
-the gateway as processes of their own, pins the gateway to core 0 and itself (the load
-generator) and the mock to core 1, runs the scenarios (see ``scenarios.py`` and README.md),
-and writes ``benchmarks/results/<time>-<profile>.json`` and ``.md`` plus ``latest-<profile>.*``.
-The ``floor`` scenario also starts ``floor_relay.py`` (a bare relay on the same serving stack,
-then the same relay as a quart-trio route) on the gateway's core, while the gateway idles.
-Every load phase is bounded in count and time; the whole run stops by itself.
+Benchmark tooling (``nox -s bench`` runs the short profile), run from the repository's root.
+It starts the mock upstream and the gateway as processes of their own, pins the gateway to
+core 0 and itself (the load generator) and the mock to core 1, runs the scenarios (see
+:mod:`benchmarks.scenarios` and README.md), and writes
+``benchmarks/results/<time>-<profile>.json`` and ``.md`` plus ``latest-<profile>.*``, and the
+PNG plots ``<time>-<profile>-<chart>.png`` when matplotlib is installed (the ``bench`` extra;
+it says so when it is not). The ``floor`` scenario also starts ``benchmarks.floor_relay`` (a
+bare relay on the same serving stack, then the same relay as a quart-trio route) on the
+gateway's core, while the gateway idles. Every load phase is bounded in count and time; the
+whole run stops by itself. ``benchmarks.publish`` turns a results JSON into
+``RESULTS-tables.md`` and the plots ``RESULTS.md`` links to.
 """
 
 from __future__ import annotations
@@ -24,13 +28,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
-import procstats
-import profiling
-import report
-import scenarios
 import trio
-from loadgen import LoadResult
-from processes import BENCH_DIR, open_gateway, open_upstream
+
+from . import plots, procstats, profiling, report, scenarios, tables
+from .loadgen import LoadResult
+from .phases import Bench
+from .processes import BENCH_DIR, open_gateway, open_upstream
+from .profiles import PROFILES
 
 __all__ = ["main"]
 
@@ -39,8 +43,10 @@ _T = TypeVar("_T")
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--profile", choices=sorted(scenarios.PROFILES), default="short")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
     parser.add_argument(
         "--only", nargs="+", choices=SCENARIOS, help="run these scenarios only (default: all)"
     )
@@ -106,7 +112,7 @@ async def _timed(seconds: dict[str, float], name: str, step: Callable[[], Awaita
 
 
 async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadResult]]:
-    profile = scenarios.PROFILES[arguments.profile]
+    profile = PROFILES[arguments.profile]
     if arguments.py_spy is not None:
         profile = msgspec.structs.replace(profile, profile_s=arguments.py_spy)
     wanted = set(arguments.only or SCENARIOS) - set(arguments.skip)
@@ -128,9 +134,7 @@ async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadRe
         async with open_gateway(upstream.url, workdir, cpus=gateway_cpus) as gateway:
             await trio.sleep(0.5)
             startup_rss = procstats.sample(gateway.pid).rss_bytes
-            bench = scenarios.Bench(
-                profile, upstream, gateway, workdir, gateway_cpus, load_cpus, all_cpus
-            )
+            bench = Bench(profile, upstream, gateway, workdir, gateway_cpus, load_cpus, all_cpus)
             if arguments.raw:
                 bench.raw = raw
             result = report.Report(
@@ -202,11 +206,15 @@ async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadRe
     return result, raw
 
 
+def _name(result: report.Report) -> str:
+    return f"{result.started_at.replace(':', '')}-{result.profile.name}"
+
+
 def _write(result: report.Report, raw: list[LoadResult], output: Path) -> tuple[Path, Path]:
     output.mkdir(parents=True, exist_ok=True)
-    name = f"{result.started_at.replace(':', '')}-{result.profile.name}"
+    name = _name(result)
     data = msgspec.json.format(msgspec.json.encode(result), indent=2)
-    text = report.markdown(result)
+    text = tables.markdown(result)
     json_path = output / f"{name}.json"
     md_path = output / f"{name}.md"
     json_path.write_bytes(data)
@@ -224,7 +232,7 @@ def _keep_profile(result: report.Report, output: Path) -> None:
     if profile is None or not Path(profile.raw_path).exists():
         return
     output.mkdir(parents=True, exist_ok=True)
-    kept = output / f"{result.started_at.replace(':', '')}-{result.profile.name}-py-spy.txt"
+    kept = output / f"{_name(result)}-py-spy.txt"
     shutil.copyfile(profile.raw_path, kept)
     result.cpu_profile = msgspec.structs.replace(profile, raw_path=str(kept))
 
@@ -236,8 +244,13 @@ def main(argv: list[str] | None = None) -> None:
     if not arguments.keep_workdir:
         shutil.rmtree(result.workdir, ignore_errors=True)
     json_path, md_path = _write(result, raw, arguments.output)
-    print(report.markdown(result))
+    print(tables.markdown(result))
     print(f"\nwrote {json_path} and {md_path}", file=sys.stderr)
+    if plots.available():
+        for path in plots.render(result, arguments.output, prefix=f"{_name(result)}-"):
+            print(f"wrote {path}", file=sys.stderr)
+    else:
+        print(f"plots not rendered: {plots.MISSING}", file=sys.stderr)
 
 
 if __name__ == "__main__":

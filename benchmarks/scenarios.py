@@ -1,12 +1,10 @@
 """The benchmark scenarios: each runs the same load against the gateway and directly against
-the mock upstream, and reports both side by side.
+the mock upstream, and reports both side by side, as a result struct of the JSON.
 
-Benchmark tooling. A :class:`Bench` holds the running processes (mock upstream, gateway) and
-the :class:`Profile` (how much of everything). Every measured phase is preceded by a warm-up
-(one request per slot) whose keep-alive connections the phase then reuses, and is measured
-with the gateway's CPU and memory (``/proc``), the load side's CPU and each core's busy time
-(:class:`summary.ResourceUse`), so a run on a shared machine can show how much other programs
-took meanwhile.
+Benchmark tooling. Each scenario is a function of a :class:`phases.Bench` (the running
+processes and the profile) that returns its result struct (:mod:`benchmarks.results`);
+measuring one phase is :mod:`benchmarks.phases`' job, the numbers out of it
+:mod:`benchmarks.summary`'s.
 
 1. :func:`streaming_latency`: added time to first token and inter-token gap at each
    concurrency level, with throughput and gateway CPU per token (scenario 2 reads it at 50).
@@ -16,54 +14,34 @@ took meanwhile.
 6. :func:`workers`: scenarios 1 and 3 again against ``hypercorn -k trio --workers N``.
 7. :func:`cpu_profile`: py-spy samples of the gateway under streaming load, by layer.
 
-:func:`floor` runs the target measurements of 1, 2, 4 and 5 through ``floor_relay.py`` instead
-of the gateway: a relay on the same serving stack, the floor the gateway is compared with;
-:func:`floors` runs it for the bare ASGI relay, then for the quart-trio one.
+:func:`floor` runs the target measurements of 1, 2, 4 and 5 through ``benchmarks.floor_relay``
+instead of the gateway: a relay on the same serving stack, the floor the gateway is compared
+with; :func:`floors` runs it for the bare ASGI relay, then for the quart-trio one.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import msgspec
-import procstats
-import profiling
 import trio
-from loadgen import LoadClient, LoadResult, LoadSpec, Target, open_streams, run_load
-from processes import (
-    FloorRelayProcess,
-    GatewayProcess,
-    UpstreamProcess,
-    open_floor_relay,
-    open_gateway,
+
+from . import procstats, profiling
+from .loadgen import LoadClient, LoadSpec, Target, open_streams, run_load
+from .phases import Bench, measure, run_phase
+from .processes import GatewayProcess, open_floor_relay, open_gateway
+from .results import (
+    DisconnectResult,
+    FloorResult,
+    MemoryResult,
+    MemoryStep,
+    ProfileResult,
+    WorkersResult,
 )
-from summary import (
-    Comparison,
-    Percentiles,
-    PhaseSummary,
-    ResourceUse,
-    compare,
-    mib,
-    percentiles,
-    summarize,
-)
+from .summary import Comparison, PhaseSummary, compare, mib, percentiles, summarize
 
 __all__ = [
-    "LONG",
-    "PROFILES",
-    "SHORT",
-    "Bench",
-    "DisconnectResult",
-    "FloorResult",
-    "MemoryResult",
-    "Profile",
-    "ProfileResult",
-    "WorkersResult",
     "cpu_profile",
     "disconnects",
     "floor",
@@ -74,248 +52,9 @@ __all__ = [
     "workers",
 ]
 
-#: Each streamed token's text: one ``~`` each (see ``loadgen.TOKEN_MARK``).
-TOKEN_TEXT = " tok~"
-_PEAK_SAMPLE_SECONDS = 0.05
 _STREAMS_READY_BOUND = 120.0
 _SETTLE_SECONDS = 0.5
 _CLOSE_WAIT_BOUND = 10.0
-#: Other programs may use this much of one core while a phase waits for quiet.
-_QUIET_CORES = 0.1
-_QUIET_WINDOW_S = 0.25
-
-
-class Profile(msgspec.Struct, frozen=True):
-    """How much of each scenario a run does."""
-
-    name: str
-    #: Concurrency level → measured requests per round (scenario 1).
-    levels: dict[int, int]
-    rounds: int
-    tokens: int = 64
-    pace_s: float = 0.010
-    first_token_delay_s: float = 0.020
-    #: Bound of one measured phase (requests not started by then are not sent).
-    phase_max_s: float = 60.0
-    nonstream_concurrency: int = 50
-    nonstream_s: float = 4.0
-    #: Open idle streams after each step (scenario 4).
-    idle_steps: list[int] = msgspec.field(default_factory=lambda: [250, 500, 1000])
-    disconnect_concurrency: int = 20
-    disconnect_requests: int = 200
-    disconnect_after_tokens: int = 8
-    workers: int = 2
-    workers_levels: list[int] = msgspec.field(default_factory=lambda: [200])
-    #: Seconds of py-spy sampling at concurrency ``profile_concurrency`` (0: no profile).
-    profile_s: float = 0.0
-    profile_concurrency: int = 50
-    #: Concurrency levels (of ``levels``) measured through the floor relay: the targets'.
-    floor_levels: list[int] = msgspec.field(default_factory=lambda: [1, 50, 200])
-    #: Open idle streams after each step through the floor relay (fewer than ``idle_steps``:
-    #: its memory grows in a straight line, and the scenario has to stay short).
-    floor_idle_steps: list[int] = msgspec.field(default_factory=lambda: [250, 500])
-    #: Before each measured phase, wait up to this long for other programs to leave the cores
-    #: nearly idle (a shared machine), within ``quiet_budget_s`` for the whole run.
-    quiet_wait_s: float = 2.0
-    quiet_budget_s: float = 8.0
-
-
-SHORT = Profile(
-    name="short",
-    levels={1: 8, 10: 30, 50: 150, 200: 400},
-    rounds=1,
-    nonstream_s=4.0,
-)
-LONG = Profile(
-    name="long",
-    levels={1: 40, 10: 300, 50: 1000, 200: 2400},
-    rounds=2,
-    phase_max_s=120.0,
-    nonstream_s=15.0,
-    idle_steps=[500, 1000, 2000, 3000],
-    floor_idle_steps=[500, 1000, 2000],
-    disconnect_requests=1000,
-    workers_levels=[50, 200],
-    profile_s=20.0,
-    quiet_wait_s=20.0,
-    quiet_budget_s=240.0,
-)
-PROFILES = {profile.name: profile for profile in (SHORT, LONG)}
-
-
-@dataclass
-class Bench:
-    """What the scenarios run against."""
-
-    profile: Profile
-    upstream: UpstreamProcess
-    gateway: GatewayProcess
-    workdir: Path
-    #: CPUs of the gateway and of the load side (``None``: not pinned).
-    gateway_cpus: set[int] | None
-    load_cpus: set[int] | None
-    #: Every CPU this run may use (the workers of scenario 6 get them all).
-    all_cpus: set[int] = field(default_factory=set)
-    notes: list[str] = field(default_factory=list)
-    #: Seconds spent waiting for quiet so far, and phases that started without it.
-    quiet_waited_s: float = 0.0
-    noisy_phases: int = 0
-    #: When a list: every measured run's per-request records are kept here (``--raw``).
-    raw: list[LoadResult] | None = None
-
-    @property
-    def direct(self) -> Target:
-        return Target("direct", "127.0.0.1", self.upstream.port, "bench")
-
-    def through(self, gateway: GatewayProcess) -> Target:
-        return Target(
-            "gateway",
-            gateway.host,
-            gateway.port,
-            "epiloop:main",
-            headers={"Authorization": f"Bearer {gateway.token}"},
-        )
-
-    def through_floor(self, relay: FloorRelayProcess, framework: str) -> Target:
-        return Target(f"floor-{framework}", relay.host, relay.port, "bench")
-
-    async def streaming_upstream(self, *, first_token_delay: float | None = None) -> None:
-        profile = self.profile
-        await self.upstream.set_scenario(
-            [TOKEN_TEXT] * profile.tokens,
-            first_token_delay=(
-                profile.first_token_delay_s if first_token_delay is None else first_token_delay
-            ),
-            pace=profile.pace_s,
-        )
-
-    async def instant_upstream(self) -> None:
-        await self.upstream.set_scenario(
-            [TOKEN_TEXT] * self.profile.tokens, first_token_delay=0.0, pace=0.0
-        )
-
-
-# -- measuring one phase -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    at: float
-    gateway: procstats.ProcSample
-    upstream_cpu: float
-    loadgen_cpu: float
-    busy: dict[int, float]
-
-
-def _snapshot(bench: Bench, gateway_pid: int) -> _Snapshot:
-    return _Snapshot(
-        at=time.monotonic(),
-        gateway=procstats.sample_tree(gateway_pid),
-        upstream_cpu=procstats.sample(bench.upstream.pid).cpu_seconds,
-        loadgen_cpu=procstats.sample(os.getpid()).cpu_seconds,
-        busy=procstats.cpu_busy_seconds(),
-    )
-
-
-def _our_cpu(bench: Bench, gateway_pid: int) -> float:
-    return (
-        procstats.sample_tree(gateway_pid).cpu_seconds
-        + procstats.sample(bench.upstream.pid).cpu_seconds
-        + procstats.sample(os.getpid()).cpu_seconds
-    )
-
-
-async def wait_quiet(bench: Bench, gateway_pid: int) -> float:
-    """Wait (bounded by the profile) until other programs use less than a tenth of a core;
-    return the cores they used in the last window."""
-    profile = bench.profile
-    bound = min(profile.quiet_wait_s, profile.quiet_budget_s - bench.quiet_waited_s)
-    started = time.monotonic()
-    while True:
-        busy_before = sum(procstats.cpu_busy_seconds().values())
-        ours_before = _our_cpu(bench, gateway_pid)
-        window_start = time.monotonic()
-        await trio.sleep(_QUIET_WINDOW_S)
-        window = time.monotonic() - window_start
-        busy = sum(procstats.cpu_busy_seconds().values()) - busy_before
-        others = max(0.0, busy - (_our_cpu(bench, gateway_pid) - ours_before)) / window
-        waited = time.monotonic() - started
-        if others <= _QUIET_CORES or waited >= bound:
-            bench.quiet_waited_s += waited
-            if others > _QUIET_CORES:
-                bench.noisy_phases += 1
-            return others
-
-
-async def _watch_peak(pid: int, peak: list[int]) -> None:
-    while True:
-        peak[0] = max(peak[0], procstats.sample_tree(pid).rss_bytes)
-        await trio.sleep(_PEAK_SAMPLE_SECONDS)
-
-
-async def measure(
-    bench: Bench, client: LoadClient, spec: LoadSpec, gateway_pid: int
-) -> tuple[LoadResult, ResourceUse]:
-    """Run ``spec`` and measure what every process used meanwhile."""
-    await bench.upstream.records()  # the mock keeps every request's record until asked
-    await wait_quiet(bench, gateway_pid)
-    for pid in procstats.tree(gateway_pid):
-        procstats.reset_peak(pid)
-    before = _snapshot(bench, gateway_pid)
-    peak = [before.gateway.rss_bytes]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_peak, gateway_pid, peak)
-        result = await run_load(client, spec)
-        nursery.cancel_scope.cancel(reason="the phase is over")
-    after = _snapshot(bench, gateway_pid)
-    elapsed = after.at - before.at
-    busy = {core: after.busy[core] - before.busy.get(core, 0.0) for core in after.busy}
-    gateway_cpu = after.gateway.cpu_seconds - before.gateway.cpu_seconds
-    upstream_cpu = after.upstream_cpu - before.upstream_cpu
-    loadgen_cpu = after.loadgen_cpu - before.loadgen_cpu
-    resources = ResourceUse(
-        gateway_cpu_s=gateway_cpu,
-        gateway_system_cpu_s=after.gateway.system_seconds - before.gateway.system_seconds,
-        gateway_rss_mib=mib(after.gateway.rss_bytes),
-        gateway_peak_rss_mib=mib(max(peak[0], after.gateway.peak_rss_bytes)),
-        upstream_cpu_s=upstream_cpu,
-        loadgen_cpu_s=loadgen_cpu,
-        core_busy={str(core): seconds / elapsed for core, seconds in sorted(busy.items())},
-        background_cpu_s=sum(busy.values()) - gateway_cpu - upstream_cpu - loadgen_cpu,
-    )
-    return result, resources
-
-
-async def _phase(
-    bench: Bench,
-    target: Target,
-    spec: LoadSpec,
-    gateway_pid: int,
-    *,
-    rounds: int = 1,
-    warm_up: bool = True,
-) -> PhaseSummary:
-    runs: list[LoadResult] = []
-    parts: list[ResourceUse] = []
-    for _ in range(rounds):
-        client = LoadClient(target)
-        try:
-            if warm_up:
-                warm = LoadSpec(
-                    concurrency=spec.concurrency,
-                    requests=spec.concurrency,
-                    max_seconds=spec.max_seconds,
-                    stream=spec.stream,
-                )
-                await run_load(client, warm)
-            result, resources = await measure(bench, client, spec, gateway_pid)
-        finally:
-            client.close()
-        if bench.raw is not None:
-            bench.raw.append(result)
-        runs.append(result)
-        parts.append(resources)
-    return summarize(runs, parts, gateway=target.name != "direct")
 
 
 # -- 1 and 2: streaming latency, throughput and CPU per token ------------------------------------
@@ -338,8 +77,8 @@ async def _streaming_levels(
         spec = LoadSpec(concurrency, profile.levels[concurrency], profile.phase_max_s)
         plain = (direct or {}).get(concurrency)
         if plain is None:
-            plain = await _phase(bench, bench.direct, spec, pid, rounds=profile.rounds)
-        through = await _phase(bench, target, spec, pid, rounds=profile.rounds)
+            plain = await run_phase(bench, bench.direct, spec, pid, rounds=profile.rounds)
+        through = await run_phase(bench, target, spec, pid, rounds=profile.rounds)
         comparisons.append(compare(plain, through))
     return comparisons
 
@@ -370,38 +109,12 @@ async def non_streaming(
         stream=False,
     )
     if direct is None:
-        direct = await _phase(bench, bench.direct, spec, gateway.pid)
-    through = await _phase(bench, bench.through(gateway), spec, gateway.pid)
+        direct = await run_phase(bench, bench.direct, spec, gateway.pid)
+    through = await run_phase(bench, bench.through(gateway), spec, gateway.pid)
     return compare(direct, through)
 
 
 # -- 4: memory per open idle stream ---------------------------------------------------------------
-
-
-class MemoryStep(msgspec.Struct, frozen=True):
-    streams: int
-    ready: int
-    failed: int
-    rss_mib: float
-    #: Seconds it took to open this step's streams.
-    open_s: float
-
-
-class MemoryResult(msgspec.Struct, frozen=True):
-    target: str
-    #: RSS of the measured process before the first stream.
-    baseline_rss_mib: float
-    steps: list[MemoryStep]
-    #: Least-squares slope of RSS over the open streams of the steps (the baseline is left
-    #: out: the first streams reuse memory that earlier requests freed).
-    per_stream_kib: float | None
-    #: The same slope with the baseline as a point (0 streams).
-    per_stream_with_baseline_kib: float | None
-    #: After every stream was closed.
-    after_close_rss_mib: float
-    #: Seconds from closing every client connection until the mock's open connections were
-    #: back to where they were (``None``: not within the bound).
-    upstream_released_s: float | None
 
 
 def _slope(points: list[tuple[float, float]]) -> float | None:
@@ -490,19 +203,6 @@ async def _fill_caches(bench: Bench, targets: list[Target]) -> None:
 # -- 5: disconnect to upstream cancel -------------------------------------------------------------
 
 
-class DisconnectResult(msgspec.Struct, frozen=True):
-    target: str
-    concurrency: int
-    requests: int
-    disconnected: int
-    #: Disconnected requests whose upstream connection the mock saw closed by its client.
-    cancelled: int
-    #: ...and those it did not (still open, or closed by the mock itself after finishing).
-    not_cancelled: int
-    latency_ms: Percentiles | None
-    errors: dict[str, int]
-
-
 async def _disconnect_phase(bench: Bench, target: Target) -> DisconnectResult:
     profile = bench.profile
     await bench.upstream.records()  # forget earlier requests
@@ -563,21 +263,6 @@ def _cpus_text(cpus: set[int] | None) -> str:
 # -- 6: hypercorn --workers N ---------------------------------------------------------------------
 
 
-class WorkersResult(msgspec.Struct, frozen=True):
-    workers: int
-    #: How the workers were started, and on which CPUs.
-    command: str
-    cpus: str
-    processes: int
-    idle_rss_mib: float
-    #: CPU seconds of each process of the tree over the whole scenario (master first): how
-    #: evenly the workers shared the load.
-    process_cpu_s: list[float]
-    streaming: list[PhaseSummary]
-    non_streaming: Comparison | None
-    error: str | None = None
-
-
 async def workers(bench: Bench, direct_plain: PhaseSummary | None = None) -> WorkersResult:
     """Scenario 6: the gateway under ``hypercorn -k trio --workers N``
     (``trio_gateway.server.asgi:app``) on every core (N workers on a 2-core machine need both;
@@ -598,7 +283,7 @@ async def workers(bench: Bench, direct_plain: PhaseSummary | None = None) -> Wor
         for concurrency in profile.workers_levels:
             requests = profile.levels.get(concurrency, concurrency * 2)
             spec = LoadSpec(concurrency, requests, profile.phase_max_s)
-            streaming.append(await _phase(bench, bench.through(gateway), spec, gateway.pid))
+            streaming.append(await run_phase(bench, bench.through(gateway), spec, gateway.pid))
         plain = await non_streaming(bench, gateway, direct_plain)
         cpu_after = [procstats.sample(pid).cpu_seconds for pid in members]
         return WorkersResult(
@@ -616,14 +301,6 @@ async def workers(bench: Bench, direct_plain: PhaseSummary | None = None) -> Wor
 
 
 # -- 7: where the CPU goes ------------------------------------------------------------------------
-
-
-class ProfileResult(msgspec.Struct, frozen=True):
-    concurrency: int
-    seconds: float
-    phase: PhaseSummary
-    breakdown: profiling.Breakdown
-    raw_path: str
 
 
 async def cpu_profile(bench: Bench) -> ProfileResult:
@@ -654,25 +331,6 @@ async def cpu_profile(bench: Bench) -> ProfileResult:
 
 
 # -- the stack floor: the same targets through a bare relay ---------------------------------------
-
-
-class FloorResult(msgspec.Struct, frozen=True):
-    """Scenarios 1, 2, 4 and 5 through one of ``floor_relay.py``'s relays (target name
-    ``"floor-bare"`` or ``"floor-quart"``)."""
-
-    #: Which relay: ``"bare"`` (a plain ASGI app) or ``"quart"`` (a quart-trio route).
-    framework: str
-    command: str
-    cpus: str
-    startup_rss_mib: float
-    #: Direct, then through the relay, at ``Profile.floor_levels`` (``gateway`` is the relay).
-    latency: list[Comparison]
-    memory: MemoryResult
-    disconnect: DisconnectResult
-    #: The direct phases were reused (same spec and upstream): the latency scenario's of the
-    #: same run, or (the quart relay, without it) the bare relay's; so the floors and the
-    #: gateway are compared with the same baseline.
-    direct_reused: bool
 
 
 async def floor(

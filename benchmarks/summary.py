@@ -11,7 +11,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 import msgspec
-from loadgen import LoadResult
+
+from .loadgen import LoadResult
 
 __all__ = [
     "Comparison",

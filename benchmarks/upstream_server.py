@@ -1,6 +1,6 @@
 """The mock upstream in a process of its own, driven over stdin/stdout (JSON lines).
 
-Benchmark tooling. ``python benchmarks/upstream_server.py`` serves :class:`MockUpstream` on
+Benchmark tooling. ``python -m benchmarks.upstream_server`` serves :class:`MockUpstream` on
 127.0.0.1 (a free port) and prints one line ``{"url": ...}``. Then each line it reads on stdin
 is a command and gets one JSON line back:
 
@@ -16,7 +16,7 @@ offset once against ``time.monotonic()`` and reports monotonic times, so a load 
 another process can subtract its own ``time.monotonic()`` stamps from them (both clocks are
 ``CLOCK_MONOTONIC`` on Linux).
 
-Imports ``mock_upstream`` only (never ``trio_gateway``).
+Imports the mock upstream's modules only (never ``trio_gateway``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Literal
 
 import msgspec
 import trio
-from mock_upstream import MockUpstream, RecordedRequest, Scenario
+
+from .mock_upstream import MockUpstream, RecordedRequest, Scenario
 
 __all__ = ["RequestRecord", "request_tag"]
 

@@ -7,14 +7,16 @@ the load generator against the mock upstream served in the test's nursery on 127
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import trio
-from http_client import ProtocolError, ResponseParser
-from loadgen import LoadClient, LoadSpec, Target, run_load
-from mock_upstream import MockUpstream, Scenario
-from profiling import PARTIAL, TRIO_LOOP, breakdown, layer_of
-from summary import percentile, percentiles
+
+from benchmarks.http_client import ProtocolError, ResponseParser
+from benchmarks.loadgen import LoadClient, LoadSpec, Target, open_streams, run_load
+from benchmarks.mock_upstream import MockUpstream, Scenario
+from benchmarks.profiling import PARTIAL, TRIO_LOOP, breakdown, layer_of
+from benchmarks.summary import percentile, percentiles
 
 BOUND = 10.0
 
@@ -121,3 +123,35 @@ async def test_load_client_streams_and_disconnects_against_the_mock(
     assert [(r.error, r.tokens) for r in plain.results] == [(None, 5)] * 2
     # Keep-alive: the six streamed requests used at most three connections (+2 + 1 after).
     assert upstream.total_connections <= 3 + 2 + 1
+
+
+async def test_open_streams_holds_streams_until_the_block_exits(nursery: trio.Nursery) -> None:
+    upstream = MockUpstream({"default": Scenario(tokens=[" tok~"], first_token_delay=3600.0)})
+    url = await nursery.start(upstream.serve)
+    target = Target("direct", "127.0.0.1", int(url.rsplit(":", 1)[1]), "bench")
+    with trio.fail_after(BOUND):
+        async with open_streams(target, 4, opening_at_once=2) as streams:
+            await streams.settled.wait()
+            assert (streams.ready, streams.failed, upstream.open_connections) == (4, 0, 4)
+        while upstream.open_connections:
+            await trio.sleep(0.01)
+    assert all(r.status == 200 and r.disconnected_at is not None for r in streams.results)
+
+
+async def test_open_streams_settles_on_an_answer_without_a_body(nursery: trio.Nursery) -> None:
+    """A head with an empty body on a connection the server keeps open: the stream fails with
+    its status instead of waiting for body bytes that never come."""
+
+    async def answer_empty(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, answer_empty, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    target = Target("empty", "127.0.0.1", port, "bench")
+    with trio.fail_after(BOUND):
+        async with open_streams(target, 2) as streams:
+            await streams.settled.wait()
+    assert (streams.ready, streams.failed) == (0, 2)
+    assert [r.error for r in streams.results] == ["HTTP 404"] * 2

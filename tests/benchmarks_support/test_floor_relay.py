@@ -11,21 +11,16 @@ from functools import partial
 import httpx
 import pytest
 import trio
-from floor_relay import FRAMEWORKS, Framework, serve_floor_relay
-from mock_upstream import MockUpstream, Scenario
-from processes import open_floor_relay
-from report import (
-    Machine,
-    Report,
-    StackNumbers,
-    floor_rows,
-    floor_targets,
-    markdown,
-    stack_numbers,
-)
-from scenarios import SHORT, DisconnectResult, FloorResult, MemoryResult
-from summary import Percentiles
 
+from benchmarks.floor_relay import FRAMEWORKS, Framework, serve_floor_relay
+from benchmarks.mock_upstream import MockUpstream, Scenario
+from benchmarks.processes import open_floor_relay
+from benchmarks.profiles import SHORT
+from benchmarks.report import Machine, Report, floor_targets
+from benchmarks.results import DisconnectResult, FloorResult, MemoryResult
+from benchmarks.summary import Percentiles
+from benchmarks.tables import markdown
+from benchmarks.targets import StackNumbers, floor_rows, stack_numbers
 from trio_gateway.wire.sse import SSEDecoder
 
 BOUND = 10.0

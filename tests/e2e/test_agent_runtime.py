@@ -16,8 +16,8 @@ import openai
 import pytest
 import trio
 from gateway_harness import TOKEN, RunningGateway, merge, start_gateway
-from mock_upstream import MockUpstream, Scenario
 
+from benchmarks.mock_upstream import MockUpstream, Scenario
 from trio_gateway.sessions import MemorySessionStore, SessionStore, open_sqlite_store
 
 BOUND = 10

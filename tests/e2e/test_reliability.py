@@ -16,8 +16,8 @@ import httpx
 import pytest
 import trio
 from gateway_harness import TOKEN, RunningGateway, merge, start_gateway
-from mock_upstream import MockUpstream, Scenario
 
+from benchmarks.mock_upstream import MockUpstream, Scenario
 from trio_gateway.auth import FailedAuthLimiter, client_address
 from trio_gateway.providers.scripted import Pause, Say, ScriptedProvider
 

@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 import pytest
 import trio
-from mock_upstream import MockUpstream, Scenario
 
+from benchmarks.mock_upstream import MockUpstream, Scenario
 from trio_gateway.config.schema import AnthropicProviderConfig
 from trio_gateway.errors import UpstreamError
 from trio_gateway.messages import Message, ToolCall, ToolSpec

@@ -14,8 +14,8 @@ from typing import Any
 import msgspec
 import pytest
 import trio
-from mock_upstream import MockUpstream, Scenario
 
+from benchmarks.mock_upstream import MockUpstream, Scenario
 from trio_gateway.config import Config
 from trio_gateway.config.schema import OpenAIChatProviderConfig
 from trio_gateway.errors import UpstreamError
