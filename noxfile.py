@@ -34,7 +34,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole test suite (the same command as the README and CI)."""
-    session.install(*CONSTRAINTS, "-e", ".[test]")
+    session.install(*CONSTRAINTS, "-e", ".[test,bench]")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -45,7 +45,7 @@ def latest(session: nox.Session) -> None:
     When it passes and the versions differ from constraints.txt, refresh that file (see its
     header); when it fails, the release that broke it is in ``pip freeze`` of this session.
     """
-    session.install("--upgrade", "--upgrade-strategy", "eager", "-e", ".[dev]")
+    session.install("--upgrade", "--upgrade-strategy", "eager", "-e", ".[dev,bench]")
     session.run("pip", "freeze", "--exclude-editable")
     session.run("mypy")
     session.run("python", "-m", "pytest", *session.posargs)

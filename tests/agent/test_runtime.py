@@ -10,8 +10,8 @@ import msgspec
 import pytest
 import trio
 from gateway_harness import make_config
-from mock_upstream import MockUpstream, Scenario
 
+from benchmarks.mock_upstream import MockUpstream, Scenario
 from trio_gateway.agent import (
     AgentRuntime,
     PreparedRun,
