@@ -53,6 +53,14 @@ Fault = Literal[
     "malformed_sse",
     # Stream ``fault_after`` token events, then an in-band SSE error event; no end marker.
     "error_event",
+    # Stream ``fault_after`` token events, then a ``data:`` line that never ends: 16 KiB pieces
+    # without a newline (``pace`` apart) until the client closes.
+    "endless_line",
+    # Stream the token events over and over (``pace`` apart), never ending, until the client
+    # closes: a valid answer of unbounded length.
+    "endless_stream",
+    # Stream ``fault_after`` token events, then an event whose JSON is nested 100,000 deep.
+    "deep_json",
     # HTTP errors with a provider-shaped JSON error body; 429 and 503 carry ``Retry-After``.
     "status_400",
     "status_429",
@@ -466,11 +474,21 @@ class MockUpstream:
         await conn.send(h11.Response(status_code=200, headers=headers))
         if frames.head:
             await conn.send(h11.Data(data=frames.head))
+        if fault == "endless_stream":
+            tokens = [payload for payload, is_token in frames.body if is_token]
+            assert tokens, "an endless stream needs token events"
+            for payload in itertools.cycle(tokens):
+                if scenario.pace > 0:
+                    await trio.sleep(scenario.pace)
+                record.tokens_sent += 1
+                await conn.send(h11.Data(data=payload))
         mid_stream = fault in (
             "hang_mid_stream",
             "reset_mid_stream",
             "malformed_sse",
             "error_event",
+            "endless_line",
+            "deep_json",
         )
         injected = False
         first = True
@@ -480,7 +498,7 @@ class MockUpstream:
                     await trio.sleep_forever()
                 if mid_stream and not injected and record.tokens_sent >= scenario.fault_after:
                     injected = True
-                    if not await self._inject(conn, fault, frames):
+                    if not await self._inject(conn, fault, frames, scenario.pace):
                         return False
                 delay = scenario.first_token_delay if first else scenario.pace
                 if delay > 0:
@@ -490,13 +508,19 @@ class MockUpstream:
             await conn.send(h11.Data(data=payload))
         if fault == "hang_before_first_token" and first:
             await trio.sleep_forever()
-        if mid_stream and not injected and not await self._inject(conn, fault, frames):
+        if (
+            mid_stream
+            and not injected
+            and not await self._inject(conn, fault, frames, scenario.pace)
+        ):
             return False
         await conn.send(h11.Data(data=frames.tail), h11.EndOfMessage())
         record.completed_at = trio.current_time()
         return True
 
-    async def _inject(self, conn: _Connection, fault: Fault | None, frames: _Frames) -> bool:
+    async def _inject(
+        self, conn: _Connection, fault: Fault | None, frames: _Frames, pace: float
+    ) -> bool:
         """Play a mid-stream fault; return whether the stream goes on afterwards."""
         if fault == "hang_mid_stream":
             await trio.sleep_forever()
@@ -507,6 +531,18 @@ class MockUpstream:
         if fault == "malformed_sse":
             await conn.send(h11.Data(data=b"data: {this is not json\n\n"))
             return True
+        if fault == "deep_json":
+            depth = 100_000
+            deep = b'data: {"deep":' + b"[" * depth + b"]" * depth + b"}\n\n"
+            await conn.send(h11.Data(data=deep))
+            return True
+        if fault == "endless_line":
+            await conn.send(h11.Data(data=b'data: {"endless":"'))
+            piece = b"x" * (16 * 1024)
+            while True:
+                if pace > 0:
+                    await trio.sleep(pace)
+                await conn.send(h11.Data(data=piece))
         # error_event: the error, then the end of the body without the normal ending.
         await conn.send(h11.Data(data=frames.error), h11.EndOfMessage())
         return False

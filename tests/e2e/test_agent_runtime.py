@@ -8,6 +8,7 @@ and what the session store recorded.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -599,3 +600,80 @@ async def test_runtime_disconnect_cancels_the_upstream_request(nursery: trio.Nur
         while (session := await gateway.runtime.sessions.get("gone")) is None:
             await trio.sleep(0.01)
     assert session.last_status == "aborted"
+
+
+# -- what an upstream can make the gateway hold ----------------------------------------------
+
+
+async def test_runtime_endless_upstream_line_fails_in_band_and_health_stays_up(
+    nursery: trio.Nursery,
+) -> None:
+    # 4 MiB of line at 16 KiB every 10 ms: the bad upstream streams for 2.5 s or more.
+    mock = await start_mock(
+        nursery,
+        {"gpt-test": Scenario(tokens=["one ", "two ", "x"], fault="endless_line", pace=0.01)},
+    )
+    gateway = await start_upstream_gateway(
+        nursery, mock, {"models": {"providers": {"up": {"maxEventBytes": 4 * 1024 * 1024}}}}
+    )
+    responses: list[httpx.Response] = []
+    healthy_while_streaming = 0
+
+    async def ask() -> None:
+        responses.append(await ask_raw(gateway, stream=True))
+
+    with trio.fail_after(BOUND * 3):
+        async with trio.open_nursery() as inner, httpx.AsyncClient() as http:
+            inner.start_soon(ask)
+            while not mock.requests or mock.requests[0].tokens_sent < 2:
+                await trio.sleep(0.01)
+            record = mock.requests[0]  # its endless line is on the way now
+            while record.closed_at is None and not responses:
+                with trio.fail_after(BOUND):  # generous: a starved loop would not answer at all
+                    health = await http.get(f"{gateway.url}/healthz")
+                assert health.status_code == 200
+                if record.closed_at is None:
+                    healthy_while_streaming += 1
+                await trio.sleep(0.2)
+    assert healthy_while_streaming >= 1
+    events = stream_events(responses[0])
+    assert "[DONE]" not in events
+    error = json.loads(events[-1])["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "bad_upstream_response")
+    assert "maxEventBytes" in error["message"]
+    assert (await stored(gateway))[-1] == ("assistant", "one two ", "failed")
+    with trio.fail_after(BOUND):
+        await record.closed.wait()  # the upstream connection was let go
+
+
+async def test_runtime_endless_upstream_line_without_streaming_is_a_502(
+    nursery: trio.Nursery,
+) -> None:
+    mock = await start_mock(nursery, {"gpt-test": Scenario(fault="endless_line", fault_after=0)})
+    gateway = await start_upstream_gateway(
+        nursery, mock, {"models": {"providers": {"up": {"maxEventBytes": 64 * 1024}}}}
+    )
+    with trio.fail_after(BOUND):
+        response = await ask_raw(gateway, stream=False)
+        await mock.requests[0].closed.wait()
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "bad_upstream_response"
+
+
+async def test_runtime_deeply_nested_upstream_json_is_one_log_line(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    mock = await start_mock(nursery, {"gpt-test": Scenario(fault="deep_json", fault_after=0)})
+    gateway = await start_upstream_gateway(nursery, mock)
+    with caplog.at_level(logging.INFO, logger="trio_gateway"), trio.fail_after(BOUND):
+        response = await ask_raw(gateway, stream=False)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "bad_upstream_response")
+    assert "nested too deeply" in error["message"]
+    assert [r for r in caplog.records if r.exc_info is not None] == []  # no traceback
+    failures = [r.getMessage() for r in caplog.records if "bad_upstream_response" in r.getMessage()]
+    upstream_failures = [line for line in failures if line.startswith("upstream.stream.failed")]
+    assert len(upstream_failures) == 1, failures
+    assert "\n" not in upstream_failures[0]
+    assert "provider.crashed" not in caplog.text

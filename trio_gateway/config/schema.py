@@ -180,6 +180,8 @@ class _UpstreamProviderConfig(_Section, frozen=True):
     first_token_timeout_seconds: Seconds = 120.0
     #: Longest silence allowed between two streamed events once the answer started.
     idle_timeout_seconds: Seconds = 120.0
+    #: Longest line, and most data in one event, of the upstream's event stream.
+    max_event_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 1024 * 1024
     #: Retries of a retryable failure (429, 5xx, connection error) before the first token.
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
     #: First retry delay; doubled at each retry, capped at ``retryMaxDelaySeconds``.
