@@ -61,6 +61,9 @@ Fault = Literal[
     "endless_stream",
     # Stream ``fault_after`` token events, then an event whose JSON is nested 100,000 deep.
     "deep_json",
+    # Stream ``fault_after`` token events, then 100,000 valid events that carry no output
+    # (OpenAI: no choices; Anthropic: pings) in one write, then the rest of the stream.
+    "empty_events",
     # HTTP errors with a provider-shaped JSON error body; 429 and 503 carry ``Retry-After``.
     "status_400",
     "status_429",
@@ -489,6 +492,7 @@ class MockUpstream:
             "error_event",
             "endless_line",
             "deep_json",
+            "empty_events",
         )
         injected = False
         first = True
@@ -530,6 +534,9 @@ class MockUpstream:
             return False
         if fault == "malformed_sse":
             await conn.send(h11.Data(data=b"data: {this is not json\n\n"))
+            return True
+        if fault == "empty_events":
+            await conn.send(h11.Data(data=frames.empty * 100_000))
             return True
         if fault == "deep_json":
             depth = 100_000
@@ -650,6 +657,8 @@ class _Frames:
     tail: bytes
     #: An in-band error event in the dialect of the stream.
     error: bytes
+    #: A valid event that carries no output.
+    empty: bytes
 
 
 _encode = msgspec.json.encode
@@ -703,7 +712,7 @@ def _openai_frames(
     tail += b"data: [DONE]\n\n"
     error = b"data: " + _encode(_error_body("mock upstream error", "server_error", False)) + b"\n\n"
     head = choice(b'{"role":"assistant","content":""}')
-    return _Frames(head, body, tail, error)
+    return _Frames(head, body, tail, error, prefix + b"[]}\n\n")
 
 
 def _sse(event: str, payload: object) -> bytes:
@@ -776,7 +785,7 @@ def _anthropic_frames(scenario: Scenario, model: str, usage: tuple[int, int]) ->
     }
     tail = _sse("message_delta", message_delta) + _sse("message_stop", {"type": "message_stop"})
     error = _sse("error", _error_body("Overloaded", "overloaded_error", True))
-    return _Frames(head, body, tail, error)
+    return _Frames(head, body, tail, error, _sse("ping", {"type": "ping"}))
 
 
 def _block_start(index: int, block: Mapping[str, object]) -> dict[str, object]:

@@ -357,6 +357,30 @@ async def test_openai_chat_deeply_nested_event_is_a_bad_response(
     assert received == [TextDelta("a"), TextDelta("b")]
 
 
+async def test_openai_chat_a_flood_of_empty_events_does_not_starve_other_tasks(
+    upstream: MockUpstream, provider: OpenAIChatProvider
+) -> None:
+    # 100,000 events without output arrive at once; the consumer is never awaited for them, so
+    # only the read loop's own yields let other tasks run meanwhile.
+    upstream.scenarios["m"] = Scenario(tokens=["a", "b"], fault="empty_events", fault_after=1)
+    ticks = 0
+    streaming = True
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while streaming:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        events, _ = await collect(provider, request())
+        streaming = False
+    assert text_of(events) == "ab"
+    # One yield every 64 events is 1,562 turns for the ticker; reads alone give it ~100 at most.
+    assert ticks >= 500, ticks
+
+
 async def test_openai_chat_in_band_error_event(
     upstream: MockUpstream, provider: OpenAIChatProvider
 ) -> None:

@@ -388,6 +388,10 @@ class UpstreamClient:
                             continue
                         scope.deadline = math.inf  # a slow consumer is not upstream silence
                         for event in events:
+                            unyielded += 1
+                            if unyielded >= _YIELD_EVERY_EVENTS:
+                                unyielded = 0
+                                await trio.lowlevel.checkpoint()
                             for model_event in parser.feed(event):
                                 await emit(model_event)
                                 emitted = True
@@ -401,10 +405,6 @@ class UpstreamClient:
                             scope.deadline = now + self.idle_timeout
                         else:
                             scope.deadline = first_deadline
-                        unyielded += len(events)
-                        if unyielded >= _YIELD_EVERY_EVENTS:
-                            unyielded = 0
-                            await trio.lowlevel.checkpoint()
                 finally:
                     with trio.move_on_after(_CLOSE_BOUND, shield=True):
                         await body_stream.aclose()
