@@ -608,19 +608,26 @@ async def test_runtime_disconnect_cancels_the_upstream_request(nursery: trio.Nur
 async def test_runtime_endless_upstream_line_fails_in_band_and_health_stays_up(
     nursery: trio.Nursery,
 ) -> None:
-    # 4 MiB of line at 16 KiB every 10 ms: the bad upstream streams for 2.5 s or more.
+    # 2 MiB of line at 16 KiB every 10 ms: the bad upstream streams for 1.3 s or more.
     mock = await start_mock(
         nursery,
         {"gpt-test": Scenario(tokens=["one ", "two ", "x"], fault="endless_line", pace=0.01)},
     )
     gateway = await start_upstream_gateway(
-        nursery, mock, {"models": {"providers": {"up": {"maxEventBytes": 4 * 1024 * 1024}}}}
+        nursery, mock, {"models": {"providers": {"up": {"maxEventBytes": 2 * 1024 * 1024}}}}
     )
     responses: list[httpx.Response] = []
     healthy_while_streaming = 0
 
     async def ask() -> None:
-        responses.append(await ask_raw(gateway, stream=True))
+        # The client hears nothing while the line grows: no read timeout of its own.
+        async with httpx.AsyncClient(timeout=None) as http:
+            response = await http.post(
+                f"{gateway.api_url}/chat/completions",
+                json={"stream": True, "messages": [user("question")]},
+                headers={**gateway.headers, "x-epiloop-session-key": "fault"},
+            )
+        responses.append(response)
 
     with trio.fail_after(BOUND * 3):
         async with trio.open_nursery() as inner, httpx.AsyncClient() as http:
@@ -687,7 +694,7 @@ async def test_runtime_endless_valid_answer_stops_at_max_output_chars(
         nursery, {"gpt-test": Scenario(tokens=["word "], fault="endless_stream")}
     )
     gateway = await start_upstream_gateway(
-        nursery, mock, {"agents": {"defaults": {"maxOutputChars": 5000}}}
+        nursery, mock, {"agents": {"defaults": {"maxOutputChars": 2000}}}
     )
     with trio.fail_after(BOUND):
         response = await ask_raw(gateway, stream=stream)
@@ -699,14 +706,14 @@ async def test_runtime_endless_valid_answer_stops_at_max_output_chars(
         text = "".join(
             json.loads(event)["choices"][0]["delta"].get("content") or "" for event in events[:-1]
         )
-        assert text == "word " * 1000  # every character up to the cap, none past it
+        assert text == "word " * 400  # every character up to the cap, none past it
     else:
         assert response.status_code == 502
         error = response.json()["error"]
     assert (error["type"], error["code"]) == ("upstream_error", "output_too_large")
-    assert "5000 characters" in error["message"]
+    assert "2000 characters" in error["message"]
     assert "maxOutputChars" in error["message"]
-    assert (await stored(gateway))[-1] == ("assistant", "word " * 1000, "failed")
+    assert (await stored(gateway))[-1] == ("assistant", "word " * 400, "failed")
 
 
 async def test_runtime_tool_call_arguments_over_the_limit_stop_the_run(
