@@ -36,8 +36,8 @@ stream it stops reading, so over h2 a cancelled call would keep the upstream bus
 
 One upstream cannot starve the event loop: the SSE decoder's cost is linear and its buffer is
 bounded by ``maxEventBytes``, the transport yields to the scheduler every few reads, and the read
-loop yields every ``_YIELD_EVERY_EVENTS`` events, whether or not the consumer did (a flood of
-events that produce no output would otherwise never yield).
+loop yields every ``_YIELD_EVERY_EVENTS`` events, whether or not the consumer did (a read full
+of events that produce no output would otherwise be thousands of events in one task step).
 
 This module must not import the agent, server or tools layers.
 """
