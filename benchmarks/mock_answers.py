@@ -48,6 +48,17 @@ Fault = Literal[
     "malformed_sse",
     # Stream ``fault_after`` token events, then an in-band SSE error event; no end marker.
     "error_event",
+    # Stream ``fault_after`` token events, then a ``data:`` line that never ends: 16 KiB pieces
+    # without a newline (``pace`` apart) until the client closes.
+    "endless_line",
+    # Stream the token events over and over (``pace`` apart), never ending, until the client
+    # closes: a valid answer of unbounded length.
+    "endless_stream",
+    # Stream ``fault_after`` token events, then an event whose JSON is nested 100,000 deep.
+    "deep_json",
+    # Stream ``fault_after`` token events, then 100,000 valid events that carry no output
+    # (OpenAI: no choices; Anthropic: pings) in one write, then the rest of the stream.
+    "empty_events",
     # HTTP errors with a provider-shaped JSON error body; 429 and 503 carry ``Retry-After``.
     "status_400",
     "status_429",
@@ -178,6 +189,8 @@ class Frames:
     tail: bytes
     #: An in-band error event in the dialect of the stream.
     error: bytes
+    #: A valid event that carries no output.
+    empty: bytes
 
 
 _encode = msgspec.json.encode
@@ -231,7 +244,7 @@ def openai_frames(
     tail += b"data: [DONE]\n\n"
     error = b"data: " + _encode(error_body("mock upstream error", "server_error", False)) + b"\n\n"
     head = choice(b'{"role":"assistant","content":""}')
-    return Frames(head, body, tail, error)
+    return Frames(head, body, tail, error, prefix + b"[]}\n\n")
 
 
 def _sse(event: str, payload: object) -> bytes:
@@ -304,7 +317,7 @@ def anthropic_frames(scenario: Scenario, model: str, usage: tuple[int, int]) -> 
     }
     tail = _sse("message_delta", message_delta) + _sse("message_stop", {"type": "message_stop"})
     error = _sse("error", error_body("Overloaded", "overloaded_error", True))
-    return Frames(head, body, tail, error)
+    return Frames(head, body, tail, error, _sse("ping", {"type": "ping"}))
 
 
 def _block_start(index: int, block: Mapping[str, object]) -> dict[str, object]:

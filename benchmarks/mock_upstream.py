@@ -27,6 +27,7 @@ It imports nothing from ``trio_gateway``: it speaks the upstream protocols from 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import struct
 from collections.abc import Mapping, Sequence
@@ -409,11 +410,22 @@ class MockUpstream:
         await conn.send(h11.Response(status_code=200, headers=headers))
         if frames.head:
             await conn.send(h11.Data(data=frames.head))
+        if fault == "endless_stream":
+            tokens = [payload for payload, is_token in frames.body if is_token]
+            assert tokens, "an endless stream needs token events"
+            for payload in itertools.cycle(tokens):
+                if scenario.pace > 0:
+                    await trio.sleep(scenario.pace)
+                record.tokens_sent += 1
+                await conn.send(h11.Data(data=payload))
         mid_stream = fault in (
             "hang_mid_stream",
             "reset_mid_stream",
             "malformed_sse",
             "error_event",
+            "endless_line",
+            "deep_json",
+            "empty_events",
         )
         injected = False
         first = True
@@ -423,7 +435,7 @@ class MockUpstream:
                     await trio.sleep_forever()
                 if mid_stream and not injected and record.tokens_sent >= scenario.fault_after:
                     injected = True
-                    if not await self._inject(conn, fault, frames):
+                    if not await self._inject(conn, fault, frames, scenario.pace):
                         return False
                 delay = scenario.first_token_delay if first else scenario.pace
                 if delay > 0:
@@ -433,13 +445,19 @@ class MockUpstream:
             await conn.send(h11.Data(data=payload))
         if fault == "hang_before_first_token" and first:
             await trio.sleep_forever()
-        if mid_stream and not injected and not await self._inject(conn, fault, frames):
+        if (
+            mid_stream
+            and not injected
+            and not await self._inject(conn, fault, frames, scenario.pace)
+        ):
             return False
         await conn.send(h11.Data(data=frames.tail), h11.EndOfMessage())
         record.completed_at = trio.current_time()
         return True
 
-    async def _inject(self, conn: _Connection, fault: Fault | None, frames: Frames) -> bool:
+    async def _inject(
+        self, conn: _Connection, fault: Fault | None, frames: Frames, pace: float
+    ) -> bool:
         """Play a mid-stream fault; return whether the stream goes on afterwards."""
         if fault == "hang_mid_stream":
             await trio.sleep_forever()
@@ -450,6 +468,21 @@ class MockUpstream:
         if fault == "malformed_sse":
             await conn.send(h11.Data(data=b"data: {this is not json\n\n"))
             return True
+        if fault == "empty_events":
+            await conn.send(h11.Data(data=frames.empty * 100_000))
+            return True
+        if fault == "deep_json":
+            depth = 100_000
+            deep = b'data: {"deep":' + b"[" * depth + b"]" * depth + b"}\n\n"
+            await conn.send(h11.Data(data=deep))
+            return True
+        if fault == "endless_line":
+            await conn.send(h11.Data(data=b'data: {"endless":"'))
+            piece = b"x" * (16 * 1024)
+            while True:
+                if pace > 0:
+                    await trio.sleep(pace)
+                await conn.send(h11.Data(data=piece))
         # error_event: the error, then the end of the body without the normal ending.
         await conn.send(h11.Data(data=frames.error), h11.EndOfMessage())
         return False

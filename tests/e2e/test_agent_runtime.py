@@ -8,6 +8,7 @@ and what the session store recorded.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -599,3 +600,201 @@ async def test_runtime_disconnect_cancels_the_upstream_request(nursery: trio.Nur
         while (session := await gateway.runtime.sessions.get("gone")) is None:
             await trio.sleep(0.01)
     assert session.last_status == "aborted"
+
+
+# -- what an upstream can make the gateway hold ----------------------------------------------
+
+
+async def test_runtime_endless_upstream_line_fails_in_band_and_health_stays_up(
+    nursery: trio.Nursery,
+) -> None:
+    # 2 MiB of line at 16 KiB every 10 ms: the bad upstream streams for 1.3 s or more.
+    mock = await start_mock(
+        nursery,
+        {"gpt-test": Scenario(tokens=["one ", "two ", "x"], fault="endless_line", pace=0.01)},
+    )
+    gateway = await start_upstream_gateway(
+        nursery, mock, {"models": {"providers": {"up": {"maxEventBytes": 2 * 1024 * 1024}}}}
+    )
+    responses: list[httpx.Response] = []
+    healthy_while_streaming = 0
+
+    async def ask() -> None:
+        # The client hears nothing while the line grows: no read timeout of its own.
+        async with httpx.AsyncClient(timeout=None) as http:
+            response = await http.post(
+                f"{gateway.api_url}/chat/completions",
+                json={"stream": True, "messages": [user("question")]},
+                headers={**gateway.headers, "x-epiloop-session-key": "fault"},
+            )
+        responses.append(response)
+
+    with trio.fail_after(BOUND * 3):
+        async with trio.open_nursery() as inner, httpx.AsyncClient() as http:
+            inner.start_soon(ask)
+            while not mock.requests or mock.requests[0].tokens_sent < 2:
+                await trio.sleep(0.01)
+            record = mock.requests[0]  # its endless line is on the way now
+            while record.closed_at is None and not responses:
+                with trio.fail_after(BOUND):  # generous: a starved loop would not answer at all
+                    health = await http.get(f"{gateway.url}/healthz")
+                assert health.status_code == 200
+                if record.closed_at is None:
+                    healthy_while_streaming += 1
+                await trio.sleep(0.2)
+    assert healthy_while_streaming >= 1
+    events = stream_events(responses[0])
+    assert "[DONE]" not in events
+    error = json.loads(events[-1])["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "bad_upstream_response")
+    assert "maxEventBytes" in error["message"]
+    assert (await stored(gateway))[-1] == ("assistant", "one two ", "failed")
+    with trio.fail_after(BOUND):
+        await record.closed.wait()  # the upstream connection was let go
+
+
+async def test_runtime_endless_upstream_line_without_streaming_is_a_502(
+    nursery: trio.Nursery,
+) -> None:
+    mock = await start_mock(nursery, {"gpt-test": Scenario(fault="endless_line", fault_after=0)})
+    gateway = await start_upstream_gateway(
+        nursery, mock, {"models": {"providers": {"up": {"maxEventBytes": 64 * 1024}}}}
+    )
+    with trio.fail_after(BOUND):
+        response = await ask_raw(gateway, stream=False)
+        await mock.requests[0].closed.wait()
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "bad_upstream_response"
+
+
+async def test_runtime_deeply_nested_upstream_json_is_one_log_line(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    mock = await start_mock(nursery, {"gpt-test": Scenario(fault="deep_json", fault_after=0)})
+    gateway = await start_upstream_gateway(nursery, mock)
+    with caplog.at_level(logging.INFO, logger="trio_gateway"), trio.fail_after(BOUND):
+        response = await ask_raw(gateway, stream=False)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "bad_upstream_response")
+    assert "nested too deeply" in error["message"]
+    assert [r for r in caplog.records if r.exc_info is not None] == []  # no traceback
+    failures = [r.getMessage() for r in caplog.records if "bad_upstream_response" in r.getMessage()]
+    upstream_failures = [line for line in failures if line.startswith("upstream.stream.failed")]
+    assert len(upstream_failures) == 1, failures
+    assert "\n" not in upstream_failures[0]
+    assert "provider.crashed" not in caplog.text
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_runtime_endless_valid_answer_stops_at_max_output_chars(
+    nursery: trio.Nursery, stream: bool
+) -> None:
+    mock = await start_mock(
+        nursery, {"gpt-test": Scenario(tokens=["word "], fault="endless_stream")}
+    )
+    gateway = await start_upstream_gateway(
+        nursery, mock, {"agents": {"defaults": {"maxOutputChars": 2000}}}
+    )
+    with trio.fail_after(BOUND):
+        response = await ask_raw(gateway, stream=stream)
+        await mock.requests[0].closed.wait()  # the endless answer was let go
+    if stream:
+        events = stream_events(response)
+        assert "[DONE]" not in events
+        error = json.loads(events[-1])["error"]
+        text = "".join(
+            json.loads(event)["choices"][0]["delta"].get("content") or "" for event in events[:-1]
+        )
+        assert text == "word " * 400  # every character up to the cap, none past it
+    else:
+        assert response.status_code == 502
+        error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "output_too_large")
+    assert "2000 characters" in error["message"]
+    assert "maxOutputChars" in error["message"]
+    assert (await stored(gateway))[-1] == ("assistant", "word " * 400, "failed")
+
+
+async def test_runtime_tool_call_arguments_over_the_limit_stop_the_run(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    arguments = json.dumps({"path": "big.txt", "content": "x" * 3000})
+    mock = await start_mock(
+        nursery,
+        {
+            "gpt-test": [
+                Scenario(tokens=[], tool_calls=[("c1", "write_file", arguments)]),
+                Scenario(tokens=["written"]),
+            ]
+        },
+    )
+    gateway = await start_upstream_gateway(
+        nursery, mock, {"tools": {"maxArgumentChars": 1024}}, state_dir=tmp_path
+    )
+    with trio.fail_after(BOUND):
+        response = await ask_raw(gateway, stream=False)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "tool_arguments_too_large"
+    assert "'write_file'" in error["message"]
+    assert "maxArgumentChars" in error["message"]
+    assert len(mock.requests) == 1
+    assert not (tmp_path / "workspaces" / "main" / "big.txt").exists()  # the tool never ran
+
+
+@pytest.mark.parametrize(("calls", "allowed"), [(4, True), (5, False)])
+async def test_runtime_tool_calls_per_turn_are_bounded(
+    nursery: trio.Nursery, calls: int, allowed: bool
+) -> None:
+    turn = Scenario(tokens=[], tool_calls=[(f"c{i}", "current_time", "{}") for i in range(calls)])
+    mock = await start_mock(nursery, {"gpt-test": [turn, Scenario(tokens=["done"])]})
+    gateway = await start_upstream_gateway(nursery, mock, {"tools": {"maxCallsPerTurn": 4}})
+    with trio.fail_after(BOUND):
+        response = await ask_raw(gateway, stream=True)
+    events = stream_events(response)
+    if allowed:
+        assert events[-1] == "[DONE]"
+        assert len(mock.requests) == 2
+        results = sent(mock, 1)["messages"][-calls:]
+        assert [m["role"] for m in results] == ["tool"] * calls
+        return
+    assert "[DONE]" not in events
+    error = json.loads(events[-1])["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "too_many_tool_calls")
+    assert "more than 4 tool calls in one answer (tools.maxCallsPerTurn)" in error["message"]
+    assert len(mock.requests) == 1  # no tool ran, the model was not called again
+
+
+async def test_runtime_tool_result_over_the_limit_reaches_the_model_truncated(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    workspace = trio.Path(tmp_path / "workspaces" / "main")
+    await workspace.mkdir(parents=True)
+    await (workspace / "big.txt").write_text("0123456789" * 1000)
+    mock = await start_mock(
+        nursery,
+        {
+            "gpt-test": [
+                Scenario(
+                    tokens=[],
+                    tool_calls=[("c1", "read_file", '{"path": "big.txt", "max_bytes": 100000}')],
+                ),
+                Scenario(tokens=["read"]),
+            ]
+        },
+    )
+    gateway = await start_upstream_gateway(
+        nursery, mock, {"tools": {"maxResultChars": 2048}}, state_dir=tmp_path
+    )
+    with trio.fail_after(BOUND):
+        response = await ask_raw(gateway, stream=False)
+    assert response.json()["choices"][0]["message"]["content"] == "read"
+    result = sent(mock, 1)["messages"][-1]
+    assert result["role"] == "tool"
+    kept, note = result["content"].split("\n", 1)
+    assert kept == ("0123456789" * 205)[:2048]
+    assert note == (
+        "[truncated by the gateway: showed the first 2048 of 10000 characters; "
+        "ask for less at a time]"
+    )

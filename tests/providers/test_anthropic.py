@@ -272,6 +272,9 @@ def test_anthropic_maps_tool_choice(choice: Any, expected: object) -> None:
     assert body["tools"] == [{"name": "weather", "input_schema": {"type": "object"}}]
 
 
+DEEP_ARGUMENTS = "[" * 100_000 + "]" * 100_000
+
+
 def test_anthropic_wraps_tool_arguments_that_are_not_an_object() -> None:
     model_request = ModelRequest(
         model="m",
@@ -280,7 +283,11 @@ def test_anthropic_wraps_tool_arguments_that_are_not_an_object() -> None:
             Message(
                 "assistant",
                 "",
-                tool_calls=(ToolCall("t1", "f", "[1, 2]"), ToolCall("t2", "g", "{broken")),
+                tool_calls=(
+                    ToolCall("t1", "f", "[1, 2]"),
+                    ToolCall("t2", "g", "{broken"),
+                    ToolCall("t3", "h", DEEP_ARGUMENTS),
+                ),
             ),
         ],
     )
@@ -288,6 +295,7 @@ def test_anthropic_wraps_tool_arguments_that_are_not_an_object() -> None:
     assert [block["input"] for block in body["messages"][1]["content"]] == [
         {"arguments": [1, 2]},
         {"arguments": "{broken"},
+        {"arguments": DEEP_ARGUMENTS},
     ]
 
 
@@ -364,6 +372,17 @@ async def test_anthropic_malformed_event(
     received: list[ModelEvent] = []
     error = await fails(provider, request(), received)
     assert error.code == "bad_upstream_response"
+    assert received == [TextDelta("a"), TextDelta("b")]
+
+
+async def test_anthropic_deeply_nested_event_is_a_bad_response(
+    upstream: MockUpstream, provider: AnthropicProvider
+) -> None:
+    upstream.scenarios["m"] = Scenario(tokens=["a", "b", "c"], fault="deep_json")
+    received: list[ModelEvent] = []
+    error = await fails(provider, request(), received)
+    assert error.code == "bad_upstream_response"
+    assert "nested too deeply" in error.message
     assert received == [TextDelta("a"), TextDelta("b")]
 
 

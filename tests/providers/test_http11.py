@@ -177,6 +177,24 @@ async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
     assert server.connections == 2
 
 
+async def test_an_idle_connection_the_server_closed_is_closed_when_connecting_anew_fails() -> None:
+    transport = Http11Transport()
+    async with client(0, transport=transport) as http:
+        async with raw_server([(ok(b"one"), True)]) as server:
+            url = f"http://127.0.0.1:{server.port}/"
+            with trio.fail_after(BOUND):
+                assert (await http.get(url)).content == b"one"
+                await server.closed_event.wait()
+        # The server is gone: its idle connection is stale and a new one is refused.
+        [stale] = [connection for idle in transport._idle.values() for connection in idle]
+        try:
+            with trio.fail_after(BOUND), pytest.raises(httpx.ConnectError):
+                await http.get(url)
+            assert stale.sock is None  # closed, not left for the garbage collector
+        finally:
+            await stale.close()
+
+
 async def test_connection_close_and_a_body_ended_by_eof() -> None:
     close_delimited = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"
     replies = [(ok(b"x", extra=b"connection: close\r\n"), True), (close_delimited, True)]

@@ -331,6 +331,56 @@ async def test_openai_chat_malformed_event_is_a_bad_response(
     assert received == [TextDelta("a"), TextDelta("b")]
 
 
+async def test_openai_chat_endless_line_is_a_bad_response(upstream: MockUpstream) -> None:
+    upstream.scenarios["m"] = Scenario(tokens=["a", "b", "c"], fault="endless_line")
+    settings = config(upstream.openai_base_url, maxEventBytes=64 * 1024)
+    received: list[ModelEvent] = []
+    async with OpenAIChatProvider(settings, name="oa") as provider:
+        error = await fails(provider, request(), received)
+    assert error.code == "bad_upstream_response"
+    assert error.retryable is False
+    assert "longer than 65536 bytes (maxEventBytes)" in error.message
+    assert received == [TextDelta("a"), TextDelta("b")]
+    with trio.fail_after(BOUND):
+        await upstream.requests[0].closed.wait()  # the endless answer was let go
+
+
+async def test_openai_chat_deeply_nested_event_is_a_bad_response(
+    upstream: MockUpstream, provider: OpenAIChatProvider
+) -> None:
+    upstream.scenarios["m"] = Scenario(tokens=["a", "b", "c"], fault="deep_json")
+    received: list[ModelEvent] = []
+    error = await fails(provider, request(), received)
+    assert error.code == "bad_upstream_response"
+    assert error.retryable is False
+    assert "nested too deeply" in error.message
+    assert received == [TextDelta("a"), TextDelta("b")]
+
+
+async def test_openai_chat_a_flood_of_empty_events_does_not_starve_other_tasks(
+    upstream: MockUpstream, provider: OpenAIChatProvider
+) -> None:
+    # 100,000 events without output arrive at once; the consumer is never awaited for them, so
+    # only the read loop's own yields let other tasks run meanwhile.
+    upstream.scenarios["m"] = Scenario(tokens=["a", "b"], fault="empty_events", fault_after=1)
+    ticks = 0
+    streaming = True
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while streaming:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        events, _ = await collect(provider, request())
+        streaming = False
+    assert text_of(events) == "ab"
+    # One yield every 64 events is 1,562 turns for the ticker; reads alone give it ~100 at most.
+    assert ticks >= 500, ticks
+
+
 async def test_openai_chat_in_band_error_event(
     upstream: MockUpstream, provider: OpenAIChatProvider
 ) -> None:
@@ -577,6 +627,7 @@ def test_chat_stream_parser_incomplete_stream() -> None:
     [
         ('{"choices": "nope"}', "bad_upstream_response"),
         ("not json", "bad_upstream_response"),
+        ('{"x": ' + "[" * 100_000 + "]" * 100_000 + "}", "bad_upstream_response"),
         ('{"error": "model is loading"}', "upstream_stream_error"),
     ],
 )
@@ -606,6 +657,8 @@ def test_error_message_from_body() -> None:
     assert error_message_from_body(b'{"detail": "Not Found"}') == "Not Found"
     assert error_message_from_body(b"<html>") is None
     assert error_message_from_body(b"[1]") is None
+    assert error_message_from_body(b'{"error": ' + b"[" * 60_000) is None  # too deep
+    assert error_message_from_body(b'{"error": "\xff"}') is None  # not UTF-8
     assert len(error_message_from_body(b'{"message": "' + b"x" * 5000 + b'"}') or "") == 500
 
 

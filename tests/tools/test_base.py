@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -20,7 +21,9 @@ from trio_gateway.tools import (
     call_tool,
     default_registry,
     parse_arguments,
+    truncate_result,
 )
+from trio_gateway.tools.builtin.files import ReadFileTool
 
 
 class Point(Arguments, frozen=True):
@@ -190,3 +193,33 @@ async def test_call_tool_caller_cancellation_propagates(context: ToolContext) ->
             await call_tool(tool, '{"seconds": 30}', context)
     assert scope.cancelled_caught
     assert tool.cancelled
+
+
+def test_truncate_result_keeps_a_result_within_the_limit() -> None:
+    assert truncate_result("x" * 2048, 2048) == "x" * 2048
+    assert truncate_result("", 2048) == ""
+
+
+def test_truncate_result_cuts_a_longer_one_with_a_note() -> None:
+    result = truncate_result("ab" * 3000, 2048)
+    kept, note = result.split("\n", 1)
+    assert kept == "ab" * 1024
+    assert note == (
+        "[truncated by the gateway: showed the first 2048 of 6000 characters; "
+        "ask for less at a time]"
+    )
+
+
+async def test_call_tool_truncates_a_result_over_max_result_chars(
+    context: ToolContext, workspace: Path
+) -> None:
+    await trio.Path(workspace).mkdir()
+    await trio.Path(workspace / "big.txt").write_text("0123456789" * 1000)
+    context = replace(context, config=ToolsConfig(max_result_chars=4096))
+    with trio.fail_after(5):
+        result = await call_tool(
+            ReadFileTool(), '{"path": "big.txt", "max_bytes": 100000}', context
+        )
+    assert result.startswith("0123456789" * 409 + "012345\n[truncated by the gateway:")
+    assert "the first 4096 of 10000 characters" in result
+    assert len(result) < 4096 + 200

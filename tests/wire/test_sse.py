@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_gateway.wire.sse import DONE, KEEP_ALIVE, SSEDecoder, SSEEvent, encode_data
+from trio_gateway.wire.sse import DONE, KEEP_ALIVE, SSEDecoder, SSEError, SSEEvent, encode_data
 
 # A stream exercising most of the parser: comments, multi-line data, named events, ids, retry,
 # a BOM, every line ending, a field without a colon and an event without data.
@@ -341,3 +341,58 @@ def test_sse_event_defaults() -> None:
     event = SSEEvent(data="d")
 
     assert (event.data, event.event, event.id, event.retry) == ("d", "message", None, None)
+
+
+# --- limits --------------------------------------------------------------------------------------
+
+
+def test_sse_decoder_refuses_a_line_longer_than_the_limit_in_one_feed() -> None:
+    decoder = SSEDecoder(max_event_bytes=1024)
+
+    assert decoder.feed(b"data: " + b"x" * 1018 + b"\n\n") == [SSEEvent(data="x" * 1018)]
+    with pytest.raises(SSEError, match="longer than 1024 bytes"):
+        decoder.feed(b"data: " + b"x" * 1019 + b"\n\n")
+
+
+def test_sse_decoder_refuses_a_line_that_never_ends() -> None:
+    decoder = SSEDecoder(max_event_bytes=4096)
+    assert decoder.feed(b"data: ok\n\ndata: ") == [SSEEvent(data="ok")]
+    for _ in range(4):  # 4,000 bytes after "data: ": still within the limit
+        assert decoder.feed(b"y" * 1000) == []
+    with pytest.raises(SSEError, match="longer than 4096 bytes"):
+        decoder.feed(b"y" * 1000)
+
+
+def test_sse_decoder_refuses_a_long_line_ended_in_a_later_feed() -> None:
+    decoder = SSEDecoder(max_event_bytes=2048)
+    assert decoder.feed(b"data: " + b"z" * 1500) == []
+    with pytest.raises(SSEError):
+        decoder.feed(b"z" * 1000 + b"\n\n")
+
+
+def test_sse_decoder_refuses_an_event_with_too_much_data() -> None:
+    # Every line is short; the event they make up is not.
+    decoder = SSEDecoder(max_event_bytes=1024)
+    assert decoder.feed(b"data: " + b"a" * 1000 + b"\n\n") == [SSEEvent(data="a" * 1000)]
+    with pytest.raises(SSEError, match="more than 1024 bytes of data"):
+        decoder.feed(b"data: " + b"b" * 600 + b"\n" + b"data: " + b"b" * 600 + b"\n\n")
+
+
+def test_sse_decoder_counts_data_per_event() -> None:
+    line = b"data: " + b"c" * 700 + b"\n\n"
+
+    assert decode(line * 50) == [SSEEvent(data="c" * 700)] * 50
+
+
+def test_sse_decoder_a_long_stream_split_anywhere_decodes_the_same() -> None:
+    stream = b"".join(b"data: " + str(index).encode() * 90 + b"\r\n\r\n" for index in range(200))
+    expected = decode(stream)
+    assert len(expected) == 200
+    for size in (1, 7, 64, 1000):
+        chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
+        assert decode(*chunks) == expected
+
+
+def test_sse_decoder_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        SSEDecoder(max_event_bytes=0)

@@ -12,7 +12,11 @@ things, in order:
    calls the model again, until a final answer, a client tool call or ``maxToolIterations``.
    Everything it does is reported through the ``emit`` callback as
    :mod:`events <trio_gateway.agent.events>`, awaited, so a slow consumer slows the run instead
-   of growing a buffer. The whole run is bounded by the agent's ``timeoutSeconds``.
+   of growing a buffer. The whole run is bounded by the agent's ``timeoutSeconds``, and what
+   the model may send by ``maxOutputChars`` (per run), ``tools.maxCallsPerTurn`` and
+   ``tools.maxArgumentChars``: past one of them the stream is stopped at once and the run
+   fails with a 502 ``upstream_error`` (``output_too_large``, ``too_many_tool_calls``,
+   ``tool_arguments_too_large``), so no buffer of a run grows without bound.
 
 A run that fails emits ``RunFailed`` and returns a failed :class:`RunResult`; it does not raise.
 A cancelled run (its client went away) records what it had so far as ``aborted`` and lets
@@ -96,7 +100,14 @@ from .lanes import Admission, Ticket
 from .prompt import client_tool_specs, close_tool_calls, split_request
 from .routing import RunTarget, resolve_target
 
-__all__ = ["AgentRuntime", "PreparedRun", "ReloadResult", "RunResult", "open_runtime"]
+__all__ = [
+    "AgentRuntime",
+    "OutputLimits",
+    "PreparedRun",
+    "ReloadResult",
+    "RunResult",
+    "open_runtime",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +115,40 @@ logger = logging.getLogger(__name__)
 RECORD_BOUND_SECONDS = 5.0
 
 EmitEvent = Callable[[RunEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputLimits:
+    """The bounds on a run's model output, from the config when the run was prepared."""
+
+    #: Characters of text, reasoning and tool calls (names and arguments) in the whole run.
+    max_output_chars: int
+    #: Tool calls in one model answer.
+    max_calls_per_turn: int
+    #: Characters of one tool call's arguments.
+    max_argument_chars: int
+
+    def output_too_large(self) -> ProviderError:
+        return ProviderError(
+            f"The model's output passed {self.max_output_chars} characters in this run "
+            "(agents.defaults.maxOutputChars); the run was stopped.",
+            code="output_too_large",
+        )
+
+    def too_many_tool_calls(self) -> ProviderError:
+        return ProviderError(
+            f"The model made more than {self.max_calls_per_turn} tool calls in one answer "
+            "(tools.maxCallsPerTurn); the run was stopped.",
+            code="too_many_tool_calls",
+        )
+
+    def arguments_too_large(self, name: str | None) -> ProviderError:
+        what = f"the tool call {name!r}" if name else "a tool call"
+        return ProviderError(
+            f"The arguments of {what} passed {self.max_argument_chars} characters "
+            "(tools.maxArgumentChars); the run was stopped.",
+            code="tool_arguments_too_large",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +170,8 @@ class PreparedRun:
     max_tool_iterations: int
     #: Whether the turn is stored (a stable session, or ``session.persistStateless``).
     record: bool
+    #: What the model may send in one run, one answer and one tool call (see the module doc).
+    limits: OutputLimits
     #: The run's use of the providers in ``chain``, released when the run (or its admission
     #: ticket) ends: a reload closes the providers it replaced only once every lease is gone.
     lease: ProviderLease | None = None
@@ -176,6 +223,8 @@ class _RunState:
     pending_calls: tuple[ToolCall, ...] = ()
     client_indexes: dict[int, int] = field(default_factory=dict)
     client_calls_seen: int = 0
+    #: Characters of model output received so far in the run (see :class:`OutputLimits`).
+    output_chars: int = 0
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -496,6 +545,11 @@ class AgentRuntime:
             timeout_seconds=agent.timeout_seconds or defaults.timeout_seconds,
             max_tool_iterations=agent.max_tool_iterations or defaults.max_tool_iterations,
             record=not target.stateless or config.session.persist_stateless,
+            limits=OutputLimits(
+                max_output_chars=defaults.max_output_chars,
+                max_calls_per_turn=config.tools.max_calls_per_turn,
+                max_argument_chars=config.tools.max_argument_chars,
+            ),
         )
 
     async def admit(self, prepared: PreparedRun) -> Ticket:
@@ -748,18 +802,41 @@ class AgentRuntime:
         indexes.clear()
         #: Pieces of calls whose name has not arrived yet: (id, arguments so far).
         unnamed: dict[int, tuple[str | None, str]] = {}
+        limits = prepared.limits
+        #: Argument characters of each tool call of this answer, by the provider's index.
+        argument_chars: dict[int, int] = {}
+        call_names: dict[int, str] = {}
+
+        def count(chars: int) -> None:
+            state.output_chars += chars
+            if state.output_chars > limits.max_output_chars:
+                raise limits.output_too_large()
 
         async def route(event: ModelEvent) -> None:
             if type(event) is TextDelta:
+                count(len(event.text))
                 if not parts:
                     state.first_text_at = time.monotonic()
                 parts.append(event.text)
                 await emit(event)
             elif type(event) is ReasoningDelta:
+                count(len(event.text))
                 reasoning.append(event.text)
                 await emit(event)
             elif type(event) is ToolCallDelta:
                 index = event.index
+                count(len(event.arguments) + len(event.name or "") + len(event.id or ""))
+                chars = argument_chars.get(index)
+                if chars is None:
+                    if len(argument_chars) >= limits.max_calls_per_turn:
+                        raise limits.too_many_tool_calls()
+                    chars = 0
+                chars += len(event.arguments)
+                argument_chars[index] = chars
+                if event.name:
+                    call_names.setdefault(index, event.name)
+                if chars > limits.max_argument_chars:
+                    raise limits.arguments_too_large(call_names.get(index))
                 if index not in indexes:
                     if event.name is None:
                         call_id, arguments = unnamed.get(index, (None, ""))

@@ -193,6 +193,8 @@ class _UpstreamProviderConfig(_Section, frozen=True):
     first_token_timeout_seconds: Seconds = 120.0
     #: Longest silence allowed between two streamed events once the answer started.
     idle_timeout_seconds: Seconds = 120.0
+    #: Longest line, and most data in one event, of the upstream's event stream.
+    max_event_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 1024 * 1024
     #: Retries of a retryable failure (429, 5xx, connection error) before the first token.
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
     #: First retry delay; doubled at each retry, capped at ``retryMaxDelaySeconds``.
@@ -253,6 +255,8 @@ class AgentDefaults(_Section, frozen=True):
     tools: ToolPolicy = msgspec.field(default_factory=ToolPolicy)
     #: Model calls a run may make to use tools before it is stopped.
     max_tool_iterations: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    #: Characters of model output (text, reasoning, tool calls) one run may receive.
+    max_output_chars: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 1_000_000
     #: Runs at once across the gateway; more wait in a queue of ``maxQueued``.
     max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 64
     max_queued: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 256
@@ -315,6 +319,12 @@ class ExecToolConfig(_Section, frozen=True):
 class ToolsConfig(_Section, frozen=True):
     #: Deadline of one tool call (a tool's own deadline may be shorter).
     timeout_seconds: Seconds = 120.0
+    #: A tool result longer than this many characters is cut, with a note to the model.
+    max_result_chars: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 128 * 1024
+    #: Tool calls (agent and client tools) one model answer may make.
+    max_calls_per_turn: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 32
+    #: Characters of arguments one tool call may have.
+    max_argument_chars: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 256 * 1024
     http_fetch: HttpFetchToolConfig = msgspec.field(default_factory=HttpFetchToolConfig)
     exec: ExecToolConfig = msgspec.field(default_factory=ExecToolConfig)
 

@@ -34,6 +34,7 @@ import msgspec
 from ..config.schema import AnthropicProviderConfig
 from ..errors import UpstreamError
 from ..messages import Message, ToolCall
+from ..wire.decoding import DECODE_ERRORS
 from ..wire.sse import SSEEvent
 from .base import (
     Completion,
@@ -46,7 +47,7 @@ from .base import (
     TokenUsage,
     ToolCallDelta,
 )
-from .upstream import HttpProvider, bad_response
+from .upstream import HttpProvider, bad_event, bad_response
 
 __all__ = ["AnthropicProvider", "MessagesStreamParser", "encode_messages_request"]
 
@@ -154,7 +155,7 @@ def _tool_input(arguments: str) -> dict[str, object]:
         return {}
     try:
         value = msgspec.json.decode(arguments)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:  # not JSON, too deep, not UTF-8: sent as the text it is
         return {"arguments": arguments}
     if isinstance(value, dict):
         return value
@@ -276,8 +277,8 @@ class MessagesStreamParser:
     def feed(self, event: SSEEvent) -> Sequence[ModelEvent]:
         try:
             decoded = _event_decoder.decode(event.data)
-        except msgspec.DecodeError as exc:
-            raise bad_response(self.provider, "a malformed stream event") from exc
+        except DECODE_ERRORS as exc:
+            raise bad_event(self.provider, exc, event.data) from exc
         kind = decoded.type
         if kind == "content_block_delta":
             return self._block_delta(decoded)

@@ -254,12 +254,15 @@ class Http11Transport(httpx.AsyncBaseTransport):
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
 
         connection, stale = self._checkout(origin)
+        if stale:
+            # Out of the pool now: closed here, before anything that can fail or be cancelled.
+            with trio.CancelScope(shield=True):
+                for old in stale:
+                    await old.close()
         if connection is None:
             connection = await self._connect(origin, request, timeouts.get("connect"))
         unregister = disconnects.register(connection.shutdown)
         try:
-            for old in stale:
-                await old.close()
             await self._send_request(connection, request, timeouts.get("write"))
             response = await self._receive_head(connection, request, timeouts.get("read"))
         except BaseException:

@@ -26,6 +26,7 @@ import msgspec
 from ..config.schema import OpenAIChatProviderConfig
 from ..errors import UpstreamError
 from ..messages import ToolCall
+from ..wire.decoding import DECODE_ERRORS
 from ..wire.sse import SSEEvent
 from .base import (
     Completion,
@@ -38,7 +39,7 @@ from .base import (
     TokenUsage,
     ToolCallDelta,
 )
-from .upstream import HttpProvider, bad_response
+from .upstream import HttpProvider, bad_event
 
 __all__ = ["ChatStreamParser", "OpenAIChatProvider", "encode_chat_request"]
 
@@ -224,8 +225,8 @@ class ChatStreamParser:
             return _NOTHING
         try:
             chunk = _chunk_decoder.decode(data)
-        except msgspec.DecodeError as exc:
-            raise bad_response(self.provider, "a malformed stream event") from exc
+        except DECODE_ERRORS as exc:
+            raise bad_event(self.provider, exc, data) from exc
         if chunk.error is not None:
             raise self._stream_error(chunk.error)
         if chunk.usage is not None:

@@ -23,8 +23,9 @@ Every failure leaves as an :class:`~trio_gateway.errors.UpstreamError`, translat
 * connection faults (refused, reset, closed early): ``status=None``, ``retryable``; ``code``
   ``upstream_unreachable`` (before a connection existed) or ``upstream_disconnected``.
 * a deadline: ``code="upstream_timeout"``, ``retryable``.
-* a 200 that is not an event stream, or an event that is not what the protocol says:
-  ``code="bad_upstream_response"``, not retryable.
+* a 200 that is not an event stream, an event that is not what the protocol says (JSON that
+  does not decode, nested too deeply, not UTF-8), or a line or event longer than
+  ``maxEventBytes``: ``code="bad_upstream_response"``, not retryable.
 * an in-band error event: ``code="upstream_stream_error"`` (raised by the parsers).
 
 The client does not retry: the agent layer does, when ``retryable`` and nothing was emitted.
@@ -32,6 +33,11 @@ Messages name the provider and host, never a key. Cancelling the caller closes t
 response (and with it the connection, since it was not read to the end) under a shielded bound,
 so the upstream stops generating. HTTP/1.1 only, on purpose: httpx does not reset an HTTP/2
 stream it stops reading, so over h2 a cancelled call would keep the upstream busy.
+
+One upstream cannot starve the event loop: the SSE decoder's cost is linear and its buffer is
+bounded by ``maxEventBytes``, the transport yields to the scheduler every few reads, and the read
+loop yields every ``_YIELD_EVERY_EVENTS`` events, whether or not the consumer did (a read full
+of events that produce no output would otherwise be thousands of events in one task step).
 
 This module must not import the agent, server or tools layers.
 """
@@ -55,7 +61,8 @@ import trio
 from .._version import __version__
 from ..config.schema import AnthropicProviderConfig, OpenAIChatProviderConfig
 from ..errors import ConfigError, UpstreamError
-from ..wire.sse import SSEDecoder, SSEEvent
+from ..wire.decoding import DECODE_ERRORS, decode_fault
+from ..wire.sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEError, SSEEvent
 from .base import Completion, Emit, ModelEvent
 from .http11 import Http11Transport
 
@@ -68,6 +75,7 @@ __all__ = [
     "StreamParser",
     "UpstreamClient",
     "UpstreamSettings",
+    "bad_event",
     "bad_response",
     "environment_proxy",
     "error_message_from_body",
@@ -93,6 +101,8 @@ _CLOSE_BOUND = 2.0
 _KEEPALIVE_CONNECTIONS = 64
 #: Longest upstream error message passed on.
 _MESSAGE_LIMIT = 500
+#: Events parsed before the read loop yields to the scheduler, if nothing else did.
+_YIELD_EVERY_EVENTS = 64
 
 
 class StreamParser(Protocol):
@@ -161,7 +171,7 @@ def error_message_from_body(body: bytes) -> str | None:
     ``error`` / ``message`` / ``detail`` string other OpenAI-compatible servers send."""
     try:
         document = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:  # too deep or not UTF-8 too: the status alone is the answer
         return None
     if not isinstance(document, dict):
         return None
@@ -210,6 +220,12 @@ def bad_response(provider: str, what: str) -> UpstreamError:
     )
 
 
+def bad_event(provider: str, exc: Exception, data: str | bytes) -> UpstreamError:
+    """A stream event whose JSON could not be decoded (``exc``, one of ``DECODE_ERRORS``): a
+    bad answer, whatever msgspec raised (a recursion error for deep nesting included)."""
+    return bad_response(provider, f"a malformed stream event ({decode_fault(exc, data).value})")
+
+
 def environment_proxy(url: httpx.URL) -> str | None:
     """The proxy URL the environment names for ``url`` (``<scheme>_proxy`` or ``all_proxy``,
     either case), ``None`` when there is none or ``no_proxy`` exempts the host: the standard
@@ -251,8 +267,10 @@ class UpstreamClient:
         idle_timeout: float,
         missing_key_env: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.provider = provider
+        self.max_event_bytes = max_event_bytes
         self.first_token_timeout = first_token_timeout
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
@@ -353,17 +371,27 @@ class UpstreamClient:
                 try:
                     await self._check_response(response, body_stream)
                     del response  # its headers are of no further use during a long stream
-                    decoder = SSEDecoder()
+                    decoder = SSEDecoder(max_event_bytes=self.max_event_bytes)
+                    unyielded = 0
                     # Raw bytes: the stream is not content-encoded (the request asks for
                     # identity).
                     async for chunk in body_stream:
                         if draining:
                             continue  # reading the end of the body keeps the connection
-                        events = decoder.feed(chunk)
+                        try:
+                            events = decoder.feed(chunk)
+                        except SSEError as exc:
+                            raise bad_response(
+                                self.provider, f"{exc} (maxEventBytes) in its event stream"
+                            ) from exc
                         if not events:
                             continue
                         scope.deadline = math.inf  # a slow consumer is not upstream silence
                         for event in events:
+                            unyielded += 1
+                            if unyielded >= _YIELD_EVERY_EVENTS:
+                                unyielded = 0
+                                await trio.lowlevel.checkpoint()
                             for model_event in parser.feed(event):
                                 await emit(model_event)
                                 emitted = True
@@ -526,6 +554,7 @@ class HttpProvider:
             idle_timeout=config.idle_timeout_seconds,
             missing_key_env=missing_env,
             transport=transport,
+            max_event_bytes=config.max_event_bytes,
         )
 
     async def aclose(self) -> None:

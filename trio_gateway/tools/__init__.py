@@ -16,6 +16,7 @@ from .base import ToolContext as ToolContext
 from .base import arguments_schema as arguments_schema
 from .base import call_tool as call_tool
 from .base import parse_arguments as parse_arguments
+from .base import truncate_result as truncate_result
 from .builtin import CurrentTimeTool as CurrentTimeTool
 from .builtin import ExecTool as ExecTool
 from .builtin import HttpFetchTool as HttpFetchTool

@@ -31,6 +31,7 @@ __all__ = [
     "arguments_schema",
     "call_tool",
     "parse_arguments",
+    "truncate_result",
 ]
 
 logger = logging.getLogger(__name__)
@@ -173,11 +174,24 @@ class StructTool(Generic[A]):
         return f"<{type(self).__name__} {self._spec.name}>"
 
 
+def truncate_result(result: str, max_chars: int) -> str:
+    """``result`` cut to its first ``max_chars`` characters, with a note saying so to the model,
+    when it is longer (``tools.maxResultChars``); else ``result`` itself."""
+    if len(result) <= max_chars:
+        return result
+    return (
+        f"{result[:max_chars]}\n[truncated by the gateway: showed the first {max_chars} of "
+        f"{len(result)} characters; ask for less at a time]"
+    )
+
+
 async def call_tool(tool: Tool, arguments: str, context: ToolContext) -> str:
     """Call ``tool`` under the ``tools.timeoutSeconds`` deadline, logging the operation.
 
     A call that passes the deadline is cancelled (and cleans up) and becomes a
-    :class:`ToolError` for the model. Other errors propagate unchanged.
+    :class:`ToolError` for the model. Other errors propagate unchanged. A result longer than
+    ``tools.maxResultChars`` is cut by :func:`truncate_result`: whatever a tool returns, what
+    goes back to the model is bounded.
     """
     name = tool.spec.name
     seconds = context.config.timeout_seconds
@@ -212,4 +226,4 @@ async def call_tool(tool: Tool, arguments: str, context: ToolContext) -> str:
         context.run_id,
         len(result),
     )
-    return result
+    return truncate_result(result, context.config.max_result_chars)
