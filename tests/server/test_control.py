@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,6 +19,7 @@ from trio_websocket import (
 )
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request
+from wsproto.extensions import Extension, PerMessageDeflate
 
 from trio_gateway.providers.scripted import Hang, Pause, Say, ScriptedProvider
 
@@ -163,6 +164,22 @@ async def test_control_oversized_frame_after_auth_closes_1009(nursery: trio.Nurs
         assert (await closed_with(ws))[0] == 1009
 
 
+async def _raw_upgrade(
+    gateway: RunningGateway, extensions: Sequence[Extension] = ()
+) -> tuple[trio.SocketStream, WSConnection, AcceptConnection]:
+    """A WebSocket upgrade by hand (wsproto), so the test can write frames byte by byte."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    client = WSConnection(ConnectionType.CLIENT)
+    request = Request(host=f"{host}:{port}", target="/ws", extensions=list(extensions))
+    await stream.send_all(client.send(request))
+    while True:
+        client.receive_data(await stream.receive_some(65536) or None)
+        for event in client.events():
+            if isinstance(event, AcceptConnection):
+                return stream, client, event
+
+
 def _unfinished_text_frame_header(size: int) -> bytes:
     """The head of one final, masked text frame announcing ``size`` payload bytes (RFC 6455
     5.2). The mask is all zeros, so the payload that follows goes out as it is."""
@@ -184,16 +201,9 @@ async def test_control_pre_auth_frame_is_refused_while_it_arrives(nursery: trio.
             }
         },
     )
-    host, port = gateway.url.removeprefix("http://").split(":")
     with trio.fail_after(BOUND):
-        stream = await trio.open_tcp_stream(host, int(port))
+        stream, client, _ = await _raw_upgrade(gateway)
         async with stream:
-            client = WSConnection(ConnectionType.CLIENT)
-            await stream.send_all(client.send(Request(host=f"{host}:{port}", target="/ws")))
-            events: list[object] = []
-            while not any(isinstance(event, AcceptConnection) for event in events):
-                client.receive_data(await stream.receive_some(65536) or None)
-                events.extend(client.events())
             # A 4 MiB frame of which only 16 KiB ever arrive: the client is still sending it.
             await stream.send_all(_unfinished_text_frame_header(announced) + b"x" * sent)
             close: CloseConnection | None = None
@@ -205,6 +215,16 @@ async def test_control_pre_auth_frame_is_refused_while_it_arrives(nursery: trio.
     # Closed with 1009 while the frame was far from complete, and the connection ended (EOF).
     assert close is not None
     assert (close.code, close.reason) == (1009, "frame_too_large")
+
+
+async def test_control_declines_compression(nursery: trio.Nursery) -> None:
+    # Inflating happens before any size check: a compressed frame could expand about 1,000
+    # times per read, before authentication. The gateway does not accept permessage-deflate.
+    gateway = await start_gateway(nursery)
+    with trio.fail_after(BOUND):
+        stream, _, accepted = await _raw_upgrade(gateway, [PerMessageDeflate()])
+        async with stream:
+            assert accepted.extensions == []
 
 
 async def test_control_connected_client_may_send_frames_up_to_max_frame_bytes(

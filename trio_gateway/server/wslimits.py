@@ -18,11 +18,14 @@ past hypercorn's own limit the buffer goes on growing with the rest of the frame
 application is never told (hypercorn sends close 1009 and carries on).
 :func:`install_message_limit` swaps that buffer for :class:`_BoundedBuffer`, which counts
 bytes as they arrive, keeps none of an oversized message and tells the connection's owner at
-once, so the gateway itself closes with 1009 and its reason. This relies on hypercorn
-internals: the ASGI ``send`` callable being the bound ``WSStream.app_send`` and the stream's
-``buffer`` attribute (``hypercorn.protocol.ws_stream``). pyproject.toml bounds hypercorn below
-0.19 for this; when the internals are not found, the swap is skipped with a warning, and the
-gateway falls back to checking whole messages only.
+once, so the gateway itself closes with 1009 and ends the connection (hypercorn's own close,
+without a reason, may go first when the whole message arrived in one read). It also declines the
+permessage-deflate extension: wsproto inflates each received chunk with no bound (up to about
+1,000 times its size) before any limit could look at it. This relies on hypercorn internals:
+the ASGI ``send`` callable being the bound ``WSStream.app_send``, and the stream's ``buffer``
+and ``handshake`` attributes (``hypercorn.protocol.ws_stream``). pyproject.toml bounds hypercorn
+below 0.19 for this; when the internals are not found, nothing is changed (with a warning), and
+the gateway falls back to checking whole messages only.
 
 Imports hypercorn and wsproto only; nothing from trio, quart or the rest of the server.
 """
@@ -34,7 +37,12 @@ from collections.abc import Callable, Mapping
 from io import BytesIO, StringIO
 from typing import Final
 
-from hypercorn.protocol.ws_stream import FrameTooLargeError, WebsocketBuffer, WSStream
+from hypercorn.protocol.ws_stream import (
+    FrameTooLargeError,
+    Handshake,
+    WebsocketBuffer,
+    WSStream,
+)
 from wsproto.events import Message
 
 __all__ = [
@@ -142,7 +150,8 @@ class _BoundedBuffer(WebsocketBuffer):
 
 
 def install_message_limit(send: object, limit: int) -> MessageLimit | None:
-    """Bound the messages of the WebSocket connection whose ASGI ``send`` this is.
+    """Bound the messages of the WebSocket connection whose ASGI ``send`` this is, and decline
+    compression (whose inflating no limit covers).
 
     Call it before the connection is accepted (no message can have arrived yet). ``None`` when
     ``send`` is not hypercorn's (another server, or a hypercorn whose internals changed): then
@@ -153,9 +162,12 @@ def install_message_limit(send: object, limit: int) -> MessageLimit | None:
         isinstance(stream, WSStream)
         and type(getattr(stream, "buffer", None)) is WebsocketBuffer
         and stream.buffer.value is None
+        and isinstance(getattr(stream, "handshake", None), Handshake)
+        and not stream.handshake.accepted
     ):
         message_limit = MessageLimit(limit)
         stream.buffer = _BoundedBuffer(message_limit)
+        stream.handshake.extensions = None  # the client's offer of permessage-deflate: declined
         return message_limit
     global _warned_missing_internals
     if not _warned_missing_internals:
