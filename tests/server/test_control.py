@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,15 @@ import httpx
 import pytest
 import trio
 from gateway_harness import TOKEN, RunningGateway, make_config, start_gateway
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    open_websocket_url,
+)
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request
+from wsproto.extensions import Extension, PerMessageDeflate
 
 from trio_gateway.providers.scripted import Hang, Pause, Say, ScriptedProvider
 
@@ -146,7 +154,8 @@ async def test_control_pre_auth_frames_are_small_bounded(nursery: trio.Nursery) 
     async with open_websocket_url(ws_url(gateway)) as ws:
         await receive(ws)
         await ws.send_message("x" * 2000)
-        assert await closed_with(ws) == (1009, "frame_too_large")
+        # The whole frame arrived at once: hypercorn's close (no reason) may go out first.
+        assert (await closed_with(ws))[0] == 1009
 
 
 async def test_control_oversized_frame_after_auth_closes_1009(nursery: trio.Nursery) -> None:
@@ -154,6 +163,129 @@ async def test_control_oversized_frame_after_auth_closes_1009(nursery: trio.Nurs
     async with connected(gateway) as ws:
         await request(ws, "1", "agent", {"message": "x" * 5000})
         assert (await closed_with(ws))[0] == 1009
+
+
+async def _raw_upgrade(
+    gateway: RunningGateway, extensions: Sequence[Extension] = ()
+) -> tuple[trio.SocketStream, WSConnection, AcceptConnection]:
+    """A WebSocket upgrade by hand (wsproto), so the test can write frames byte by byte."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    client = WSConnection(ConnectionType.CLIENT)
+    request = Request(host=f"{host}:{port}", target="/ws", extensions=list(extensions))
+    await stream.send_all(client.send(request))
+    while True:
+        client.receive_data(await stream.receive_some(65536) or None)
+        for event in client.events():
+            if isinstance(event, AcceptConnection):
+                return stream, client, event
+
+
+def _unfinished_text_frame_header(size: int) -> bytes:
+    """The head of one final, masked text frame announcing ``size`` payload bytes (RFC 6455
+    5.2). The mask is all zeros, so the payload that follows goes out as it is."""
+    return bytes([0x81, 0x80 | 127]) + size.to_bytes(8, "big") + bytes(4)
+
+
+async def test_control_pre_auth_frame_is_refused_while_it_arrives(nursery: trio.Nursery) -> None:
+    announced, sent = 4 * 1024 * 1024, 16 * 1024
+    gateway = await start_gateway(
+        nursery,
+        {
+            "gateway": {
+                "ws": {
+                    "maxPreAuthFrameBytes": 4096,
+                    "maxFrameBytes": 8 * 1024 * 1024,
+                    # Far beyond BOUND: only the frame limit can close this connection in time.
+                    "handshakeTimeoutSeconds": 600,
+                }
+            }
+        },
+    )
+    with trio.fail_after(BOUND):
+        stream, client, _ = await _raw_upgrade(gateway)
+        async with stream:
+            # A 4 MiB frame of which only 16 KiB ever arrive: the client is still sending it.
+            await stream.send_all(_unfinished_text_frame_header(announced) + b"x" * sent)
+            close: CloseConnection | None = None
+            while data := await stream.receive_some(65536):
+                client.receive_data(data)
+                for event in client.events():
+                    if isinstance(event, CloseConnection):
+                        close = event
+    # Closed with 1009 while the frame was far from complete, and the connection ended (EOF).
+    assert close is not None
+    assert (close.code, close.reason) == (1009, "frame_too_large")
+
+
+async def test_control_declines_compression(nursery: trio.Nursery) -> None:
+    # Inflating happens before any size check: a compressed frame could expand about 1,000
+    # times per read, before authentication. The gateway does not accept permessage-deflate.
+    gateway = await start_gateway(nursery)
+    with trio.fail_after(BOUND):
+        stream, _, accepted = await _raw_upgrade(gateway, [PerMessageDeflate()])
+        async with stream:
+            assert accepted.extensions == []
+
+
+async def test_control_connected_client_may_send_frames_up_to_max_frame_bytes(
+    nursery: trio.Nursery,
+) -> None:
+    gateway = await start_gateway(
+        nursery, {"gateway": {"ws": {"maxPreAuthFrameBytes": 1024, "maxFrameBytes": 512 * 1024}}}
+    )
+    async with connected(gateway) as ws:
+        await request(ws, "big", "health", {"padding": "x" * (400 * 1024)})
+        reply = await response(ws, "big")
+        assert reply["ok"], reply
+
+
+async def _refusal(gateway: RunningGateway) -> ConnectionRejected:
+    with trio.fail_after(BOUND), pytest.raises(ConnectionRejected) as refused:
+        async with open_websocket_url(ws_url(gateway)):
+            pass
+    return refused.value
+
+
+async def test_control_unauthenticated_connections_beyond_the_cap_are_refused(
+    nursery: trio.Nursery,
+) -> None:
+    gateway = await start_gateway(
+        nursery, {"gateway": {"ws": {"maxUnauthenticatedConnections": 2}}}
+    )
+    async with open_websocket_url(ws_url(gateway)) as first:
+        await receive(first)
+        async with open_websocket_url(ws_url(gateway)) as second:
+            await receive(second)
+            refused = await _refusal(gateway)
+            assert refused.status_code == 503
+            assert (b"retry-after", b"1") in refused.headers
+            assert refused.body is not None
+            error = json.loads(refused.body)["error"]
+            assert error["code"] == "too_many_unauthenticated"
+            assert "maxUnauthenticatedConnections" in error["message"]
+            # Once one of them authenticates, it no longer holds a place.
+            await request(second, "c", "connect", {"auth": {"token": TOKEN}})
+            assert (await response(second, "c"))["ok"]
+            async with connected(gateway) as third:
+                await request(third, "h", "health")
+                assert (await response(third, "h"))["ok"]
+
+
+async def test_control_idle_unauthenticated_connection_is_closed_and_frees_its_place(
+    nursery: trio.Nursery,
+) -> None:
+    gateway = await start_gateway(
+        nursery,
+        {"gateway": {"ws": {"maxUnauthenticatedConnections": 1, "handshakeTimeoutSeconds": 0.5}}},
+    )
+    async with open_websocket_url(ws_url(gateway)) as idle:
+        await receive(idle)
+        assert (await _refusal(gateway)).status_code == 503
+        assert await closed_with(idle) == (4002, "handshake_timeout")
+    async with connected(gateway) as ws:
+        await request(ws, "h", "health")
+        assert (await response(ws, "h"))["ok"]
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,8 @@ class WsConfig(_Section, frozen=True):
     tick_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15.0
     #: Frames queued for a client before it counts as too slow and is disconnected.
     send_queue_frames: Annotated[int, msgspec.Meta(ge=8, le=1 << 20)] = 1024
+    #: Connections that may be waiting to authenticate at once; more get 503 at the upgrade.
+    max_unauthenticated_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 256
 
 
 class FinishedRunsConfig(_Section, frozen=True):

@@ -43,6 +43,7 @@ from .app_state import CLEANUPS_KEY
 from .control import register_control_plane
 from .ops import register_ops_routes
 from .routes import register_routes
+from .wslimits import MESSAGE_LIMIT_KEY, install_message_limit
 
 __all__ = ["GatewayApp", "create_app", "error_response"]
 
@@ -183,6 +184,13 @@ class GatewayApp:
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
         if scope["type"] == "websocket":
+            # Every connection starts unauthenticated: its messages are bounded by the pre-auth
+            # limit while they arrive, until the control plane raises it after `connect`.
+            limit = install_message_limit(
+                send, self.runtime.config.gateway.ws.max_pre_auth_frame_bytes
+            )
+            if limit is not None:
+                scope[MESSAGE_LIMIT_KEY] = limit  # type: ignore[typeddict-unknown-key]  # our own key
             with bind_request_id(_request_id(scope["headers"])):
                 await self.quart_app(scope, receive, send)
             return

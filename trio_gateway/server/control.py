@@ -37,6 +37,7 @@ from ..errors import (
     ConfigError,
     GatewayError,
     OverloadedError,
+    ServiceUnavailableError,
     SessionBusyError,
     UpstreamError,
 )
@@ -52,6 +53,7 @@ from ..wire.frames import (
     parse_request,
 )
 from .app_state import guard_credentials
+from .wslimits import HandshakeSlot, PendingHandshakes, scope_message_limit
 
 __all__ = ["register_control_plane"]
 
@@ -276,8 +278,10 @@ class _RunFeed:
 
 
 class ControlConnection:
-    def __init__(self, runtime: AgentRuntime) -> None:
+    def __init__(self, runtime: AgentRuntime, slot: HandshakeSlot | None = None) -> None:
         self.runtime = runtime
+        #: Its place among the connections waiting to authenticate, until ``connect`` succeeds.
+        self._slot = slot
         self.settings = runtime.config.gateway.ws
         self.event_seq = 0
         self.closing: _Closing | None = None
@@ -349,6 +353,7 @@ class ControlConnection:
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    self._watch_message_limit()
                     await self._handshake()
                     nursery.start_soon(self._ticker)
                     nursery.start_soon(self._watch_credentials)
@@ -370,6 +375,20 @@ class ControlConnection:
         """A reload that changes the credential ends connections made with the old one."""
         await self.runtime.wait_credentials_changed(self.credentials)
         self.close(4001, "credentials_changed")
+
+    def _watch_message_limit(self) -> None:
+        """Close with 1009 as soon as a message passes its limit, while it is still arriving."""
+        limit = scope_message_limit(websocket.scope)
+        if limit is not None:
+            limit.on_overflow(lambda: self.close(1009, "frame_too_large"))
+
+    def _authenticated(self) -> None:
+        """After ``connect``: no longer pending, and frames up to ``maxFrameBytes`` are allowed."""
+        if self._slot is not None:
+            self._slot.release()
+        limit = scope_message_limit(websocket.scope)
+        if limit is not None:
+            limit.set_limit(self.settings.max_frame_bytes)
 
     async def _end(self, code: int, reason: str) -> NoReturn:
         """Close the connection from its own task: cancel the nursery and unwind."""
@@ -451,6 +470,7 @@ class ControlConnection:
         except AuthenticationError as exc:
             self.queue(encode_error_response(request.id, code="auth_failed", message=exc.message))
             await self._end(4001, "auth_failed")
+        self._authenticated()
         logger.info(
             "control.connected client=%r version=%r", params.client.name, params.client.version
         )
@@ -735,8 +755,24 @@ def _as_async(feed: Callable[[RunEvent], None]) -> Callable[[RunEvent], Awaitabl
 
 
 def register_control_plane(app: QuartTrio, runtime: AgentRuntime) -> None:
+    pending = PendingHandshakes()
+
     async def control() -> None:
-        await ControlConnection(runtime).serve()
+        cap = runtime.config.gateway.ws.max_unauthenticated_connections
+        slot = pending.try_hold(cap)
+        if slot is None:
+            # Before the upgrade is accepted: the client gets an HTTP 503 with a JSON body.
+            logger.info("control.refused reason=too_many_unauthenticated pending=%d", cap)
+            raise ServiceUnavailableError(
+                "Too many WebSocket connections are waiting to authenticate "
+                "(gateway.ws.maxUnauthenticatedConnections); retry shortly.",
+                code="too_many_unauthenticated",
+                retry_after=1,
+            )
+        try:
+            await ControlConnection(runtime, slot).serve()
+        finally:
+            slot.release()
 
     app.add_websocket("/", "control_root", control)
     app.add_websocket("/ws", "control_ws", control)
