@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -110,6 +111,40 @@ def test_cli_gateway_refuses_lan_without_auth(tmp_path: Path) -> None:
     done = epiloop(no_secret, "gateway", "--port", "0", "--bind", "lan")
     assert done.returncode == 1
     assert "no token is set" in done.stderr
+
+
+def test_cli_gateway_port_in_use_is_one_error_line_naming_the_port_and_key(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = epiloop(tmp_path, "gateway", "--port", str(port))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"Error: gateway.port: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(another process uses this port; choose another one)"
+    ]
+
+
+def test_cli_gateway_startup_failure_is_one_error_line_unless_verbose(tmp_path: Path) -> None:
+    config = tmp_path / "epiloop.json"
+    config.write_text("{}")
+    not_a_directory = tmp_path / "state"
+    not_a_directory.write_text("")  # the session store cannot be created below it
+    args = ("gateway", "--port", "0", "--config", str(config), "--log-level", "error")
+    done = epiloop(not_a_directory, *args)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, done.stderr
+    assert "sessions.sqlite" in errors[0]
+    assert done.stderr.splitlines()[-1] == errors[0]
+    verbose = epiloop(not_a_directory, *args, "--verbose")
+    assert verbose.returncode == 1
+    assert "Traceback" in verbose.stderr
+    assert verbose.stderr.splitlines()[-1] == errors[0]
 
 
 async def start_cli_gateway(state: Path) -> tuple[trio.Process, str, list[str]]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial, wraps
@@ -53,7 +55,13 @@ from .errors import (
 )
 from .logs import configure_logging
 from .providers.base import ReasoningDelta, TextDelta
-from .server import check_exposure, resolve_host, serve_gateway
+from .server import (
+    check_exposure,
+    listen_sockets,
+    resolve_host,
+    serve_gateway,
+    startup_failure,
+)
 from .wire.chat import ChatRequest
 
 __all__ = ["main"]
@@ -93,12 +101,14 @@ def main() -> None:
     help="Log lines on stderr: human-readable or one JSON object each (default: "
     "gateway.logging.format, else console).",
 )
+@click.option("--verbose", is_flag=True, help="Show the traceback when the gateway fails.")
 def gateway(
     port: int | None,
     bind: str | None,
     config_file: Path | None,
     log_level: str | None,
     log_format: Literal["console", "json"] | None,
+    verbose: bool,
 ) -> None:
     """Run the gateway until Ctrl-C or SIGTERM."""
     loaded = _load(config_file)
@@ -131,11 +141,18 @@ def gateway(
         )
     try:
         config_path = None if loaded.source == EMBEDDED_SOURCE else Path(loaded.source)
-        trio.run(partial(_serve_until_signal, config, state_dir(), config_path, host, port))
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-        ) from exc
+        sockets = listen_sockets(host, port)  # first: a port in use fails before anything opens
+        try:
+            trio.run(
+                partial(_serve_until_signal, config, state_dir(), config_path, host, port, sockets)
+            )
+        finally:
+            for sock in sockets:
+                sock.close()
+    except Exception as exc:  # a failure to start (or to go on): one line, or the traceback
+        if verbose:
+            traceback.print_exception(exc)
+        raise click.ClickException(startup_failure(exc)) from exc
 
 
 def _with_secret(config: Config, secret: str) -> Config:
@@ -146,7 +163,12 @@ def _with_secret(config: Config, secret: str) -> Config:
 
 
 async def _serve_until_signal(
-    config: Config, state: Path, config_path: Path | None, host: str, port: int
+    config: Config,
+    state: Path,
+    config_path: Path | None,
+    host: str,
+    port: int,
+    sockets: list[socket.socket],
 ) -> None:
     # The signal receiver is open first, so Ctrl-C during start-up also shuts down cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
@@ -172,6 +194,7 @@ async def _serve_until_signal(
                     runtime,
                     host=host,
                     port=port,
+                    sockets=sockets,
                     shutdown_trigger=wait_for_signal,
                     freeze_heap=True,
                 )

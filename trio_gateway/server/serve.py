@@ -31,7 +31,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from ..agent import AgentRuntime
 from ..auth import is_loopback_host, needs_secret
 from ..config import AuthConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, GatewayError
 from .app import GatewayApp, create_app
 from .connections import BoundedListener, WriteLimits
 
@@ -41,6 +41,7 @@ __all__ = [
     "listen_sockets",
     "resolve_host",
     "serve_gateway",
+    "startup_failure",
 ]
 
 #: How long before the grace period ends the remaining runs are aborted (so their clients get
@@ -88,6 +89,28 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def startup_failure(exc: BaseException) -> str:
+    """One line that says why serving failed: the first of our own errors or OSErrors in
+    ``exc`` (nurseries wrap errors in groups; ``Cancelled`` there is a consequence), else the
+    exception's type and message."""
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, GatewayError):
+            return str(leaf)
+    for leaf in leaves:
+        if isinstance(leaf, OSError):
+            where = f": {leaf.filename}" if leaf.filename else ""
+            return f"{leaf.strerror or leaf}{where}"
+    first = next((leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)), exc)
+    return f"{type(first).__name__}: {first}"
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 def _bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -105,7 +128,7 @@ def listen_sockets(host: str, port: int) -> list[socket.socket]:
         reason = exc.strerror or str(exc)
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(
-                f"cannot listen on {host}:{port}: {reason} (another process has this port; "
+                f"cannot listen on {host}:{port}: {reason} (another process uses this port; "
                 "choose another one)",
                 path="gateway.port",
             ) from exc
