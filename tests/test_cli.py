@@ -147,9 +147,9 @@ def test_cli_gateway_startup_failure_is_one_error_line_unless_verbose(tmp_path: 
     assert verbose.stderr.splitlines()[-1] == errors[0]
 
 
-async def start_cli_gateway(state: Path) -> tuple[trio.Process, str, list[str]]:
+async def start_cli_gateway(state: Path, *args: str) -> tuple[trio.Process, str, list[str]]:
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_gateway", "gateway", "--port", "0"],
+        [sys.executable, "-m", "trio_gateway", "gateway", "--port", "0", *args],
         env=env_for(state),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -205,4 +205,50 @@ async def test_cli_gateway_without_secret_prints_a_run_token(tmp_path: Path) -> 
     finally:
         process.terminate()
         with trio.fail_after(BOUND):
+            await process.wait()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("failure", ["config", "session_store"])
+def test_cli_gateway_workers_that_cannot_start_exit_1_with_one_error_line(
+    tmp_path: Path, workers: str, failure: str
+) -> None:
+    """An invalid config stops the parent; a store the workers cannot open stops them: either
+    way one Error: line and exit status 1 (hypercorn's own runner would exit 0)."""
+    config = tmp_path / "epiloop.json"
+    state = tmp_path
+    if failure == "config":
+        config.write_text("{ gateway: { port: 'x' } }")
+    else:
+        config.write_text("{ gateway: { auth: { token: 'a-token-for-every-worker' } } }")
+        state = tmp_path / "state"
+        state.write_text("")  # not a directory: the session store cannot be created below it
+    done = epiloop(state, "gateway", "--workers", workers, "--port", "0", "--config", str(config))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, done.stderr
+    assert ("gateway.port" if failure == "config" else "sessions.sqlite") in errors[0]
+
+
+async def test_cli_gateway_workers_serve_and_stop_cleanly(tmp_path: Path) -> None:
+    init = epiloop(tmp_path, "config", "init")
+    token = re.search(r"Gateway token: (\S+)", init.stdout)
+    assert token is not None
+    process, url, _ = await start_cli_gateway(tmp_path, "--workers", "2")
+    try:
+        for index in range(4):
+            async with httpx.AsyncClient() as client:  # new connections: either worker
+                response = await client.post(
+                    f"{url}/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {token[1]}"},
+                    json={"messages": [{"role": "user", "content": f"hello {index}"}]},
+                )
+            assert response.json()["choices"][0]["message"]["content"] == f"hello {index}"
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(BOUND):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
             await process.wait()

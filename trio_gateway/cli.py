@@ -62,6 +62,7 @@ from .server import (
     serve_gateway,
     startup_failure,
 )
+from .server.workers import WorkerReport, run_workers
 from .wire.chat import ChatRequest
 
 __all__ = ["main"]
@@ -102,6 +103,12 @@ def main() -> None:
     "gateway.logging.format, else console).",
 )
 @click.option("--verbose", is_flag=True, help="Show the traceback when the gateway fails.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="Serve from N worker processes that share the port, started and stopped by this one "
+    "(default: serve from this process).",
+)
 def gateway(
     port: int | None,
     bind: str | None,
@@ -109,14 +116,14 @@ def gateway(
     log_level: str | None,
     log_format: Literal["console", "json"] | None,
     verbose: bool,
+    workers: int | None,
 ) -> None:
     """Run the gateway until Ctrl-C or SIGTERM."""
     loaded = _load(config_file)
     config = loaded.config
-    configure_logging(
-        level=log_level or config.gateway.logging.level,
-        fmt=log_format or config.gateway.logging.format,
-    )
+    log_level = log_level or config.gateway.logging.level
+    log_format = log_format or config.gateway.logging.format
+    configure_logging(level=log_level, fmt=log_format)
     host = resolve_host(bind or config.gateway.bind)
     port = config.gateway.port if port is None else port
     generated = None
@@ -143,12 +150,29 @@ def gateway(
         config_path = None if loaded.source == EMBEDDED_SOURCE else Path(loaded.source)
         sockets = listen_sockets(host, port)  # first: a port in use fails before anything opens
         try:
-            trio.run(
-                partial(_serve_until_signal, config, state_dir(), config_path, host, port, sockets)
-            )
+            if workers is None:
+                trio.run(
+                    partial(
+                        _serve_until_signal, config, state_dir(), config_path, host, port, sockets
+                    )
+                )
+            else:
+                arguments = (config, state_dir(), config_path, host, port, sockets)
+                outcome = run_workers(
+                    workers,
+                    _gateway_worker,
+                    (*arguments, log_level, log_format, verbose),
+                    stop_seconds=config.gateway.shutdown_grace_seconds + WORKER_STOP_MARGIN_SECONDS,
+                    on_ready=_print_listening,
+                    on_signal=_print_signal,
+                )
+                if outcome.error is not None:
+                    raise click.ClickException(outcome.error)
         finally:
             for sock in sockets:
                 sock.close()
+    except click.ClickException:
+        raise
     except Exception as exc:  # a failure to start (or to go on): one line, or the traceback
         if verbose:
             traceback.print_exception(exc)
@@ -162,6 +186,56 @@ def _with_secret(config: Config, secret: str) -> Config:
     return msgspec.structs.replace(config, gateway=gateway)
 
 
+#: ``--workers``: how long after the grace period a worker may take to clean up before it is
+#: killed (recording aborted turns, closing the store and the upstream connections).
+WORKER_STOP_MARGIN_SECONDS = 15.0
+
+
+def _print_listening(urls: Sequence[str]) -> None:
+    for url in urls:
+        click.echo(f"Listening on {url} (Ctrl-C to stop)")
+
+
+def _print_signal(received: signal.Signals) -> None:
+    action = "passed on to the workers" if received == signal.SIGHUP else "shutting down"
+    click.echo(f"{received.name}: {action}", err=True)
+
+
+def _gateway_worker(
+    config: Config,
+    state: Path,
+    config_path: Path | None,
+    host: str,
+    port: int,
+    sockets: list[socket.socket],
+    log_level: str,
+    log_format: Literal["console", "json"],
+    verbose: bool,
+    report: WorkerReport,
+) -> None:
+    """One process of ``epiloop gateway --workers N``: serves on the parent's sockets and tells
+    the parent when it serves, or in one line why it cannot."""
+    configure_logging(level=log_level, fmt=log_format)
+    try:
+        trio.run(
+            partial(
+                _serve_until_signal,
+                config,
+                state,
+                config_path,
+                host,
+                port,
+                sockets,
+                on_listening=report.ready,
+            )
+        )
+    except Exception as exc:
+        if verbose:
+            traceback.print_exception(exc)
+        report.failed(startup_failure(exc))
+        sys.exit(1)
+
+
 async def _serve_until_signal(
     config: Config,
     state: Path,
@@ -169,6 +243,8 @@ async def _serve_until_signal(
     host: str,
     port: int,
     sockets: list[socket.socket],
+    *,
+    on_listening: Callable[[Sequence[str]], None] = _print_listening,
 ) -> None:
     # The signal receiver is open first, so Ctrl-C during start-up also shuts down cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
@@ -180,7 +256,8 @@ async def _serve_until_signal(
                     for runtime in serving:
                         _reload(runtime)
                     continue
-                click.echo(f"{signal.Signals(signum).name}: shutting down", err=True)
+                if on_listening is _print_listening:  # a worker's parent says it once
+                    click.echo(f"{signal.Signals(signum).name}: shutting down", err=True)
                 return
 
         async with (
@@ -199,8 +276,7 @@ async def _serve_until_signal(
                     freeze_heap=True,
                 )
             )
-            for url in urls:
-                click.echo(f"Listening on {url} (Ctrl-C to stop)")
+            on_listening(urls)
 
 
 def _reload(runtime: AgentRuntime) -> None:
