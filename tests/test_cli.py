@@ -252,3 +252,33 @@ async def test_cli_gateway_workers_serve_and_stop_cleanly(tmp_path: Path) -> Non
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_cli_gateway_start_up_lines_appear_once(tmp_path: Path) -> None:
+    """The address was announced twice: hypercorn's own "Running on" log line, then ours."""
+    assert epiloop(tmp_path, "config", "init").returncode == 0
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_gateway", "gateway", "--port", "0", "--log-level", "info"],
+        env=env_for(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    output = ""
+    try:
+        with trio.fail_after(BOUND):
+            while (found := re.search(r"Listening on (http://\S+)", output)) is None:
+                chunk = await process.stdout.receive_some()
+                assert chunk, output
+                output += chunk.decode()
+            process.send_signal(signal.SIGTERM)
+            while chunk := await process.stdout.receive_some():
+                output += chunk.decode()
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert output.count(found[1]) == 1, output
+    messages = [line.split("] ", 1)[-1] for line in output.splitlines()]
+    assert len(messages) == len(set(messages)), output

@@ -130,3 +130,40 @@ async def test_hypercorn_workers_exit_non_zero_when_a_worker_cannot_start(
 ) -> None:
     status, _ = await _run_hypercorn_with_a_bad_config(tmp_path, 1)
     assert status != 0
+
+
+async def test_hypercorn_worker_start_up_lines_appear_once(tmp_path: Path) -> None:
+    """hypercorn's CLI gives its error log a stderr handler of its own, while the worker's
+    logging also writes it through the root: each line came out twice."""
+    config = {"gateway": {"auth": {"token": TOKEN}}}
+    (tmp_path / "epiloop.json").write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPILOOP_")}
+    env["EPILOOP_STATE_DIR"] = str(tmp_path)
+    port = free_port()
+    hypercorn = [sys.executable, "-m", "hypercorn", "-k", "trio", "--workers", "1"]
+    process = await trio.lowlevel.open_process(
+        [*hypercorn, "--bind", f"127.0.0.1:{port}", "trio_gateway.server.asgi:app"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    output = ""
+    try:
+        with trio.fail_after(BOUND):
+            while "Running on" not in output:
+                chunk = await process.stderr.receive_some()
+                assert chunk, output
+                output += chunk.decode()
+            process.send_signal(signal.SIGTERM)
+            while chunk := await process.stderr.receive_some():
+                output += chunk.decode()
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    lines = output.splitlines()
+    assert len([line for line in lines if "Running on http://" in line]) == 1, output
+    messages = [line.split("] ", 1)[-1] for line in lines]  # without time and ids
+    assert len(messages) == len(set(messages)), output
