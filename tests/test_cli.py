@@ -147,12 +147,15 @@ def test_cli_gateway_startup_failure_is_one_error_line_unless_verbose(tmp_path: 
     assert verbose.stderr.splitlines()[-1] == errors[0]
 
 
-async def start_cli_gateway(state: Path, *args: str) -> tuple[trio.Process, str, list[str]]:
+async def start_cli_gateway(
+    state: Path, *args: str, new_session: bool = False
+) -> tuple[trio.Process, str, list[str]]:
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "trio_gateway", "gateway", "--port", "0", *args],
         env=env_for(state),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        start_new_session=new_session,
     )
     assert process.stdout is not None
     output = ""
@@ -282,3 +285,21 @@ async def test_cli_gateway_start_up_lines_appear_once(tmp_path: Path) -> None:
     assert output.count(found[1]) == 1, output
     messages = [line.split("] ", 1)[-1] for line in output.splitlines()]
     assert len(messages) == len(set(messages)), output
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+async def test_cli_gateway_workers_stop_cleanly_when_the_whole_group_is_signalled(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """Ctrl-C in a terminal, or a supervisor that signals every process: each worker gets the
+    signal directly and again from the parent, which must not kill one that is stopping."""
+    assert epiloop(tmp_path, "config", "init").returncode == 0
+    process, _, _ = await start_cli_gateway(tmp_path, "--workers", "2", new_session=True)
+    try:
+        os.killpg(process.pid, stop_signal)
+        with trio.fail_after(BOUND):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()

@@ -215,6 +215,11 @@ def _gateway_worker(
 ) -> None:
     """One process of ``epiloop gateway --workers N``: serves on the parent's sockets and tells
     the parent when it serves, or in one line why it cannot."""
+    # Signals are handled while serving; before and after that, the parent's are ignored (a
+    # second SIGTERM, sent to the whole process group and passed on by the parent, must not
+    # kill a worker that is finishing its shutdown). SIGINT is ignored from the start.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     configure_logging(level=log_level, fmt=log_format)
     try:
         trio.run(

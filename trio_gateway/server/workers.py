@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 #: The signals the parent passes on to every worker.
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+#: While workers are stopping, SIGTERM goes to those still running this often.
+_RESIGNAL_SECONDS = 1.0
+
 
 class WorkerReport:
     """A worker's line to its parent (picklable: it travels to the spawned process)."""
@@ -156,10 +159,14 @@ async def _supervise(
 
             async def stop_when_asked() -> None:
                 await supervision.stop.wait()
-                _signal_all(workers, signal.SIGTERM)
                 with trio.move_on_after(stop_seconds):
-                    for worker in workers:
-                        await worker.ended.wait()
+                    while not all(worker.ended.is_set() for worker in workers):
+                        # Again each period: one that arrives while a worker is still starting
+                        # up, before it listens for signals, can be lost.
+                        _signal_all(workers, signal.SIGTERM)
+                        with trio.move_on_after(_RESIGNAL_SECONDS):
+                            for worker in workers:
+                                await worker.ended.wait()
                 for worker in workers:
                     if worker.process.exitcode is None:
                         logger.warning(
@@ -198,6 +205,8 @@ async def _watch(
     worker.process.join()
     worker.ended.set()
     status = worker.process.exitcode
+    if supervision.stopping and status == -signal.SIGTERM:
+        return  # asked to stop before it could handle the signal itself
     if status != 0:
         supervision.fail(f"worker {worker.process.name} exited with status {status}")
     elif not supervision.stopping:
