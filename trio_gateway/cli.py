@@ -231,7 +231,7 @@ def _gateway_worker(
                 host,
                 port,
                 sockets,
-                on_listening=report.ready,
+                report=report,
             )
         )
     except Exception as exc:
@@ -249,8 +249,10 @@ async def _serve_until_signal(
     port: int,
     sockets: list[socket.socket],
     *,
-    on_listening: Callable[[Sequence[str]], None] = _print_listening,
+    report: WorkerReport | None = None,
 ) -> None:
+    """Serve until SIGINT or SIGTERM; SIGHUP reloads the config. ``report``: this process is a
+    worker of ``--workers``, whose parent prints the banner and the shutdown line once."""
     # The signal receiver is open first, so Ctrl-C during start-up also shuts down cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         serving: list[AgentRuntime] = []  # the runtime, once it is open
@@ -261,7 +263,7 @@ async def _serve_until_signal(
                     for runtime in serving:
                         _reload(runtime)
                     continue
-                if on_listening is _print_listening:  # a worker's parent says it once
+                if report is None:
                     click.echo(f"{signal.Signals(signum).name}: shutting down", err=True)
                 return
 
@@ -281,7 +283,10 @@ async def _serve_until_signal(
                     freeze_heap=True,
                 )
             )
-            on_listening(urls)
+            if report is None:
+                _print_listening(urls)
+            else:
+                report.ready(urls)
 
 
 def _reload(runtime: AgentRuntime) -> None:
