@@ -303,3 +303,51 @@ async def test_cli_gateway_workers_stop_cleanly_when_the_whole_group_is_signalle
         if process.returncode is None:
             os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+
+
+async def test_cli_gateway_sigterm_ends_within_the_grace_period_despite_a_client_not_reading(
+    tmp_path: Path,
+) -> None:
+    """A streaming client whose TCP window is full held the process after SIGTERM forever."""
+    config = {
+        "gateway": {
+            "shutdownGraceSeconds": 1,
+            "auth": {"token": "a-token-for-this-test"},
+            "http": {
+                "endpoints": {"chatCompletions": {"enabled": True}},
+                "streamStallSeconds": 3600,  # only the grace period can end the write
+                "maxBodyBytes": 32 * 1024 * 1024,
+                "maxContentChars": 32 * 1024 * 1024,
+            },
+        },
+        "models": {"providers": {"local": {"api": "echo", "paceMs": 0}}},
+    }
+    (tmp_path / "epiloop.json").write_text(json.dumps(config))
+    process, url, _ = await start_cli_gateway(tmp_path)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    # 12 MB echoed back: more than the kernel's socket buffers can hold.
+    words = ("x" * 4095 + " ") * 3000
+    body = json.dumps({"stream": True, "messages": [{"role": "user", "content": words}]})
+    request = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        "Authorization: Bearer a-token-for-this-test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        async with trio.SocketStream(sock) as client:
+            with trio.fail_after(BOUND):
+                await sock.connect((host, int(port)))
+                await client.send_all(request)
+                await client.receive_some(1024)  # the response started; now never read again
+                await trio.sleep(1)  # the writes fill the buffers and block
+            process.send_signal(signal.SIGTERM)
+            status = None
+            with trio.move_on_after(BOUND):  # the client stays open meanwhile
+                status = await process.wait()
+            assert status == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
