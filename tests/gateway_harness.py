@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,8 @@ def make_config(override: Mapping[str, Any] | None = None) -> Config:
 class RunningGateway:
     url: str
     runtime: AgentRuntime
+    #: Set when ``serve_gateway`` has returned.
+    stopped: trio.Event = field(default_factory=trio.Event)
 
     @property
     def api_url(self) -> str:
@@ -75,8 +76,10 @@ async def start_gateway(
     providers: Mapping[str, Provider] | None = None,
     sessions: SessionStore | None = None,
     state_dir: Path | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
 ) -> RunningGateway:
-    """Serve a gateway on 127.0.0.1 port 0 until ``nursery`` is cancelled.
+    """Serve a gateway on 127.0.0.1 port 0 until ``nursery`` is cancelled (or until
+    ``shutdown_trigger`` returns and the shutdown is over: ``RunningGateway.stopped``).
 
     Without ``providers``, the configured ones are built, and closed when ``nursery`` ends.
     """
@@ -85,8 +88,28 @@ async def start_gateway(
         providers = build_providers(config)
         await nursery.start(_own_providers, providers)
     runtime = AgentRuntime(config, providers=providers, sessions=sessions, state_dir=state_dir)
-    urls = await nursery.start(partial(serve_gateway, runtime, host="127.0.0.1", port=0))
-    return RunningGateway(url=urls[0], runtime=runtime)
+    stopped = trio.Event()
+    urls = await nursery.start(_serve, runtime, stopped, shutdown_trigger)
+    return RunningGateway(url=urls[0], runtime=runtime, stopped=stopped)
+
+
+async def _serve(
+    runtime: AgentRuntime,
+    stopped: trio.Event,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None,
+    *,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    try:
+        await serve_gateway(
+            runtime,
+            host="127.0.0.1",
+            port=0,
+            shutdown_trigger=shutdown_trigger,
+            task_status=task_status,
+        )
+    finally:
+        stopped.set()
 
 
 async def _own_providers(

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -115,12 +116,49 @@ def test_cli_gateway_refuses_lan_without_auth(tmp_path: Path) -> None:
     assert "no token is set" in done.stderr
 
 
-async def start_cli_gateway(state: Path) -> tuple[trio.Process, str, list[str]]:
+def test_cli_gateway_port_in_use_is_one_error_line_naming_the_port_and_key(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = epiloop(tmp_path, "gateway", "--port", str(port))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"Error: gateway.port: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(another process uses this port; choose another one)"
+    ]
+
+
+def test_cli_gateway_startup_failure_is_one_error_line_unless_verbose(tmp_path: Path) -> None:
+    config = tmp_path / "epiloop.json"
+    config.write_text("{}")
+    not_a_directory = tmp_path / "state"
+    not_a_directory.write_text("")  # the session store cannot be created below it
+    args = ("gateway", "--port", "0", "--config", str(config), "--log-level", "error")
+    done = epiloop(not_a_directory, *args)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, done.stderr
+    assert "sessions.sqlite" in errors[0]
+    assert done.stderr.splitlines()[-1] == errors[0]
+    verbose = epiloop(not_a_directory, *args, "--verbose")
+    assert verbose.returncode == 1
+    assert "Traceback" in verbose.stderr
+    assert verbose.stderr.splitlines()[-1] == errors[0]
+
+
+async def start_cli_gateway(
+    state: Path, *args: str, new_session: bool = False
+) -> tuple[trio.Process, str, list[str]]:
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_gateway", "gateway", "--port", "0"],
+        [sys.executable, "-m", "trio_gateway", "gateway", "--port", "0", *args],
         env=env_for(state),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        start_new_session=new_session,
     )
     assert process.stdout is not None
     output = ""
@@ -212,3 +250,145 @@ async def test_cli_doctor_checks_the_session_store(tmp_path: Path) -> None:
     assert f"session store {path}:" in damaged.stderr
     assert "Error: the session store is damaged" in damaged.stderr
     assert "Traceback" not in damaged.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("failure", ["config", "session_store"])
+def test_cli_gateway_workers_that_cannot_start_exit_1_with_one_error_line(
+    tmp_path: Path, workers: str, failure: str
+) -> None:
+    """An invalid config stops the parent; a store the workers cannot open stops them: either
+    way one Error: line and exit status 1 (hypercorn's own runner would exit 0)."""
+    config = tmp_path / "epiloop.json"
+    state = tmp_path
+    if failure == "config":
+        config.write_text("{ gateway: { port: 'x' } }")
+    else:
+        config.write_text("{ gateway: { auth: { token: 'a-token-for-every-worker' } } }")
+        state = tmp_path / "state"
+        state.write_text("")  # not a directory: the session store cannot be created below it
+    done = epiloop(state, "gateway", "--workers", workers, "--port", "0", "--config", str(config))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, done.stderr
+    assert ("gateway.port" if failure == "config" else "sessions.sqlite") in errors[0]
+
+
+async def test_cli_gateway_workers_serve_and_stop_cleanly(tmp_path: Path) -> None:
+    init = epiloop(tmp_path, "config", "init")
+    token = re.search(r"Gateway token: (\S+)", init.stdout)
+    assert token is not None
+    process, url, _ = await start_cli_gateway(tmp_path, "--workers", "2")
+    try:
+        for index in range(4):
+            async with httpx.AsyncClient() as client:  # new connections: either worker
+                response = await client.post(
+                    f"{url}/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {token[1]}"},
+                    json={"messages": [{"role": "user", "content": f"hello {index}"}]},
+                )
+            assert response.json()["choices"][0]["message"]["content"] == f"hello {index}"
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(BOUND):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_cli_gateway_start_up_lines_appear_once(tmp_path: Path) -> None:
+    """The address was announced twice: hypercorn's own "Running on" log line, then ours."""
+    assert epiloop(tmp_path, "config", "init").returncode == 0
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_gateway", "gateway", "--port", "0", "--log-level", "info"],
+        env=env_for(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    output = ""
+    try:
+        with trio.fail_after(BOUND):
+            while (found := re.search(r"Listening on (http://\S+)", output)) is None:
+                chunk = await process.stdout.receive_some()
+                assert chunk, output
+                output += chunk.decode()
+            process.send_signal(signal.SIGTERM)
+            while chunk := await process.stdout.receive_some():
+                output += chunk.decode()
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert output.count(found[1]) == 1, output
+    messages = [line.split("] ", 1)[-1] for line in output.splitlines()]
+    assert len(messages) == len(set(messages)), output
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+async def test_cli_gateway_workers_stop_cleanly_when_the_whole_group_is_signalled(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """Ctrl-C in a terminal, or a supervisor that signals every process: each worker gets the
+    signal directly and again from the parent, which must not kill one that is stopping."""
+    assert epiloop(tmp_path, "config", "init").returncode == 0
+    process, _, _ = await start_cli_gateway(tmp_path, "--workers", "2", new_session=True)
+    try:
+        os.killpg(process.pid, stop_signal)
+        with trio.fail_after(BOUND):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+async def test_cli_gateway_sigterm_ends_within_the_grace_period_despite_a_client_not_reading(
+    tmp_path: Path,
+) -> None:
+    """A streaming client whose TCP window is full held the process after SIGTERM forever."""
+    config = {
+        "gateway": {
+            "shutdownGraceSeconds": 1,
+            "auth": {"token": "a-token-for-this-test"},
+            "http": {
+                "endpoints": {"chatCompletions": {"enabled": True}},
+                "streamStallSeconds": 3600,  # only the grace period can end the write
+                "maxBodyBytes": 32 * 1024 * 1024,
+                "maxContentChars": 32 * 1024 * 1024,
+            },
+        },
+        "models": {"providers": {"local": {"api": "echo", "paceMs": 0}}},
+    }
+    (tmp_path / "epiloop.json").write_text(json.dumps(config))
+    process, url, _ = await start_cli_gateway(tmp_path)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    # 12 MB echoed back: more than the kernel's socket buffers can hold.
+    words = ("x" * 4095 + " ") * 3000
+    body = json.dumps({"stream": True, "messages": [{"role": "user", "content": words}]})
+    request = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        "Authorization: Bearer a-token-for-this-test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        async with trio.SocketStream(sock) as client:
+            with trio.fail_after(BOUND):
+                await sock.connect((host, int(port)))
+                await client.send_all(request)
+                await client.receive_some(1024)  # the response started; now never read again
+                await trio.sleep(1)  # the writes fill the buffers and block
+            process.send_signal(signal.SIGTERM)
+            status = None
+            with trio.move_on_after(BOUND):  # the client stays open meanwhile
+                status = await process.wait()
+            assert status == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

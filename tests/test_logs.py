@@ -16,6 +16,7 @@ import httpx
 import pytest
 import trio
 from gateway_harness import TOKEN, RunningGateway, start_gateway
+from hypercorn import logging as hypercorn_logging
 from hypercorn.typing import ASGISendEvent
 
 from trio_gateway.control_client import open_control_client
@@ -410,3 +411,26 @@ async def test_gateway_request_lines_keep_the_path_escaped_and_drop_the_query(
     done = await wait_for_record(records, "request.complete method=GET")
     assert "path=/a%0Ab status=404" in done.getMessage()
     assert not any("query-secret" in r.getMessage() for r in records)
+
+
+def test_configure_logging_writes_hypercorn_lines_once_after_hypercorn_adds_its_handler(
+    stderr: Callable[[], io.StringIO],
+) -> None:
+    """hypercorn's CLI gives its error logger a stderr handler of its own when a worker starts
+    serving, after the app configured logging; its lines must still appear once, in our format."""
+    stream = stderr()
+    hypercorn_error = logging.getLogger("hypercorn.error")
+    saved = list(hypercorn_error.handlers), hypercorn_error.propagate, hypercorn_error.level
+    try:
+        configure_logging(level="info", fmt="json")
+        created = hypercorn_logging._create_logger("hypercorn.error", "-", "info", sys.stderr)
+        assert created is hypercorn_error
+        assert hypercorn_error.handlers  # what hypercorn's CLI does in a worker
+        hypercorn_error.info("Running on http://127.0.0.1:1 (CTRL + C to quit)")
+        hypercorn_error.info("Running on http://127.0.0.1:1 (CTRL + C to quit)")
+    finally:
+        hypercorn_error.handlers, hypercorn_error.propagate = saved[0], saved[1]
+        hypercorn_error.setLevel(saved[2])
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines  # each record once
+    assert all(json.loads(line)["logger"] == "hypercorn.error" for line in lines)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial, wraps
@@ -54,7 +56,14 @@ from .errors import (
 )
 from .logs import configure_logging
 from .providers.base import ReasoningDelta, TextDelta
-from .server import check_exposure, resolve_host, serve_gateway
+from .server import (
+    check_exposure,
+    listen_sockets,
+    resolve_host,
+    serve_gateway,
+    startup_failure,
+)
+from .server.workers import WorkerReport, run_workers
 from .sessions.check import check_session_store
 from .wire.chat import ChatRequest
 
@@ -95,20 +104,28 @@ def main() -> None:
     help="Log lines on stderr: human-readable or one JSON object each (default: "
     "gateway.logging.format, else console).",
 )
+@click.option("--verbose", is_flag=True, help="Show the traceback when the gateway fails.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="Serve from N worker processes that share the port, started and stopped by this one "
+    "(default: serve from this process).",
+)
 def gateway(
     port: int | None,
     bind: str | None,
     config_file: Path | None,
     log_level: str | None,
     log_format: Literal["console", "json"] | None,
+    verbose: bool,
+    workers: int | None,
 ) -> None:
     """Run the gateway until Ctrl-C or SIGTERM."""
     loaded = _load(config_file)
     config = loaded.config
-    configure_logging(
-        level=log_level or config.gateway.logging.level,
-        fmt=log_format or config.gateway.logging.format,
-    )
+    log_level = log_level or config.gateway.logging.level
+    log_format = log_format or config.gateway.logging.format
+    configure_logging(level=log_level, fmt=log_format)
     host = resolve_host(bind or config.gateway.bind)
     port = config.gateway.port if port is None else port
     generated = None
@@ -133,13 +150,39 @@ def gateway(
         )
     try:
         config_path = None if loaded.source == EMBEDDED_SOURCE else Path(loaded.source)
-        trio.run(partial(_serve_until_signal, config, state_dir(), config_path, host, port))
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-        ) from exc
+        sockets = listen_sockets(host, port)  # first: a port in use fails before anything opens
+        try:
+            if workers is None:
+                trio.run(
+                    partial(
+                        _serve_until_signal, config, state_dir(), config_path, host, port, sockets
+                    )
+                )
+            else:
+                arguments = (config, state_dir(), config_path, host, port, sockets)
+                outcome = run_workers(
+                    workers,
+                    _gateway_worker,
+                    (*arguments, log_level, log_format, verbose),
+                    stop_seconds=config.gateway.shutdown_grace_seconds + WORKER_STOP_MARGIN_SECONDS,
+                    on_ready=_print_listening,
+                    on_signal=_print_signal,
+                )
+                if outcome.error is not None:
+                    raise click.ClickException(outcome.error)
+        finally:
+            for sock in sockets:
+                sock.close()
+    except click.ClickException:
+        raise
     except SessionStoreError as exc:  # a damaged or unwritable store: no traceback
+        if verbose:
+            traceback.print_exception(exc)
         raise click.ClickException(exc.message) from exc
+    except Exception as exc:  # a failure to start (or to go on): one line, or the traceback
+        if verbose:
+            traceback.print_exception(exc)
+        raise click.ClickException(startup_failure(exc)) from exc
 
 
 def _with_secret(config: Config, secret: str) -> Config:
@@ -149,9 +192,73 @@ def _with_secret(config: Config, secret: str) -> Config:
     return msgspec.structs.replace(config, gateway=gateway)
 
 
-async def _serve_until_signal(
-    config: Config, state: Path, config_path: Path | None, host: str, port: int
+#: ``--workers``: how long after the grace period a worker may take to clean up before it is
+#: killed (recording aborted turns, closing the store and the upstream connections).
+WORKER_STOP_MARGIN_SECONDS = 15.0
+
+
+def _print_listening(urls: Sequence[str]) -> None:
+    for url in urls:
+        click.echo(f"Listening on {url} (Ctrl-C to stop)")
+
+
+def _print_signal(received: signal.Signals) -> None:
+    action = "passed on to the workers" if received == signal.SIGHUP else "shutting down"
+    click.echo(f"{received.name}: {action}", err=True)
+
+
+def _gateway_worker(
+    config: Config,
+    state: Path,
+    config_path: Path | None,
+    host: str,
+    port: int,
+    sockets: list[socket.socket],
+    log_level: str,
+    log_format: Literal["console", "json"],
+    verbose: bool,
+    report: WorkerReport,
 ) -> None:
+    """One process of ``epiloop gateway --workers N``: serves on the parent's sockets and tells
+    the parent when it serves, or in one line why it cannot."""
+    # Signals are handled while serving; before and after that, the parent's are ignored (a
+    # second SIGTERM, sent to the whole process group and passed on by the parent, must not
+    # kill a worker that is finishing its shutdown). SIGINT is ignored from the start.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    configure_logging(level=log_level, fmt=log_format)
+    try:
+        trio.run(
+            partial(
+                _serve_until_signal,
+                config,
+                state,
+                config_path,
+                host,
+                port,
+                sockets,
+                report=report,
+            )
+        )
+    except Exception as exc:
+        if verbose:
+            traceback.print_exception(exc)
+        report.failed(startup_failure(exc))
+        sys.exit(1)
+
+
+async def _serve_until_signal(
+    config: Config,
+    state: Path,
+    config_path: Path | None,
+    host: str,
+    port: int,
+    sockets: list[socket.socket],
+    *,
+    report: WorkerReport | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM; SIGHUP reloads the config. ``report``: this process is a
+    worker of ``--workers``, whose parent prints the banner and the shutdown line once."""
     # The signal receiver is open first, so Ctrl-C during start-up also shuts down cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         serving: list[AgentRuntime] = []  # the runtime, once it is open
@@ -162,7 +269,8 @@ async def _serve_until_signal(
                     for runtime in serving:
                         _reload(runtime)
                     continue
-                click.echo(f"{signal.Signals(signum).name}: shutting down", err=True)
+                if report is None:
+                    click.echo(f"{signal.Signals(signum).name}: shutting down", err=True)
                 return
 
         async with (
@@ -176,12 +284,15 @@ async def _serve_until_signal(
                     runtime,
                     host=host,
                     port=port,
+                    sockets=sockets,
                     shutdown_trigger=wait_for_signal,
                     freeze_heap=True,
                 )
             )
-            for url in urls:
-                click.echo(f"Listening on {url} (Ctrl-C to stop)")
+            if report is None:
+                _print_listening(urls)
+            else:
+                report.ready(urls)
 
 
 def _reload(runtime: AgentRuntime) -> None:

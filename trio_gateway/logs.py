@@ -147,13 +147,42 @@ class JsonFormatter(logging.Formatter):
 #: Marks the handler :func:`configure_logging` installed, so a second call replaces it.
 _HANDLER_NAME = "epiloop"
 
+#: Loggers that a server gives a stderr handler of their own while their records also
+#: propagate to the root: hypercorn's CLI does so for its error log when a worker starts.
+_SERVER_LOGGERS = ("hypercorn.error",)
+
+
+class _RootHandlerOnly(logging.Filter):
+    """On a server's logger: before each of its records is handled, take off the handlers the
+    server put there, so the record reaches stderr once, through the root handler.
+
+    hypercorn's CLI (``hypercorn ... trio_gateway.server.asgi:app``) sets a stderr handler on
+    ``hypercorn.error`` when a worker starts serving, after the app's lifespan configured
+    logging, and leaves the logger propagating: every one of its lines, "Running on ..." first,
+    came out twice, once in hypercorn's format. A logger's filters run before its handlers are
+    looked up, and hypercorn replaces the handlers but keeps the filters.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self._logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger = self._logger
+        if logger.handlers:
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
+        return True
+
 
 def configure_logging(*, level: str, fmt: LogFormat) -> None:
     """Send every log record to stderr in ``fmt`` at ``level`` and above (the CLI calls this).
 
     Installs one handler on the root logger (replacing the one an earlier call installed) with
-    :class:`ContextFilter`, so hypercorn's and the libraries' records carry the ids too. httpx's
-    own request lines are left out (see below).
+    :class:`ContextFilter`, so hypercorn's and the libraries' records carry the ids too, and it
+    is the only handler hypercorn's error log writes through (see :class:`_RootHandlerOnly`).
+    httpx's own request lines are left out (see below).
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
@@ -165,6 +194,11 @@ def configure_logging(*, level: str, fmt: LogFormat) -> None:
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name in _SERVER_LOGGERS:
+        server_logger = logging.getLogger(name)
+        for old_filter in [f for f in server_logger.filters if isinstance(f, _RootHandlerOnly)]:
+            server_logger.removeFilter(old_filter)
+        server_logger.addFilter(_RootHandlerOnly(server_logger))
     # httpx logs every upstream call at INFO with the full URL (a password in ``baseUrl`` too);
     # the gateway's own ``upstream.stream.*`` lines report those calls without it.
     logging.getLogger("httpx").setLevel(logging.WARNING)

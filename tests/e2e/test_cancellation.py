@@ -6,10 +6,12 @@ that the response ended.
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import openai
 import trio
-from gateway_harness import TOKEN, start_gateway
+from gateway_harness import TOKEN, RunningGateway, start_gateway
 
 from trio_gateway.providers.scripted import Hang, Say, ScriptedProvider
 
@@ -172,3 +174,89 @@ async def test_client_that_stops_reading_frees_the_run_after_the_stall_deadline(
         session = await gateway.runtime.sessions.get("stalled")
         assert session is not None
         assert session.last_status == "aborted"
+
+
+async def _open_non_reading_client(gateway: RunningGateway, session_key: str) -> trio.SocketStream:
+    """A streaming request from a client with a small receive buffer that, once the response
+    headers arrived, never reads again: its TCP window fills and the gateway's writes block."""
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    body = b'{"stream": true, "messages": [{"role": "user", "content": "x"}]}'
+    await stream.send_all(
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            f"x-epiloop-session-key: {session_key}\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+    )
+    await stream.receive_some(1024)
+    return stream
+
+
+async def _wait_until_blocked(provider: ScriptedProvider) -> None:
+    """Until the run stops emitting: the channel is full and the writer is stuck in a send."""
+    await provider.call_started.wait()
+    settled = -1
+    while settled != len(provider.calls[0].emitted):
+        settled = len(provider.calls[0].emitted)
+        await trio.sleep(0.3)
+
+
+async def test_client_that_stops_reading_frees_its_in_flight_slot_after_the_stall_deadline(
+    nursery: trio.Nursery,
+) -> None:
+    """Freeing the run is not enough: the write to the client is bounded too, so the request
+    ends and its gateway.http.maxInFlight slot is free while the client still holds the
+    connection open."""
+    provider = ScriptedProvider([Say("x" * 4096)] * 20_000 + [Hang()])
+    gateway = await start_gateway(
+        nursery,
+        {
+            "gateway": {
+                "http": {"streamBufferEvents": 4, "streamStallSeconds": 0.3, "maxInFlight": 1}
+            }
+        },
+        providers={"local": provider},
+    )
+    stream = await _open_non_reading_client(gateway, "stalled")
+    async with stream, httpx.AsyncClient() as client:
+        with trio.fail_after(BOUND * 2):
+            await provider.call_ended.wait()
+        status = None
+        with trio.move_on_after(BOUND):
+            while (status := (await client.get(f"{gateway.url}/healthz")).status_code) != 200:
+                await trio.sleep(0.05)
+        assert status == 200  # 503 while the stuck request held the only slot
+
+
+async def test_shutdown_ends_within_the_grace_period_despite_a_client_that_stopped_reading(
+    nursery: trio.Nursery,
+) -> None:
+    """With a stall deadline far away, the drain deadline alone cuts the blocked write: the
+    server returns once gateway.shutdownGraceSeconds have passed."""
+    provider = ScriptedProvider([Say("x" * 4096)] * 20_000 + [Hang()])
+    stop = trio.Event()
+    gateway = await start_gateway(
+        nursery,
+        {
+            "gateway": {
+                "shutdownGraceSeconds": 0.5,
+                "http": {"streamBufferEvents": 4, "streamStallSeconds": 3600},
+            }
+        },
+        providers={"local": provider},
+        shutdown_trigger=stop.wait,
+    )
+    stream = await _open_non_reading_client(gateway, "shutdown")
+    async with stream:
+        with trio.fail_after(BOUND * 2):
+            await _wait_until_blocked(provider)
+        stop.set()
+        # Bounded without raising: on failure the client must still close, to free the server.
+        with trio.move_on_after(BOUND):
+            await gateway.stopped.wait()
+        assert gateway.stopped.is_set()

@@ -9,7 +9,8 @@ the gateway's app needs a runtime that lives inside the worker's trio run (the p
 pools, the session store). :data:`app` bridges the two with the ASGI lifespan: on startup it
 loads the config the way ``epiloop gateway`` does (``$EPILOOP_CONFIG_PATH``,
 ``$EPILOOP_STATE_DIR``), opens the runtime and a background nursery for detached runs, and hands
-the lifespan on to the app; on shutdown it marks the runtime as draining.
+the lifespan on to the app; on shutdown it marks the runtime as draining. A worker that cannot
+start prints one ``Error:`` line and exits with status 1 (see :func:`_exit_worker`).
 
 Each worker has its own runtime: its own ``maxConcurrent`` / ``maxQueued``, session lanes and
 failed-auth counts (so limits apply per worker). Sessions are shared through the SQLite store.
@@ -19,13 +20,17 @@ The config must hold the secret (a generated one would differ between workers). 
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 from hypercorn.typing import (
     ASGIReceiveCallable,
     ASGIReceiveEvent,
     ASGISendCallable,
+    ASGISendEvent,
     LifespanScope,
     Scope,
 )
@@ -36,7 +41,7 @@ from ..config import EMBEDDED_SOURCE, LoadedConfig, load_config, state_dir
 from ..errors import ConfigError
 from ..logs import configure_logging
 from .app import GatewayApp, create_app
-from .serve import freeze_startup_heap
+from .serve import freeze_startup_heap, startup_failure
 
 __all__ = ["EnvironmentGateway", "app"]
 
@@ -72,14 +77,29 @@ class EnvironmentGateway:
     async def _lifespan(
         self, scope: LifespanScope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
+        started = False
+
+        async def watch_send(message: ASGISendEvent) -> None:
+            nonlocal started
+            if message["type"] == "lifespan.startup.complete":
+                started = True
+            await send(message)
+
+        try:
+            await self._run_lifespan(scope, receive, watch_send)
+        except Exception as exc:
+            if not started:
+                _exit_worker(startup_failure(exc))
+            raise
+
+    async def _run_lifespan(
+        self, scope: LifespanScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
         startup = await receive()
         try:
             loaded = _load()
         except ConfigError as exc:
-            await send(
-                {"type": "lifespan.startup.failed", "message": f"invalid configuration: {exc}"}
-            )
-            return
+            raise ConfigError(f"invalid configuration: {exc}") from exc
         config = loaded.config
         logging_config = config.gateway.logging
         configure_logging(level=logging_config.level, fmt=logging_config.format)
@@ -110,6 +130,20 @@ class EnvironmentGateway:
                 self._app = None
                 runtime.background = None
                 background.cancel_scope.cancel(reason="the worker is shutting down")
+
+
+def _exit_worker(line: str) -> NoReturn:
+    """End a worker that cannot start: one ``Error:`` line on stderr, exit status 1.
+
+    Raising is no use here: hypercorn's worker process prints the traceback of whatever
+    escapes it (a ``SystemExit`` too, wrapped in an exception group by the nurseries on the
+    way), and its ``--workers`` parent exits 0 regardless (see :mod:`.workers`); a worker
+    run in hypercorn's own process (``--workers 0``) would still exit 1 this way. Nothing is
+    open yet to clean up: the runtime has been closed by its ``async with``.
+    """
+    sys.stderr.write(f"Error: {line}\n")
+    sys.stderr.flush()
+    os._exit(1)
 
 
 #: What hypercorn serves: ``trio_gateway.server.asgi:app``.

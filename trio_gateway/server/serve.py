@@ -3,24 +3,45 @@
 ``serve_gateway`` runs until cancelled or until ``shutdown_trigger`` returns; it reports the
 bound URLs through ``task_status`` once the socket listens, so tests and embedders can
 ``await nursery.start(serve_gateway, ...)`` on port 0. On shutdown, in-flight requests get
-``gateway.shutdownGraceSeconds`` to finish before they are cancelled.
+``gateway.shutdownGraceSeconds`` to finish before they are cancelled, and the function returns
+by the end of the grace period whatever the clients do.
+
+The serving loop is hypercorn's trio worker loop, with one change: the connections it hands to
+hypercorn bound every write (see :mod:`trio_gateway.server.connections`), because hypercorn's
+own writes wait for a client that stops reading forever, shielded from the shutdown deadline.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.utils import repr_socket_addr, wrap_app
 
 from ..agent import AgentRuntime
 from ..auth import check_exposure
-from .app import create_app
+from ..errors import ConfigError, GatewayError
+from .app import GatewayApp, create_app
+from .connections import BoundedListener, WriteLimits
 
-__all__ = ["check_exposure", "freeze_startup_heap", "resolve_host", "serve_gateway"]
+__all__ = [
+    "check_exposure",
+    "freeze_startup_heap",
+    "listen_sockets",
+    "resolve_host",
+    "serve_gateway",
+    "startup_failure",
+]
 
 #: How long before the grace period ends the remaining runs are aborted (so their clients get
 #: an in-band error and their turns are recorded before the connections are cut).
@@ -64,8 +85,51 @@ class _LiveConfig(HypercornConfig):
         return self._runtime.config.gateway.http.max_header_bytes
 
 
+def startup_failure(exc: BaseException) -> str:
+    """One line that says why serving failed: the first of our own errors or OSErrors in
+    ``exc`` (nurseries wrap errors in groups; ``Cancelled`` there is a consequence), else the
+    exception's type and message."""
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, GatewayError):
+            return str(leaf)
+    for leaf in leaves:
+        if isinstance(leaf, OSError):
+            where = f": {leaf.filename}" if leaf.filename else ""
+            return f"{leaf.strerror or leaf}{where}"
+    first = next((leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)), exc)
+    return f"{type(first).__name__}: {first}"
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 def _bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def listen_sockets(host: str, port: int) -> list[socket.socket]:
+    """The listening sockets for ``host:port``; a port in use or an address that cannot be bound
+    is a :class:`ConfigError` naming the config key."""
+    config = HypercornConfig()
+    config.bind = [_bind_address(host, port)]
+    try:
+        sockets = config.create_sockets().insecure_sockets
+        for sock in sockets:
+            sock.listen(config.backlog)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {reason} (another process uses this port; "
+                "choose another one)",
+                path="gateway.port",
+            ) from exc
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}", path="gateway.bind") from exc
+    return sockets
 
 
 async def serve_gateway(
@@ -73,18 +137,25 @@ async def serve_gateway(
     *,
     host: str,
     port: int,
+    sockets: Sequence[socket.socket] | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     freeze_heap: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``runtime`` on ``host:port`` (port 0 picks a free port; see ``task_status``).
-    ``freeze_heap``: :func:`freeze_startup_heap` once the app is built (the CLI's process)."""
+    """Serve ``runtime`` on ``host:port`` (port 0 picks a free port; see ``task_status``), or on
+    ``sockets`` already listening (worker processes share their parent's).
+    ``freeze_heap``: :func:`freeze_startup_heap` once the app is built (the CLI's process).
+
+    Returns at the latest ``gateway.shutdownGraceSeconds`` after ``shutdown_trigger`` returned,
+    whatever the clients do: every write to a client has a deadline (see
+    :mod:`trio_gateway.server.connections`)."""
     check_exposure(host, runtime.config.gateway.auth)  # before anything is built
     config = _LiveConfig(runtime)
     config.bind = [_bind_address(host, port)]
     config.graceful_timeout = runtime.config.gateway.shutdown_grace_seconds
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    listening = list(sockets) if sockets is not None else listen_sockets(host, port)
     app = create_app(runtime)
     if freeze_heap:
         freeze_startup_heap()
@@ -92,7 +163,7 @@ async def serve_gateway(
     grace = runtime.config.gateway.shutdown_grace_seconds
 
     async def abort_stragglers() -> None:
-        # Just before hypercorn cancels what is left, end the remaining runs properly: an
+        # Just before the remaining connections are cut, end the remaining runs properly: an
         # in-band error for their clients, the partial turn recorded as aborted.
         await trio.sleep(max(0.0, grace - ABORT_LEAD_SECONDS))
         aborted = runtime.active_runs.abort_all("the gateway is shutting down")
@@ -113,13 +184,78 @@ async def serve_gateway(
 
     # Detached runs (started over the control plane) belong to the gateway, not to a client.
     # While it serves, every reload is held to the exposure rule for this host too.
-    with runtime.exposed_on(host):
-        async with trio.open_nursery() as background:
-            runtime.background = background
+    try:
+        with runtime.exposed_on(host):
+            async with trio.open_nursery() as background:
+                runtime.background = background
+                try:
+                    await _serve_app(
+                        app,
+                        config,
+                        listening,
+                        WriteLimits(runtime.config.gateway.http.stream_stall_seconds),
+                        shutdown_trigger=drain_then_shut_down,
+                        task_status=task_status,
+                    )
+                finally:
+                    runtime.background = None
+                    background.cancel_scope.cancel(reason="the gateway is shutting down")
+    finally:
+        if sockets is None:
+            for sock in listening:
+                sock.close()
+
+
+async def _serve_app(
+    app: GatewayApp,
+    config: HypercornConfig,
+    sockets: Sequence[socket.socket],
+    limits: WriteLimits,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    """hypercorn's trio worker loop (``hypercorn.trio.run.worker_serve``, plain HTTP only) with
+    connections whose writes have deadlines, and a graceful shutdown that ends on time: after
+    ``shutdown_trigger`` returns, no new connection is accepted, the ASGI lifespan is told to
+    shut down once the open connections are done, and they get ``config.graceful_timeout``."""
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections:
+            listeners = [
+                BoundedListener(trio.SocketListener(trio.socket.from_stdlib_socket(sock)), limits)
+                for sock in sockets
+            ]
+            binds = [
+                f"http://{repr_socket_addr(sock.family, sock.getsockname())}" for sock in sockets
+            ]
+            serve_connection = partial(
+                TCPServer, wrapped, config, context, ConnectionState(lifespan_state.copy())
+            )
             try:
-                await serve(
-                    app, config, shutdown_trigger=drain_then_shut_down, task_status=task_status
-                )
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(
+                        partial(
+                            trio.serve_listeners,
+                            serve_connection,
+                            listeners,
+                            handler_nursery=connections,
+                        )
+                    )
+                    task_status.started(binds)
+                    await shutdown_trigger()
+                    accepting.cancel_scope.cancel(reason="the gateway is shutting down")
             finally:
-                runtime.background = None
-                background.cancel_scope.cancel(reason="the gateway is shutting down")
+                # Idle keep-alive connections close now; the others get the grace period, and
+                # every write, one under way too, ends by its end.
+                await context.terminated.set()
+                deadline = trio.current_time() + config.graceful_timeout
+                limits.drain_by(deadline)
+                connections.cancel_scope.deadline = deadline
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel(reason="the gateway stopped serving")
