@@ -228,6 +228,32 @@ async def test_cli_agent_local_runs_without_a_gateway(tmp_path: Path) -> None:
     assert "unknown agent 'nobody' (available: main, helper)" in unknown.stderr
 
 
+async def test_cli_agent_refuses_a_session_key_naming_another_agent(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    expected = "the session key belongs to agent 'helper'"
+    remote = await gateway.cli("agent", "-m", "hi", "--session-key", "agent:helper:x")
+    assert remote.returncode == 2
+    assert expected in remote.stderr.lower()
+    write_config(tmp_path)
+    local = await epiloop(
+        tmp_path,
+        "agent",
+        "-m",
+        "hi",
+        "--local",
+        "--agent",
+        "main",
+        "--session-key",
+        "agent:helper:x",
+    )
+    assert local.returncode == 2
+    assert expected in local.stderr.lower()
+    assert (local.stdout, remote.stdout) == ("", "")
+    shown = await gateway.cli("sessions", "show", "agent:helper:x")
+    assert "no session 'agent:helper:x'" in shown.stderr
+
+
 async def test_cli_agent_ctrl_c_aborts_the_run(gateway: Gateway) -> None:
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "trio_gateway", "agent", "-m", LONG_MESSAGE],

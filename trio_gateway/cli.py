@@ -374,7 +374,12 @@ def _control_failure(error: ControlPlaneError, url: str) -> _Exit:
         )
     if is_auth_failure(error):
         return _Exit("authentication failed: check gateway.auth / EPILOOP_GATEWAY_TOKEN", EXIT_AUTH)
-    if error.code in ("invalid_params", "invalid_url", "invalid_request_error"):
+    if error.code in (
+        "invalid_params",
+        "invalid_url",
+        "invalid_request_error",
+        "session_agent_mismatch",
+    ):
         return _Exit(error.message, EXIT_USAGE)
     return _Exit(f"{error.message} ({error.code})", EXIT_FAILED)
 

@@ -203,6 +203,32 @@ async def test_chat_invalid_agent_id_and_session_key_answer_400(nursery: trio.Nu
     assert_error(bad_key, 400, param="x-epiloop-session-key")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_chat_session_key_of_another_agents_namespace_answers_400(
+    nursery: trio.Nursery, stream: bool
+) -> None:
+    gateway = await start_gateway(nursery)
+    squat = {**gateway.headers, "x-epiloop-session-key": "agent:helper:x"}
+    body = {"model": "epiloop:main", "messages": MESSAGES, "stream": stream}
+    refused = await post(gateway, body, headers=squat)
+    assert_error(
+        refused,
+        400,
+        code="session_agent_mismatch",
+        param="x-epiloop-session-key",
+        message_contains="agent 'helper'",
+    )
+    assert await gateway.runtime.sessions.get("agent:helper:x") is None
+    # The default agent (main) cannot take it either; the agent it names can.
+    default = await post(gateway, {"messages": MESSAGES}, headers=squat)
+    assert_error(default, 400, code="session_agent_mismatch", param="x-epiloop-session-key")
+    owner = await post(gateway, {"model": "epiloop:helper", "messages": MESSAGES}, headers=squat)
+    assert owner.status_code == 200, owner.text
+    session = await gateway.runtime.sessions.get("agent:helper:x")
+    assert session is not None
+    assert session.agent_id == "helper"
+
+
 async def test_chat_unknown_path_answers_404_json(nursery: trio.Nursery) -> None:
     gateway = await start_gateway(nursery)
     async with httpx.AsyncClient() as client:

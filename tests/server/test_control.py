@@ -250,6 +250,25 @@ async def test_control_unknown_agent_is_refused_before_the_run(nursery: trio.Nur
         assert reply["error"]["code"] == "model_not_found"
 
 
+async def test_control_agent_refuses_a_session_key_naming_another_agent(
+    nursery: trio.Nursery,
+) -> None:
+    gateway = await start_gateway(nursery)
+    async with connected(gateway) as ws:
+        await request(ws, "r", "agent", {"message": "x", "sessionKey": "agent:helper:main"})
+        reply = await response(ws, "r")
+        assert reply["ok"] is False
+        assert reply["error"]["code"] == "session_agent_mismatch"
+        assert "agent 'helper'" in reply["error"]["message"]
+        params = {"message": "x", "agentId": "helper", "sessionKey": "agent:main:x"}
+        await request(ws, "h", "agent", params)
+        assert (await response(ws, "h"))["error"]["code"] == "session_agent_mismatch"
+        await request(ws, "ok", "agent", {**params, "sessionKey": "agent:helper:x"})
+        assert (await response(ws, "ok"))["ok"] is True
+    assert await gateway.runtime.sessions.get("agent:helper:main") is None
+    assert await gateway.runtime.sessions.get("agent:main:x") is None
+
+
 async def test_control_aborts_a_run_started_over_http(nursery: trio.Nursery) -> None:
     provider = ScriptedProvider([Say("partial"), Hang()])
     gateway = await start_gateway(nursery, providers={"local": provider})
