@@ -131,6 +131,31 @@ async def test_control_handshake_failures_close_with_a_clear_code(
         assert (await closed_with(ws))[0] == code
 
 
+async def test_control_failed_auth_through_a_proxy_forwarding_loopback_is_limited(
+    nursery: trio.Nursery,
+) -> None:
+    gateway = await start_gateway(
+        nursery,
+        {
+            "gateway": {
+                "trustedProxies": ["127.0.0.1"],
+                "auth": {"rateLimit": {"maxFailures": 2, "windowSeconds": 60}},
+            }
+        },
+    )
+    codes = []
+    for attempt in range(3):
+        async with open_websocket_url(
+            ws_url(gateway), extra_headers=[(b"X-Forwarded-For", b"127.0.0.1")]
+        ) as ws:
+            await receive(ws)
+            auth = {"auth": {"token": f"wrong-{attempt}"}, "client": {"name": "t"}}
+            await request(ws, "c", "connect", auth)
+            codes.append((await response(ws, "c"))["error"]["code"])
+            assert (await closed_with(ws))[0] == 4001
+    assert codes == ["auth_failed", "auth_failed", "too_many_auth_failures"]
+
+
 async def test_control_silent_client_is_closed_after_the_handshake_deadline(
     nursery: trio.Nursery,
 ) -> None:
