@@ -67,9 +67,26 @@ async def test_chat_disabled_endpoint_answers_404_naming_the_config_key(
         code="endpoint_disabled",
         message_contains="gateway.http.endpoints.chatCompletions.enabled",
     )
+    assert "chat completions endpoint" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/models", "/models/epiloop:main"])
+async def test_models_disabled_endpoint_answers_404_naming_itself_and_the_key(
+    nursery: trio.Nursery, path: str
+) -> None:
+    override = {"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": False}}}}}
+    gateway = await start_gateway(nursery, override)
     async with httpx.AsyncClient() as client:
-        models = await client.get(f"{gateway.api_url}/models", headers=gateway.headers)
-    assert_error(models, 404, code="endpoint_disabled")
+        models = await client.get(f"{gateway.api_url}{path}", headers=gateway.headers)
+    error = assert_error(
+        models,
+        404,
+        code="endpoint_disabled",
+        message_contains="gateway.http.endpoints.chatCompletions.enabled: true",
+    )
+    assert error["message"].startswith(
+        "The OpenAI-compatible models endpoint (GET /v1/models) is disabled"
+    )
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
