@@ -312,6 +312,18 @@ async def test_cli_agent_local_ctrl_c_aborts_the_run(tmp_path: Path) -> None:
         await stop(process, signal.SIGKILL)
 
 
+async def test_cli_config_set_reload_applies_to_the_running_gateway(gateway: Gateway) -> None:
+    unknown = await gateway.cli("agent", "-m", "hi", "--agent", "other")
+    assert unknown.returncode == 2
+    agents = '[{id: "main", default: true}, {id: "helper"}, {id: "other"}]'
+    done = await gateway.cli("config", "set", "agents.list", agents, "--reload")
+    assert done.returncode == 0, done.stderr
+    path = gateway.state / "epiloop.json"
+    assert done.stdout.splitlines() == [f"Set agents.list in {path}", f"reloaded {path}"]
+    known = await gateway.cli("agent", "-m", "hi", "--agent", "other")
+    assert (known.returncode, known.stdout) == (0, "hi\n"), known.stderr
+
+
 # -- epiloop sessions, health, status --------------------------------------------------------
 
 
