@@ -97,6 +97,8 @@ def test_set_key_adds_a_key_to_a_one_line_object_and_a_list_item() -> None:
         ("{\n  b: 2 /* two\n  lines */\n}\n", "{\n  b: 2, /* two\n  lines */\n  a: 1\n}\n"),
         ("{'a': 0, /* keep */ b: 2}", "{'a': 1, /* keep */ b: 2}"),
         ("{a: 0, a: 5}", "{a: 0, a: 1}"),  # duplicates: json5 keeps the last
+        ("{\r\n  b: 2,\r\n}\r\n", "{\r\n  b: 2,\r\n  a: 1,\r\n}\r\n"),  # CRLF kept
+        ("{\r\n}", "{\r\n  a: 1,\r\n}"),
     ],
 )
 def test_set_key_text_shapes(text: str, expected: str) -> None:
@@ -116,6 +118,7 @@ def test_set_key_text_shapes(text: str, expected: str) -> None:
         ("{b: 2, a: 1, c: 3}", "{b: 2, c: 3}"),
         ("{a: 1}", "{}"),
         ("{a: 1, b: 2, a: 3}", "{b: 2}"),
+        ("{\r\n  b: 2,\r\n  a: 1,\r\n}\r\n", "{\r\n  b: 2,\r\n}\r\n"),
     ],
 )
 def test_unset_key_text_shapes(text: str, expected: str) -> None:

@@ -138,11 +138,12 @@ def _deepest(tree: Node, path: list[Segment]) -> tuple[Node, int]:
 
 
 def _insert_member(text: str, node: Node, member: str) -> str:
+    newline = "\r\n" if "\r\n" in text else "\n"  # the file's own line ending
     if not node.members:
         inside = text[node.start + 1 : node.end - 1]
         if "\n" in inside:
             inner = (_indent(text, node.start) or "") + "  "
-            return f"{text[: node.start + 1]}\n{inner}{member},{text[node.start + 1 :]}"
+            return f"{text[: node.start + 1]}{newline}{inner}{member},{text[node.start + 1 :]}"
         return f"{text[: node.start]}{{ {member} }}{text[node.end :]}"
     last = node.members[-1]
     indent = _indent(text, last.key_start)
@@ -152,7 +153,7 @@ def _insert_member(text: str, node: Node, member: str) -> str:
     if line_break is not None and indent is not None:
         trailing = "," if last.comma is not None else ""
         at = line_break + 1
-        text = f"{text[:at]}{indent}{member}{trailing}\n{text[at:]}"
+        text = f"{text[:at]}{indent}{member}{trailing}{newline}{text[at:]}"
         return f"{text[:anchor]}{separator}{text[anchor:]}"
     return f"{text[:anchor]}{separator} {member}{'' if last.comma is None else ','}{text[anchor:]}"
 
