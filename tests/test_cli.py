@@ -97,6 +97,82 @@ def test_cli_config_show_redacts_secrets(tmp_path: Path) -> None:
     assert shown["gateway"]["http"]["endpoints"]["chatCompletions"]["enabled"] is True
 
 
+def test_cli_config_set_and_unset_edit_one_key_keeping_comments_and_mode(
+    tmp_path: Path,
+) -> None:
+    assert epiloop(tmp_path, "config", "init").returncode == 0
+    path = tmp_path / "epiloop.json"
+    path.chmod(0o640)
+    before = path.read_text()
+    comments = [line for line in before.splitlines() if line.lstrip().startswith("//")]
+
+    port = epiloop(tmp_path, "config", "set", "gateway.port", "4242")
+    assert (port.returncode, port.stdout) == (0, f"Set gateway.port in {path}\n"), port.stderr
+    limit = epiloop(tmp_path, "config", "set", "gateway.auth.rateLimit.maxFailures", "5")
+    assert limit.returncode == 0, limit.stderr
+    proxies = epiloop(tmp_path, "config", "set", "gateway.trustedProxies", '["127.0.0.1"]')
+    assert proxies.returncode == 0, proxies.stderr
+    bind = epiloop(tmp_path, "config", "set", "gateway.bind", "lan")  # a plain string
+    assert bind.returncode == 0, bind.stderr
+    model = epiloop(tmp_path, "config", "set", "agents.list[0].model", "local/echo")
+    assert model.returncode == 0, model.stderr
+
+    after = path.read_text()
+    assert [line for line in after.splitlines() if line.lstrip().startswith("//")] == comments
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["epiloop.json"]  # no temporary left
+    shown = json.loads(epiloop(tmp_path, "config", "show").stdout)
+    gateway = shown["gateway"]
+    assert (gateway["port"], gateway["bind"], gateway["trustedProxies"]) == (
+        4242,
+        "lan",
+        ["127.0.0.1"],
+    )
+    assert gateway["auth"]["rateLimit"]["maxFailures"] == 5
+    assert shown["agents"]["list"][0]["model"] == "local/echo"
+
+    unset = epiloop(tmp_path, "config", "unset", "gateway.bind")
+    assert (unset.returncode, unset.stdout) == (0, f"Unset gateway.bind in {path}\n")
+    again = epiloop(tmp_path, "config", "unset", "gateway.bind")
+    assert again.returncode == 0
+    assert "not set" in again.stdout
+    assert json.loads(epiloop(tmp_path, "config", "show").stdout)["gateway"]["bind"] == "loopback"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("set", "gateway.prot", "1"), "Error: gateway.prot: unknown key; did you mean 'port'?"),
+        (("set", "gateway.port", "abc"), 'Error: gateway.port: expected int, got "abc"'),
+        (("set", "gateway.port", "70000"), "Error: gateway.port: "),
+        (("set", "gateway.port.x", "1"), "Error: gateway.port: a plain value here holds no keys"),
+        (("set", "agents.list[4].id", "x"), "Error: agents.list[4]: no such list item"),
+        (("set", "gateway..port", "1"), "Error: gateway..port: not a key path"),
+        (("unset", "agents.list[0].id"), "Error: agents.list[0].id: required key is missing"),
+    ],
+)
+def test_cli_config_set_refuses_bad_keys_and_values_leaving_the_file(
+    tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    assert epiloop(tmp_path, "config", "init").returncode == 0
+    before = (tmp_path / "epiloop.json").read_bytes()
+    done = epiloop(tmp_path, "config", *args)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(expected), done.stderr
+    assert (tmp_path / "epiloop.json").read_bytes() == before
+
+
+def test_cli_config_set_without_a_file_says_how_to_make_one(tmp_path: Path) -> None:
+    done = epiloop(tmp_path, "config", "set", "gateway.port", "4242")
+    assert done.returncode == 2
+    assert "Error: no config file at" in done.stderr
+    assert "epiloop config init" in done.stderr
+    assert not (tmp_path / "epiloop.json").exists()
+
+
 def test_cli_gateway_refuses_invalid_config(tmp_path: Path) -> None:
     (tmp_path / "epiloop.json").write_text("{ agents: { defaults: { modle: 'x' } } }")
     done = epiloop(tmp_path, "gateway", "--port", "0")

@@ -228,6 +228,32 @@ async def test_cli_agent_local_runs_without_a_gateway(tmp_path: Path) -> None:
     assert "unknown agent 'nobody' (available: main, helper)" in unknown.stderr
 
 
+async def test_cli_agent_refuses_a_session_key_naming_another_agent(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    expected = "the session key belongs to agent 'helper'"
+    remote = await gateway.cli("agent", "-m", "hi", "--session-key", "agent:helper:x")
+    assert remote.returncode == 2
+    assert expected in remote.stderr.lower()
+    write_config(tmp_path)
+    local = await epiloop(
+        tmp_path,
+        "agent",
+        "-m",
+        "hi",
+        "--local",
+        "--agent",
+        "main",
+        "--session-key",
+        "agent:helper:x",
+    )
+    assert local.returncode == 2
+    assert expected in local.stderr.lower()
+    assert (local.stdout, remote.stdout) == ("", "")
+    shown = await gateway.cli("sessions", "show", "agent:helper:x")
+    assert "no session 'agent:helper:x'" in shown.stderr
+
+
 async def test_cli_agent_ctrl_c_aborts_the_run(gateway: Gateway) -> None:
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "trio_gateway", "agent", "-m", LONG_MESSAGE],
@@ -284,6 +310,18 @@ async def test_cli_agent_local_ctrl_c_aborts_the_run(tmp_path: Path) -> None:
             assert "aborted" in await read_all(process.stderr)
     finally:
         await stop(process, signal.SIGKILL)
+
+
+async def test_cli_config_set_reload_applies_to_the_running_gateway(gateway: Gateway) -> None:
+    unknown = await gateway.cli("agent", "-m", "hi", "--agent", "other")
+    assert unknown.returncode == 2
+    agents = '[{id: "main", default: true}, {id: "helper"}, {id: "other"}]'
+    done = await gateway.cli("config", "set", "agents.list", agents, "--reload")
+    assert done.returncode == 0, done.stderr
+    path = gateway.state / "epiloop.json"
+    assert done.stdout.splitlines() == [f"Set agents.list in {path}", f"reloaded {path}"]
+    known = await gateway.cli("agent", "-m", "hi", "--agent", "other")
+    assert (known.returncode, known.stdout) == (0, "hi\n"), known.stderr
 
 
 # -- epiloop sessions, health, status --------------------------------------------------------

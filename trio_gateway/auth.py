@@ -28,6 +28,7 @@ __all__ = [
     "check_secret",
     "client_address",
     "is_loopback_host",
+    "limiter_exempt",
     "needs_secret",
 ]
 
@@ -159,13 +160,32 @@ def client_address(
     nearest address in ``X-Forwarded-For`` that is not one of the trusted proxies."""
     if peer is None:
         return "unknown"
-    if not forwarded_for or not _in(peer, trusted):
+    hops = _hops(forwarded_for)
+    if not hops or not _in(peer, trusted):
         return peer
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _in(hop, trusted):
             return hop
-    return hops[0] if hops else peer
+    return hops[0]
+
+
+def limiter_exempt(
+    peer: str | None, forwarded_for: str | None, trusted: Sequence[IPNetwork]
+) -> bool:
+    """True when the failed-auth limiter leaves the request alone: only a direct loopback peer.
+
+    An address a trusted proxy forwards (``X-Forwarded-For``) is never exempt, even when it says
+    ``127.0.0.1``: the proxy may pass on whatever its client wrote.
+    """
+    if peer is None or not is_loopback_host(peer):
+        return False
+    return not (_hops(forwarded_for) and _in(peer, trusted))
+
+
+def _hops(forwarded_for: str | None) -> list[str]:
+    if not forwarded_for:
+        return []
+    return [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
 
 
 def _in(address: str, networks: Sequence[IPNetwork]) -> bool:

@@ -1,17 +1,20 @@
-"""The ``epiloop`` command: ``gateway`` serves, ``config init|validate|show`` manage the config;
-``agent``, ``sessions``, ``health`` and ``status`` talk to a running gateway over its WebSocket
-control plane (``agent --local`` runs in-process instead).
+"""The ``epiloop`` command: ``gateway`` serves, ``config init|validate|show|set|unset`` manage the
+config; ``agent``, ``sessions``, ``health`` and ``status`` talk to a running gateway over its
+WebSocket control plane (``agent --local`` runs in-process instead).
 
 This is the only module that configures logging handlers and talks to the terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import socket
+import stat
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -35,10 +38,12 @@ from .config import (
     LoadedConfig,
     config_path,
     load_config,
+    parse_config,
     redacted,
     starter_config,
     state_dir,
 )
+from .config.edit import Edit, Segment, parse_key_path, parse_value, set_key, unset_key
 from .control_client import (
     GATEWAY_UNREACHABLE,
     ControlClient,
@@ -522,7 +527,12 @@ def _control_failure(error: ControlPlaneError, url: str) -> _Exit:
         )
     if is_auth_failure(error):
         return _Exit("authentication failed: check gateway.auth / EPILOOP_GATEWAY_TOKEN", EXIT_AUTH)
-    if error.code in ("invalid_params", "invalid_url", "invalid_request_error"):
+    if error.code in (
+        "invalid_params",
+        "invalid_url",
+        "invalid_request_error",
+        "session_agent_mismatch",
+    ):
         return _Exit(error.message, EXIT_USAGE)
     return _Exit(f"{error.message} ({error.code})", EXIT_FAILED)
 
@@ -1129,3 +1139,136 @@ def status(
         return 0
 
     _run_client(_target(url, token, password, config_file), work)
+
+
+# -- epiloop config set / unset: change one key of the config file ---------------------------
+
+
+def _edit_config_file(
+    config_file: Path | None,
+    key: str,
+    change: Callable[[str, list[Segment]], Edit | None],
+) -> Path | None:
+    """Apply ``change`` to the config file's text, validate the result with the loader and
+    replace the file atomically (its mode kept). ``None`` when there was nothing to change."""
+    path = config_file if config_file is not None else config_path()
+    try:
+        segments = parse_key_path(key)
+        with open(path, encoding="utf-8", newline="") as file:  # keep its line endings
+            text = file.read()
+    except ConfigError as exc:
+        raise _Exit(f"Error: {exc}", EXIT_USAGE) from exc
+    except FileNotFoundError as exc:
+        raise _Exit(
+            f"Error: no config file at {path}: create one with 'epiloop config init' "
+            "(or name it with --config / EPILOOP_CONFIG_PATH)",
+            EXIT_USAGE,
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Exit(f"Error: cannot read {path}: {exc}", EXIT_USAGE) from exc
+    try:
+        edit = change(text, segments)
+        if edit is None:
+            return None
+        parse_config(edit.text, source=str(path))
+    except ConfigError as exc:
+        where = exc.path or key
+        raise _Exit(
+            f"Error: {where}: {exc.message} (file unchanged; 'epiloop config show' lists the "
+            "keys in effect)",
+            EXIT_USAGE,
+        ) from exc
+    _replace_file(path, edit.text)
+    if edit.rewritten:
+        click.echo(
+            f"Note: {path} was rewritten as plain JSON: its comments and layout are gone.",
+            err=True,
+        )
+    return path
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to a new file beside ``path`` (same mode) and rename it over ``path``, so
+    a reader sees the old file or the new one, never half of it."""
+    target = path.resolve()  # a symlinked config: replace the file it points to
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+        descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    except OSError as exc:
+        raise _Exit(f"Error: cannot write {path}: {exc}", EXIT_FAILED) from exc
+    try:
+        os.fchmod(descriptor, mode)
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise _Exit(f"Error: cannot write {path}: {exc}", EXIT_FAILED) from exc
+        raise
+
+
+def _reload_after_edit(
+    reload_gateway: bool,
+    url: str | None,
+    token: str | None,
+    password: str | None,
+    config_file: Path | None,
+) -> None:
+    if reload_gateway:
+        click.get_current_context().invoke(
+            config_reload, url=url, token=token, password=password, config_file=config_file
+        )
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.option(
+    "--reload", "reload_gateway", is_flag=True, help="Then make the running gateway reload it."
+)
+@_client_options
+def config_set(
+    key: str,
+    value: str,
+    reload_gateway: bool,
+    url: str | None,
+    token: str | None,
+    password: str | None,
+    config_file: Path | None,
+) -> None:
+    """Set KEY (a dotted path such as gateway.port) to VALUE in the config file.
+
+    VALUE is read as JSON5 (true, 18789, "text", [1, 2], {a: 1}); anything else is a plain
+    string. The result is validated before the file is replaced; comments elsewhere are kept.
+    """
+    parsed = parse_value(value)
+    path = _edit_config_file(config_file, key, lambda text, at: set_key(text, at, parsed))
+    click.echo(f"Set {key} in {path}")
+    _reload_after_edit(reload_gateway, url, token, password, config_file)
+
+
+@config.command("unset")
+@click.argument("key")
+@click.option(
+    "--reload", "reload_gateway", is_flag=True, help="Then make the running gateway reload it."
+)
+@_client_options
+def config_unset(
+    key: str,
+    reload_gateway: bool,
+    url: str | None,
+    token: str | None,
+    password: str | None,
+    config_file: Path | None,
+) -> None:
+    """Remove KEY from the config file, so its default applies again."""
+    path = _edit_config_file(config_file, key, unset_key)
+    if path is None:
+        click.echo(f"{key} is not set in the config file; nothing changed")
+        return
+    click.echo(f"Unset {key} in {path}")
+    _reload_after_edit(reload_gateway, url, token, password, config_file)

@@ -257,6 +257,60 @@ def test_resolve_target_rejects_invalid_session_header(config: Config, key: str)
     )
 
 
+@pytest.mark.parametrize(
+    ("agent", "key"),
+    [
+        ("main", "agent:main:x"),
+        ("main", "AGENT:Main:main"),
+        ("Helper", "agent:helper:user:42"),
+        ("main", "agent:main"),
+        ("main", "agents:ops_2:x"),  # not the agent namespace
+        ("main", "x:agent:ops_2:y"),
+    ],
+)
+def test_resolve_target_session_key_in_the_agents_own_namespace_is_accepted(
+    config: Config, agent: str, key: str
+) -> None:
+    result = target(config, agent=agent, session=key)
+
+    assert (result.agent.id, result.session_key) == (agent, key)
+
+
+@pytest.mark.parametrize(
+    ("agent", "model", "key"),
+    [
+        (None, "epiloop:main", "agent:ops_2:x"),
+        (None, "epiloop", "agent:main:main"),  # the default agent is Helper
+        ("main", "epiloop", "Agent:OPS_2:main"),
+        ("main", "epiloop", "agent:mainly:x"),
+        ("main", "epiloop", "agent:ghost:x"),  # not configured: still not main's
+        ("main", "epiloop", "agent::x"),
+        ("main", "epiloop", "agent:"),
+    ],
+)
+def test_resolve_target_refuses_a_session_key_naming_another_agent(
+    config: Config, agent: str | None, model: str, key: str
+) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        target(config, agent=agent, model=model, session=key)
+
+    assert info.value.http_status == 400
+    assert info.value.param == SESSION_PARAM
+    assert info.value.code == "session_agent_mismatch"
+    assert "agent:<id>:..." in info.value.message
+
+
+def test_resolve_target_session_key_mismatch_names_both_agents(config: Config) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        target(config, model="epiloop:main", session="agent:ops_2:secret-name")
+
+    message = info.value.message
+    assert "agent 'ops_2'" in message
+    assert "agent 'main'" in message
+    assert "'agent:main:...'" in message
+    assert "secret-name" not in message  # the key itself is not echoed
+
+
 def test_resolve_target_user_derives_a_stable_key(config: Config) -> None:
     first = target(config, model="epiloop:main", user="alice@example.com")
     second = target(config, model="epiloop:main", user="alice@example.com")

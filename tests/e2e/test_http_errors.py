@@ -67,9 +67,26 @@ async def test_chat_disabled_endpoint_answers_404_naming_the_config_key(
         code="endpoint_disabled",
         message_contains="gateway.http.endpoints.chatCompletions.enabled",
     )
+    assert "chat completions endpoint" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/models", "/models/epiloop:main"])
+async def test_models_disabled_endpoint_answers_404_naming_itself_and_the_key(
+    nursery: trio.Nursery, path: str
+) -> None:
+    override = {"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": False}}}}}
+    gateway = await start_gateway(nursery, override)
     async with httpx.AsyncClient() as client:
-        models = await client.get(f"{gateway.api_url}/models", headers=gateway.headers)
-    assert_error(models, 404, code="endpoint_disabled")
+        models = await client.get(f"{gateway.api_url}{path}", headers=gateway.headers)
+    error = assert_error(
+        models,
+        404,
+        code="endpoint_disabled",
+        message_contains="gateway.http.endpoints.chatCompletions.enabled: true",
+    )
+    assert error["message"].startswith(
+        "The OpenAI-compatible models endpoint (GET /v1/models) is disabled"
+    )
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
@@ -201,6 +218,32 @@ async def test_chat_invalid_agent_id_and_session_key_answer_400(nursery: trio.Nu
         headers={**gateway.headers, "x-epiloop-session-key": "k" * 300},
     )
     assert_error(bad_key, 400, param="x-epiloop-session-key")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_chat_session_key_of_another_agents_namespace_answers_400(
+    nursery: trio.Nursery, stream: bool
+) -> None:
+    gateway = await start_gateway(nursery)
+    squat = {**gateway.headers, "x-epiloop-session-key": "agent:helper:x"}
+    body = {"model": "epiloop:main", "messages": MESSAGES, "stream": stream}
+    refused = await post(gateway, body, headers=squat)
+    assert_error(
+        refused,
+        400,
+        code="session_agent_mismatch",
+        param="x-epiloop-session-key",
+        message_contains="agent 'helper'",
+    )
+    assert await gateway.runtime.sessions.get("agent:helper:x") is None
+    # The default agent (main) cannot take it either; the agent it names can.
+    default = await post(gateway, {"messages": MESSAGES}, headers=squat)
+    assert_error(default, 400, code="session_agent_mismatch", param="x-epiloop-session-key")
+    owner = await post(gateway, {"model": "epiloop:helper", "messages": MESSAGES}, headers=squat)
+    assert owner.status_code == 200, owner.text
+    session = await gateway.runtime.sessions.get("agent:helper:x")
+    assert session is not None
+    assert session.agent_id == "helper"
 
 
 async def test_chat_unknown_path_answers_404_json(nursery: trio.Nursery) -> None:

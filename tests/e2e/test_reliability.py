@@ -18,7 +18,7 @@ import trio
 from gateway_harness import TOKEN, RunningGateway, merge, start_gateway
 
 from benchmarks.mock_upstream import MockUpstream, Scenario
-from trio_gateway.auth import FailedAuthLimiter, client_address
+from trio_gateway.auth import FailedAuthLimiter, client_address, limiter_exempt
 from trio_gateway.providers.scripted import Pause, Say, ScriptedProvider
 
 BOUND = 20
@@ -60,6 +60,67 @@ def test_client_address_honours_only_trusted_proxies(
 
     trusted = [ipaddress.ip_network("10.0.0.0/8")]
     assert client_address(peer, forwarded, trusted) == expected
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "exempt"),
+    [
+        ("127.0.0.1", None, True),  # a direct loopback client
+        ("::1", None, True),
+        ("127.0.0.1", "", True),
+        ("127.0.0.1", "203.0.113.5", True),  # loopback but not a trusted proxy: header ignored
+        ("10.0.0.2", None, False),
+        ("10.0.0.2", "127.0.0.1", False),  # a trusted proxy forwards "127.0.0.1"
+        ("10.0.0.2", "::1", False),
+        ("10.0.0.2", "localhost", False),
+        ("198.51.100.7", "127.0.0.1", False),
+        (None, None, False),
+    ],
+)
+def test_limiter_exempt_only_a_direct_loopback_peer(
+    peer: str | None, forwarded: str | None, exempt: bool
+) -> None:
+    import ipaddress
+
+    trusted = [ipaddress.ip_network("10.0.0.0/8")]
+    assert limiter_exempt(peer, forwarded, trusted) is exempt
+
+
+@pytest.mark.parametrize("forwarded", ["127.0.0.1", "::1", "localhost", "203.0.113.5, 127.0.0.1"])
+def test_limiter_exempt_never_for_a_forwarded_address_from_a_loopback_proxy(
+    forwarded: str,
+) -> None:
+    import ipaddress
+
+    trusted = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+    assert limiter_exempt("127.0.0.1", forwarded, trusted) is False
+    assert limiter_exempt("127.0.0.1", None, trusted) is True  # the proxy's own request
+
+
+@pytest.mark.parametrize("forwarded", ["127.0.0.1", "::1"])
+async def test_auth_limiter_limits_a_forwarded_loopback_address(
+    nursery: trio.Nursery, forwarded: str
+) -> None:
+    gateway = await start_gateway(
+        nursery,
+        {
+            "gateway": {
+                "trustedProxies": ["127.0.0.1"],
+                "auth": {"rateLimit": {"maxFailures": 3, "windowSeconds": 60}},
+            }
+        },
+    )
+    url = f"{gateway.api_url}/models"
+    spoofed = {"X-Forwarded-For": forwarded}
+    async with httpx.AsyncClient() as http:
+        for _ in range(3):
+            wrong = await http.get(url, headers={**spoofed, "Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+        blocked = await http.get(url, headers={**spoofed, "Authorization": "Bearer nope"})
+        direct = await http.get(url, headers={"Authorization": "Bearer nope"})
+    assert blocked.status_code == 429
+    assert blocked.json()["error"]["code"] == "too_many_auth_failures"
+    assert direct.status_code == 401  # the proxy's own (direct loopback) requests stay exempt
 
 
 async def test_auth_limiter_refuses_a_failing_address_with_retry_after(

@@ -198,7 +198,13 @@ async def test_many_concurrent_streams_each_get_their_own_answer(nursery: trio.N
         answers[index] = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
 
     limits = httpx.Limits(max_connections=60)
-    async with httpx.AsyncClient(limits=limits) as client, trio.open_nursery() as requests:
-        for index in range(50):
-            requests.start_soon(one, client, index)
+    # One bound for the whole batch instead of httpx's 5 s per step, which 50 streams at once
+    # can exceed on a loaded machine.
+    with trio.fail_after(60):
+        async with (
+            httpx.AsyncClient(limits=limits, timeout=None) as client,
+            trio.open_nursery() as requests,
+        ):
+            for index in range(50):
+                requests.start_soon(one, client, index)
     assert answers == {index: f"stream {index} ok" for index in range(50)}

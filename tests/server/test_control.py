@@ -140,6 +140,31 @@ async def test_control_handshake_failures_close_with_a_clear_code(
         assert (await closed_with(ws))[0] == code
 
 
+async def test_control_failed_auth_through_a_proxy_forwarding_loopback_is_limited(
+    nursery: trio.Nursery,
+) -> None:
+    gateway = await start_gateway(
+        nursery,
+        {
+            "gateway": {
+                "trustedProxies": ["127.0.0.1"],
+                "auth": {"rateLimit": {"maxFailures": 2, "windowSeconds": 60}},
+            }
+        },
+    )
+    codes = []
+    for attempt in range(3):
+        async with open_websocket_url(
+            ws_url(gateway), extra_headers=[(b"X-Forwarded-For", b"127.0.0.1")]
+        ) as ws:
+            await receive(ws)
+            auth = {"auth": {"token": f"wrong-{attempt}"}, "client": {"name": "t"}}
+            await request(ws, "c", "connect", auth)
+            codes.append((await response(ws, "c"))["error"]["code"])
+            assert (await closed_with(ws))[0] == 4001
+    assert codes == ["auth_failed", "auth_failed", "too_many_auth_failures"]
+
+
 async def test_control_silent_client_is_closed_after_the_handshake_deadline(
     nursery: trio.Nursery,
 ) -> None:
@@ -381,6 +406,25 @@ async def test_control_unknown_agent_is_refused_before_the_run(nursery: trio.Nur
         reply = await response(ws, "r")
         assert reply["ok"] is False
         assert reply["error"]["code"] == "model_not_found"
+
+
+async def test_control_agent_refuses_a_session_key_naming_another_agent(
+    nursery: trio.Nursery,
+) -> None:
+    gateway = await start_gateway(nursery)
+    async with connected(gateway) as ws:
+        await request(ws, "r", "agent", {"message": "x", "sessionKey": "agent:helper:main"})
+        reply = await response(ws, "r")
+        assert reply["ok"] is False
+        assert reply["error"]["code"] == "session_agent_mismatch"
+        assert "agent 'helper'" in reply["error"]["message"]
+        params = {"message": "x", "agentId": "helper", "sessionKey": "agent:main:x"}
+        await request(ws, "h", "agent", params)
+        assert (await response(ws, "h"))["error"]["code"] == "session_agent_mismatch"
+        await request(ws, "ok", "agent", {**params, "sessionKey": "agent:helper:x"})
+        assert (await response(ws, "ok"))["ok"] is True
+    assert await gateway.runtime.sessions.get("agent:helper:main") is None
+    assert await gateway.runtime.sessions.get("agent:main:x") is None
 
 
 async def test_control_aborts_a_run_started_over_http(nursery: trio.Nursery) -> None:

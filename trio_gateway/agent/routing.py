@@ -6,7 +6,8 @@ the default agent. An id that is not configured is an error listing the configur
 
 Session: ``x-epiloop-session-key`` is used as is; else an OpenAI ``user`` derives a stable key
 scoped to the agent (hashed, so any value is safe); else the request gets a fresh key and is
-stateless.
+stateless. Keys that start with ``agent:<id>`` are the agents' own namespace: such a key must
+name the agent that runs it, so no agent can create sessions in another agent's name.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "MAX_SESSION_KEY_LENGTH",
     "RunTarget",
     "agent_id_from_model",
+    "check_session_key_owner",
     "default_agent",
     "resolve_target",
     "select_agent",
@@ -30,6 +32,7 @@ __all__ = [
 
 MAX_SESSION_KEY_LENGTH = 256
 _MODEL_PREFIXES = ("epiloop:", "epiloop/", "agent:")
+_AGENT_KEY_PREFIX = "agent:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,9 @@ def resolve_target(
 ) -> RunTarget:
     agent = select_agent(config, header_agent_id=header_agent_id, model=model)
     if header_session_key is not None:
-        return RunTarget(agent, _checked_session_key(header_session_key), stateless=False)
+        key = _checked_session_key(header_session_key)
+        check_session_key_owner(key, agent.id)
+        return RunTarget(agent, key, stateless=False)
     if user:
         digest = hashlib.sha256(user.encode("utf-8")).hexdigest()[:32]
         return RunTarget(agent, f"agent:{agent.id.lower()}:user:{digest}", stateless=False)
@@ -107,3 +112,35 @@ def _checked_session_key(key: str) -> str:
             param="x-epiloop-session-key",
         )
     return key
+
+
+def check_session_key_owner(key: str, agent_id: str) -> None:
+    """Refuse a key of the form ``agent:<id>[:...]`` whose ``<id>`` is not ``agent_id``.
+
+    Ids compare ignoring case, as everywhere else. Keys outside the ``agent:`` namespace are
+    the caller's own names and belong to whichever agent first records them.
+    """
+    if key[: len(_AGENT_KEY_PREFIX)].lower() != _AGENT_KEY_PREFIX:
+        return
+    named = key[len(_AGENT_KEY_PREFIX) :].partition(":")[0]
+    if named.lower() == agent_id.lower():
+        return
+    own = f"'agent:{agent_id.lower()}:...'"
+    if AGENT_ID_RE.match(named):
+        message = (
+            f"The session key belongs to agent {named!r} (a key 'agent:<id>:...' belongs to agent "
+            f"<id>), but this request runs agent {agent_id!r}. Select agent {named!r} (model "
+            f"'epiloop:{named}' or the x-epiloop-agent-id header), or use a key of the form {own} "
+            "or one without the 'agent:' prefix."
+        )
+    else:
+        message = (
+            "The session key starts with 'agent:' but does not name the agent that runs this "
+            f"request, {agent_id!r} (a key 'agent:<id>:...' belongs to agent <id>). Use a key of "
+            f"the form {own} or one without the 'agent:' prefix."
+        )
+    raise InvalidRequestError(
+        message,
+        param="x-epiloop-session-key",
+        code="session_agent_mismatch",
+    )

@@ -25,6 +25,7 @@ import msgspec.inspect as mi
 
 from ..errors import ConfigError
 from .schema import Config, check_config
+from .syntax import find_syntax_error
 
 __all__ = [
     "EMBEDDED_SOURCE",
@@ -84,9 +85,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     try:
         raw: object = json5.loads(text)
     except ValueError as exc:
-        # json5 names the input "<string>"; the source is already named in front.
-        detail = str(exc).replace("<string>:", "line ")
-        raise ConfigError(f"not valid JSON5: {detail}", source=source) from exc
+        raise ConfigError(f"not valid JSON5: {_syntax_detail(text, exc)}", source=source) from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"the top level must be an object, got {_json_type(raw)}", source=source)
     try:
@@ -99,6 +98,16 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         exc.source = source
         raise
     return config
+
+
+def _syntax_detail(text: str, exc: ValueError) -> str:
+    """Where the syntax error is: json5 reports the furthest offset its grammar reached, often a
+    token past the mistake, so the position comes from our own left-to-right reading."""
+    issue = find_syntax_error(text)
+    if issue is not None:
+        return issue.describe(text)
+    # json5 refused something our reading accepts: its own words, on one line, then.
+    return str(exc).replace("<string>:", "line ").encode("unicode_escape").decode("ascii")
 
 
 def _apply_env(config: Config, source: str, env: Mapping[str, str]) -> LoadedConfig:

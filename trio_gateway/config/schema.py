@@ -91,7 +91,8 @@ class HttpConfig(_Section, frozen=True):
 
 
 class AuthRateLimit(_Section, frozen=True):
-    """Failed credential checks allowed per client address (loopback clients are exempt)."""
+    """Failed credential checks allowed per client address (a direct loopback peer is exempt,
+    a forwarded loopback address is not)."""
 
     enabled: bool = True
     max_failures: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10

@@ -18,7 +18,7 @@ from quart import request
 
 from .. import metrics
 from ..agent import AgentRuntime
-from ..auth import FailedAuthLimiter, check_authorization, client_address, is_loopback_host
+from ..auth import FailedAuthLimiter, check_authorization, client_address, limiter_exempt
 from ..errors import AuthenticationError, AuthRateLimitedError
 
 __all__ = ["CLEANUPS_KEY", "authorize", "guard_credentials", "request_cleanups"]
@@ -61,15 +61,17 @@ def guard_credentials(
 
     A client address (behind ``gateway.trustedProxies``, the one they forwarded) that failed
     ``maxFailures`` times within ``windowSeconds`` gets 429 with ``Retry-After`` without its
-    credentials being checked. Loopback clients are never limited.
+    credentials being checked. Only a direct loopback peer is never limited: an address a
+    trusted proxy forwards is, whatever it says.
     """
     config = runtime.config.gateway
     limit = config.auth.rate_limit
     client = scope.get("client")
     peer = client[0] if isinstance(client, list | tuple) and client else None
     trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
-    address = client_address(peer if isinstance(peer, str) else None, forwarded_for, trusted)
-    limited = limit.enabled and not is_loopback_host(address)
+    peer_host = peer if isinstance(peer, str) else None
+    address = client_address(peer_host, forwarded_for, trusted)
+    limited = limit.enabled and not limiter_exempt(peer_host, forwarded_for, trusted)
     limiter = _limiters.setdefault(runtime, FailedAuthLimiter())
     now = time.monotonic()
     if limited:

@@ -49,6 +49,17 @@ class _ModelList(msgspec.Struct, frozen=True):
     object: str = "list"
 
 
+#: What a disabled endpoint answers: the endpoint asked for, and the one key that serves it.
+_CHAT_DISABLED = (
+    "The OpenAI-compatible chat completions endpoint (POST /v1/chat/completions) is disabled. "
+    f"Enable it with {_ENABLE_KEY}: true in the gateway config."
+)
+_MODELS_DISABLED = (
+    "The OpenAI-compatible models endpoint (GET /v1/models) is disabled: it is served together "
+    f"with chat completions. Enable both with {_ENABLE_KEY}: true in the gateway config."
+)
+
+
 async def _discard(event: RunEvent) -> None:
     """A non-streaming answer needs only the run's result, not its events."""
 
@@ -67,18 +78,15 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
         clock.stop()
 
     # The config is read per request: a reload applies to the next one.
-    def check_enabled_and_authorized() -> None:
+    def check_enabled_and_authorized(disabled_message: str) -> None:
         config = runtime.config
         if not config.gateway.http.endpoints.chat_completions.enabled:
-            raise EndpointDisabledError(
-                "The OpenAI-compatible chat completions endpoint is disabled. "
-                f"Enable it with {_ENABLE_KEY}: true in the gateway config."
-            )
+            raise EndpointDisabledError(disabled_message)
         authorize(runtime)
 
     @app.route("/v1/chat/completions", methods=["POST"], provide_automatic_options=False)
     async def chat_completions() -> Response:
-        check_enabled_and_authorized()
+        check_enabled_and_authorized(_CHAT_DISABLED)
         body = await request.get_data(as_text=False)
         assert isinstance(body, bytes)
         chat = parse_chat_request(body)
@@ -147,7 +155,7 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
 
     @app.route("/v1/models", methods=["GET"], provide_automatic_options=False)
     async def list_models() -> Response:
-        check_enabled_and_authorized()
+        check_enabled_and_authorized(_MODELS_DISABLED)
         models = _ModelList(
             [_Model(f"epiloop:{agent.id}", started) for agent in runtime.config.agents.entries]
         )
@@ -155,7 +163,7 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
 
     @app.route("/v1/models/<path:model>", methods=["GET"], provide_automatic_options=False)
     async def get_model(model: str) -> Response:
-        check_enabled_and_authorized()
+        check_enabled_and_authorized(_MODELS_DISABLED)
         if agent_id_from_model(model) is None and model.lower() != "epiloop":
             # Chat requests send any other name to the default agent; a lookup is exact.
             raise ModelNotFoundError(f"The model {model!r} does not exist.", param="model")
