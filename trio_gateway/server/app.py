@@ -189,7 +189,7 @@ class GatewayApp:
             # under hypercorn's own --bind this is where the rule holds.
             return UnprotectedError(
                 'gateway.auth.mode is "none", which is allowed on loopback only, but this '
-                "request reached a non-loopback address. Set gateway.auth.mode to \"token\" "
+                'request reached a non-loopback address. Set gateway.auth.mode to "token" '
                 "with a token (or EPILOOP_GATEWAY_TOKEN), or bind to loopback."
             )
         head = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
