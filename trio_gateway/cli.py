@@ -304,7 +304,7 @@ def _reload(runtime: AgentRuntime) -> None:
     """SIGHUP: load the config file again; keep the running config if the new one is bad."""
     try:
         result = runtime.reload_from_file()
-    except ConfigError as exc:
+    except GatewayError as exc:  # a bad file, or providers that cannot be built: keep serving
         click.echo(f"SIGHUP: config not reloaded, the running config stays: {exc}", err=True)
         return
     click.echo("SIGHUP: config reloaded (new runs use it)", err=True)

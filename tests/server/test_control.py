@@ -29,9 +29,12 @@ BOUND = 10
 # When the gateway closes a connection, trio-websocket (the client here) leaves its own TCP
 # socket for the garbage collector; the warning names the client's socket (its remote address
 # is the gateway's port), not one of the gateway's.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-)
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+    ),
+    pytest.mark.usefixtures("reclaim_client_sockets"),
+]
 
 
 def ws_url(gateway: RunningGateway, path: str = "/ws") -> str:

@@ -383,12 +383,17 @@ class ControlConnection:
             limit.on_overflow(lambda: self.close(1009, "frame_too_large"))
 
     def _authenticated(self) -> None:
-        """After ``connect``: no longer pending, and frames up to ``maxFrameBytes`` are allowed."""
+        """After ``connect``: no longer pending, and frames up to ``maxFrameBytes`` are allowed
+        (a reload-only connection keeps the pre-auth limit: its two methods need no more)."""
         if self._slot is not None:
             self._slot.release()
         limit = scope_message_limit(websocket.scope)
         if limit is not None:
-            limit.set_limit(self.settings.max_frame_bytes)
+            limit.set_limit(
+                self.settings.max_pre_auth_frame_bytes
+                if self.reload_only
+                else self.settings.max_frame_bytes
+            )
 
     async def _end(self, code: int, reason: str) -> NoReturn:
         """Close the connection from its own task: cancel the nursery and unwind."""
