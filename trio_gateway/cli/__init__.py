@@ -27,12 +27,12 @@ import click
 import msgspec
 import trio
 
-from ._version import __version__
-from .agent import AgentRuntime, RunEvent, open_runtime
-from .agent.events import ToolFinished, ToolStarted
-from .agent.routing import select_agent
-from .auth import is_loopback_host, needs_secret
-from .config import (
+from .._version import __version__
+from ..agent import AgentRuntime, RunEvent, open_runtime
+from ..agent.events import ToolFinished, ToolStarted
+from ..agent.routing import select_agent
+from ..auth import is_loopback_host, needs_secret
+from ..config import (
     EMBEDDED_SOURCE,
     Config,
     LoadedConfig,
@@ -43,14 +43,14 @@ from .config import (
     starter_config,
     state_dir,
 )
-from .config.edit import Edit, Segment, parse_key_path, parse_value, set_key, unset_key
-from .control_client import (
+from ..config.edit import Edit, Segment, parse_key_path, parse_value, set_key, unset_key
+from ..control_client import (
     GATEWAY_UNREACHABLE,
     ControlClient,
     is_auth_failure,
     open_control_client,
 )
-from .errors import (
+from ..errors import (
     ConfigError,
     ControlPlaneError,
     GatewayError,
@@ -59,18 +59,18 @@ from .errors import (
     RequestError,
     SessionStoreError,
 )
-from .logs import configure_logging
-from .providers.base import ReasoningDelta, TextDelta
-from .server import (
+from ..logs import configure_logging
+from ..providers.base import ReasoningDelta, TextDelta
+from ..server import (
     check_exposure,
     listen_sockets,
     resolve_host,
     serve_gateway,
     startup_failure,
 )
-from .server.workers import WorkerReport, run_workers
-from .sessions.check import check_session_store
-from .wire.chat import ChatRequest
+from ..server.workers import WorkerReport, run_workers
+from ..sessions.check import check_session_store
+from ..wire.chat import ChatRequest
 
 __all__ = ["main"]
 
