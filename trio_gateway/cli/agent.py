@@ -16,7 +16,7 @@ import trio
 
 from ..agent import RunEvent, open_runtime
 from ..agent.events import ToolFinished, ToolStarted
-from ..agent.routing import select_agent
+from ..agent.routing import message_target
 from ..config import Config, load_config, state_dir
 from ..control_client import ControlClient, open_control_client
 from ..errors import (
@@ -28,7 +28,7 @@ from ..errors import (
     RequestError,
 )
 from ..providers.base import ReasoningDelta, TextDelta
-from ..wire.chat import ChatRequest
+from ..wire.chat import ChatRequest, UserMessage
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Exit
 from .remote import Target, client_options, control_failure, gateway_target
 from .render import Printer, print_json, show_event
@@ -144,13 +144,13 @@ async def _agent_local(
 ) -> dict[str, object] | None:
     """The same run in this process, without a gateway; ``None`` if Ctrl-C aborted it."""
     try:
-        agent = select_agent(config, header_agent_id=agent_id, model="epiloop")
+        target = message_target(config, agent_id=agent_id, session_key=session_key)
     except ModelNotFoundError as exc:
         available = [entry.id for entry in config.agents.entries]
         raise Exit(_unknown_agent_message(agent_id or "", available), EXIT_USAGE) from exc
     except RequestError as exc:
         raise Exit(exc.message, EXIT_USAGE) from exc
-    chat = msgspec.convert({"messages": [{"role": "user", "content": message}]}, ChatRequest)
+    chat = ChatRequest(messages=[UserMessage(content=message)])
 
     async def emit(event: RunEvent) -> None:
         if isinstance(event, TextDelta):
@@ -171,9 +171,7 @@ async def _agent_local(
             try:
                 with interrupt.scope:
                     prepared = await runtime.prepare(
-                        chat,
-                        header_agent_id=agent.id,
-                        header_session_key=session_key or f"agent:{agent.id.lower()}:main",
+                        chat, header_agent_id=target.agent.id, header_session_key=target.session_key
                     )
                     ticket = await runtime.admit(prepared)
                     with ticket:
