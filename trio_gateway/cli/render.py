@@ -1,5 +1,6 @@
 """Terminal rendering: a run as it streams (the answer on stdout, tools and reasoning on
-stderr), JSON, tables, times and transcript lines. Nothing here talks to a gateway."""
+stderr), JSON, tables, times, transcript lines and the gateway's status. Nothing here talks to
+a gateway."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 import click
 import msgspec
 
-from .views import EntryView, EventView
+from .views import EntryView, EventView, StatusView
 
 #: Longest tool arguments shown in a ``[tool]`` line.
 TOOL_ARGS_SHOWN = 80
@@ -108,3 +109,29 @@ def transcript_line(entry: EntryView) -> str:
     if entry.status != "completed":
         line += f" [{entry.status}]"
     return line
+
+
+def show_status(view: StatusView) -> None:
+    """The admission counters on one line, then the runs in progress as a table."""
+    counts = view.admission
+    click.echo(
+        f"up {view.uptime_seconds:.0f}s; running {counts.running}, queued {counts.queued}, "
+        f"busy sessions {counts.busy_sessions}, waiting for a session "
+        f"{counts.waiting_for_session}"
+    )
+    if not view.runs:
+        click.echo("no runs in progress")
+        return
+    rows = [("RUN", "AGENT", "SESSION", "AGE", "TEXT", "SOURCE")]
+    rows += [
+        (
+            run.run_id,
+            run.agent_id,
+            run.session_key,
+            f"{run.age_seconds:.1f}s",
+            f"{run.deltas} tokens, {run.text_chars} chars",
+            run.source,
+        )
+        for run in view.runs
+    ]
+    table(rows)

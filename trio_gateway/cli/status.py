@@ -11,7 +11,7 @@ import msgspec
 from ..control_client import ControlClient
 from .exits import EXIT_FAILED
 from .remote import client_options, gateway_target, run_client
-from .render import print_json, table
+from .render import print_json, show_status
 from .views import StatusView
 
 
@@ -50,32 +50,7 @@ def status(
         if as_json:
             print_json(payload)
             return 0
-        view = msgspec.convert(payload, StatusView)
-        counts = view.admission
-        click.echo(
-            f"up {view.uptime_seconds:.0f}s; running {counts.running}, queued {counts.queued}, "
-            f"busy sessions {counts.busy_sessions}, waiting for a session "
-            f"{counts.waiting_for_session}"
-        )
-        if not view.runs:
-            click.echo("no runs in progress")
-            return 0
-        rows = [("RUN", "AGENT", "SESSION", "AGE", "TEXT", "SOURCE")]
-        rows += [
-            (
-                run.run_id,
-                run.agent_id,
-                run.session_key,
-                f"{run.age_seconds:.1f}s",
-                f"{run.deltas} tokens, {run.text_chars} chars",
-                run.source,
-            )
-            for run in view.runs
-        ]
-        table(rows)
+        show_status(msgspec.convert(payload, StatusView))
         return 0
 
     run_client(gateway_target(url, token, password, config_file), work)
-
-
-# -- epiloop config set / unset: change one key of the config file ---------------------------
