@@ -129,7 +129,7 @@ def show_status(view: StatusView) -> None:
             run.agent_id,
             run.session_key,
             f"{run.age_seconds:.1f}s",
-            f"{run.deltas} tokens, {run.text_chars} chars",
+            f"{run.deltas} text deltas, {run.text_chars} chars",
             run.source,
         )
         for run in view.runs

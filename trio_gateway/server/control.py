@@ -560,7 +560,8 @@ class ControlConnection:
                 "startedAt": run.started_at,
                 "ageSeconds": round(now - run.started_at, 3),
                 "textChars": run.text_chars,
-                # Text deltas streamed so far: the upstream's tokens, as it sent them.
+                # Text deltas received so far (pieces of text as the upstream sent them; not
+                # tokens): see the status method in docs/control-protocol.md.
                 "deltas": len(run.parts),
             }
             for run in self.runtime.active_runs.running()
