@@ -28,7 +28,7 @@ from .._version import __version__
 from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunStarted
 from ..agent.active import ActiveRun
 from ..agent.events import RunResult, ToolFinished, ToolStarted
-from ..agent.routing import select_agent
+from ..agent.routing import message_target, select_agent
 from ..auth import check_secret, limiter_exempt
 from ..config import redacted
 from ..errors import (
@@ -565,7 +565,8 @@ class ControlConnection:
                 "startedAt": run.started_at,
                 "ageSeconds": round(now - run.started_at, 3),
                 "textChars": run.text_chars,
-                # Text deltas streamed so far: the upstream's tokens, as it sent them.
+                # Text deltas received so far (pieces of text as the upstream sent them; not
+                # tokens): see the status method in docs/control-protocol.md.
                 "deltas": len(run.parts),
             }
             for run in self.runtime.active_runs.running()
@@ -610,12 +611,12 @@ class ControlConnection:
             if run_id is not None:
                 await self._attach(request.id, run_id)
                 return
-        agent = select_agent(runtime.config, header_agent_id=params.agent_id, model="epiloop")
+        target = message_target(
+            runtime.config, agent_id=params.agent_id, session_key=params.session_key
+        )
         chat = ChatRequest(messages=[UserMessage(content=params.message)])
         prepared = await runtime.prepare(
-            chat,
-            header_agent_id=agent.id,
-            header_session_key=params.session_key or f"agent:{agent.id.lower()}:main",
+            chat, header_agent_id=target.agent.id, header_session_key=target.session_key
         )
         ticket = await runtime.admit(prepared)
         if params.idempotency_key is not None:
