@@ -6,7 +6,7 @@ things, in order:
 1. ``prepare``: route the request to an agent and a session, check everything that can be
    checked up front, and raise request errors while a real HTTP status can still be answered;
 2. ``admit``: wait for the session's lane and a run slot (409 / 429 when that fails, see
-   :mod:`~trio_gateway.agent.lanes`), giving a ticket to release when the run is over;
+   :mod:`~trio_gateway.agent.admission`), giving a ticket to release when the run is over;
 3. ``run``: the agent loop. It reconciles the request with the stored session, calls the model
    (with retries and fallbacks before the first token), runs the agent's tools concurrently and
    calls the model again, until a final answer, a client tool call or ``maxToolIterations``.
@@ -85,6 +85,7 @@ from ..tools import (
 )
 from ..wire.chat import ChatRequest
 from .active import ActiveRun, ActiveRuns, Retention
+from .admission import Admission, Ticket
 from .events import (
     RunEvent,
     RunFailed,
@@ -96,7 +97,6 @@ from .events import (
     ToolStarted,
 )
 from .failover import ModelTarget, RetryPolicy, call_with_failover
-from .lanes import Admission, Ticket
 from .prompt import client_tool_specs, close_tool_calls, split_request
 from .routing import RunTarget, resolve_target
 
@@ -271,6 +271,7 @@ class AgentRuntime:
         self.admission = Admission(
             max_concurrent=defaults.max_concurrent,
             max_queued=defaults.max_queued,
+            lane_wait_seconds=config.session.queue_timeout_seconds,
             on_change=_export_queue_depth,
         )
         #: Where the config came from (a file path), for ``reload``; ``None``: not reloadable.
@@ -407,7 +408,9 @@ class AgentRuntime:
             self._set_idle(replaced)
         defaults = config.agents.defaults
         self.admission.resize(
-            max_concurrent=defaults.max_concurrent, max_queued=defaults.max_queued
+            max_concurrent=defaults.max_concurrent,
+            max_queued=defaults.max_queued,
+            lane_wait_seconds=config.session.queue_timeout_seconds,
         )
         old_auth, new_auth = current.gateway.auth, config.gateway.auth
         if new_auth.mode != "none" and (old_auth.mode, old_auth.secret) != (
@@ -564,10 +567,7 @@ class AgentRuntime:
                     "The gateway is shutting down and starts no new runs; retry shortly.",
                     retry_after=1,
                 )
-            ticket = await self.admission.admit(
-                prepared.target.session_key,
-                lane_wait_seconds=self.config.session.queue_timeout_seconds,
-            )
+            ticket = await self.admission.admit(prepared.target.session_key)
         except BaseException:
             if lease is not None:
                 lease.release()

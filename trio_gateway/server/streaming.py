@@ -32,7 +32,7 @@ from quart.wrappers.response import ResponseBody
 
 from .. import metrics
 from ..agent import AgentRuntime, PreparedRun, RunEvent, RunFailed, RunFinished
-from ..agent.lanes import Ticket
+from ..agent.admission import Ticket
 from ..errors import RunError
 from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
 from ..wire.chunks import ChunkEncoder, Usage, timing_extension
