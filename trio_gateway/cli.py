@@ -28,7 +28,7 @@ import msgspec
 import trio
 
 from ._version import __version__
-from .agent import AgentRuntime, RunEvent, open_runtime
+from .agent import AgentRuntime, RunEvent, RunRequest, open_runtime
 from .agent.events import ToolFinished, ToolStarted
 from .agent.routing import select_agent
 from .auth import is_loopback_host, needs_secret
@@ -60,6 +60,7 @@ from .errors import (
     SessionStoreError,
 )
 from .logs import configure_logging
+from .messages import Message
 from .providers.base import ReasoningDelta, TextDelta
 from .server import (
     check_exposure,
@@ -70,7 +71,6 @@ from .server import (
 )
 from .server.workers import WorkerReport, run_workers
 from .sessions.check import check_session_store
-from .wire.chat import ChatRequest
 
 __all__ = ["main"]
 
@@ -761,7 +761,12 @@ async def _agent_local(
         raise _Exit(_unknown_agent_message(agent_id or "", available), EXIT_USAGE) from exc
     except RequestError as exc:
         raise _Exit(exc.message, EXIT_USAGE) from exc
-    chat = msgspec.convert({"messages": [{"role": "user", "content": message}]}, ChatRequest)
+    run_request = RunRequest(
+        messages=(Message("user", message),),
+        agent_id=agent.id,
+        session_key=session_key or None,
+        default_session="main",
+    )
 
     async def emit(event: RunEvent) -> None:
         if isinstance(event, TextDelta):
@@ -781,11 +786,7 @@ async def _agent_local(
             nursery.start_soon(interrupt.watch, signals)
             try:
                 with interrupt.scope:
-                    prepared = await runtime.prepare(
-                        chat,
-                        header_agent_id=agent.id,
-                        header_session_key=session_key or f"agent:{agent.id.lower()}:main",
-                    )
+                    prepared = await runtime.prepare(run_request)
                     ticket = await runtime.admit(prepared)
                     with ticket:
                         run = await runtime.run(prepared, emit)

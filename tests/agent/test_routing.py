@@ -7,11 +7,13 @@ import re
 import msgspec
 import pytest
 
+from trio_gateway.agent.request import RunRequest
 from trio_gateway.agent.routing import (
     MAX_SESSION_KEY_LENGTH,
     RunTarget,
     agent_id_from_model,
     default_agent,
+    named_agent,
     resolve_target,
     select_agent,
 )
@@ -46,9 +48,9 @@ def target(
     session: str | None = None,
     user: str | None = None,
 ) -> RunTarget:
-    return resolve_target(
-        config, header_agent_id=agent, header_session_key=session, model=model, user=user
-    )
+    agent_id, param = named_agent(header_agent_id=agent, model=model)
+    request = RunRequest((), agent_id=agent_id, agent_param=param, session_key=session, user=user)
+    return resolve_target(config, request)
 
 
 # --- agent selection -----------------------------------------------------------------------------
@@ -381,3 +383,12 @@ def test_resolve_target_empty_user_is_stateless(config: Config) -> None:
 def test_resolve_target_checks_the_agent_before_the_session(config: Config) -> None:
     with pytest.raises(ModelNotFoundError):
         target(config, model="epiloop:nope", session="")
+
+
+def test_resolve_target_main_session_when_the_transport_asks_for_it(config: Config) -> None:
+    request = RunRequest((), agent_id="helper", default_session="main")
+    result = resolve_target(config, request)
+
+    assert result.stateless is False
+    assert result.session_key == "agent:helper:main"
+    assert result.agent.id == "Helper"

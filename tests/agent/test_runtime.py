@@ -18,6 +18,7 @@ from trio_gateway.agent import (
     RunEvent,
     RunFailed,
     RunFinished,
+    RunRequest,
     RunStarted,
     open_runtime,
 )
@@ -31,13 +32,21 @@ from trio_gateway.errors import (
 from trio_gateway.messages import ToolCall
 from trio_gateway.providers import Completion, Emit, ModelRequest, TextDelta, ToolCallDelta
 from trio_gateway.providers.scripted import Fail, Hang, Say, ScriptedProvider
+from trio_gateway.server.routes import run_request
 from trio_gateway.wire.chat import ChatRequest
 
 BOUND = 10
 
 
-def chat(*messages: dict[str, Any], **fields: Any) -> ChatRequest:
-    return msgspec.convert({"messages": list(messages), **fields}, ChatRequest)
+def chat(
+    *messages: dict[str, Any],
+    agent_id: str | None = None,
+    session_key: str | None = None,
+    **fields: Any,
+) -> RunRequest:
+    """The run request the chat route makes of an OpenAI body and the gateway's headers."""
+    body = msgspec.convert({"messages": list(messages), **fields}, ChatRequest)
+    return run_request(body, header_agent_id=agent_id, header_session_key=session_key)
 
 
 def user(text: str) -> dict[str, Any]:
@@ -89,7 +98,7 @@ async def test_runtime_emits_started_deltas_and_finished() -> None:
     provider = ScriptedProvider([Say("a"), Say("b")])
     runtime = AgentRuntime(make_config(), providers={"local": provider})
     recorder = Recorder()
-    prepared = await runtime.prepare(chat(user("one two")), header_agent_id="helper")
+    prepared = await runtime.prepare(chat(user("one two"), agent_id="helper"))
     result = await runtime.run(prepared, recorder)
     started, *deltas, finished = recorder.events
     assert isinstance(started, RunStarted)
@@ -164,7 +173,7 @@ async def test_runtime_user_session_records_each_turn_without_duplicates() -> No
 async def test_runtime_failed_turn_is_recorded_as_failed() -> None:
     provider = ScriptedProvider([Say("par"), Fail(ProviderError("x"))])
     runtime = AgentRuntime(make_config(), providers={"local": provider})
-    prepared = await runtime.prepare(chat(user("q")), header_session_key="s-1")
+    prepared = await runtime.prepare(chat(user("q"), session_key="s-1"))
     await runtime.run(prepared, Recorder())
     session = await runtime.sessions.get("s-1")
     assert session is not None
@@ -176,7 +185,7 @@ async def test_runtime_failed_turn_is_recorded_as_failed() -> None:
 async def test_runtime_cancelled_turn_is_recorded_as_aborted() -> None:
     provider = ScriptedProvider([Say("so far"), Hang()])
     runtime = AgentRuntime(make_config(), providers={"local": provider})
-    prepared = await runtime.prepare(chat(user("q")), header_session_key="s-2")
+    prepared = await runtime.prepare(chat(user("q"), session_key="s-2"))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runtime.run, prepared, Recorder())
         await provider.call_started.wait()
@@ -191,9 +200,9 @@ async def test_runtime_cancelled_turn_is_recorded_as_aborted() -> None:
 
 async def test_runtime_session_key_of_another_agent_is_refused() -> None:
     runtime = AgentRuntime(make_config())
-    await runtime.run(await runtime.prepare(chat(user("q")), header_session_key="k"), Recorder())
+    await runtime.run(await runtime.prepare(chat(user("q"), session_key="k")), Recorder())
     with pytest.raises(InvalidRequestError) as caught:
-        await runtime.prepare(chat(user("q")), header_session_key="k", header_agent_id="helper")
+        await runtime.prepare(chat(user("q"), session_key="k", agent_id="helper"))
     assert caught.value.code == "session_agent_mismatch"
 
 
@@ -213,7 +222,7 @@ async def test_runtime_agent_model_and_system_prompt_fall_back_to_defaults() -> 
     assert bare.model_ref == "other/big"
     assert [link.model for link in bare.chain] == ["big"]
     assert bare.instructions[0].content == "Default prompt."
-    own = await runtime.prepare(chat(user("x")), header_agent_id="own")
+    own = await runtime.prepare(chat(user("x"), agent_id="own"))
     assert own.model_ref == "local/small"
 
 
@@ -284,7 +293,7 @@ async def test_runtime_last_tool_round_does_not_run_tools(tmp_path: Path) -> Non
 
 
 def test_history_messages_do_not_repeat_text_said_before_tool_calls() -> None:
-    from trio_gateway.agent.runtime import history_messages
+    from trio_gateway.agent.loop import history_messages
     from trio_gateway.sessions import TranscriptEntry
 
     call = ToolCall("c1", "current_time", "{}")

@@ -11,6 +11,7 @@ from .events import RunEvent as RunEvent
 from .events import RunFailed as RunFailed
 from .events import RunFinished as RunFinished
 from .events import RunStarted as RunStarted
+from .request import RunRequest as RunRequest
 from .routing import RunTarget as RunTarget
 from .runtime import AgentRuntime as AgentRuntime
 from .runtime import PreparedRun as PreparedRun

@@ -25,7 +25,7 @@ from quart import websocket
 from quart_trio import QuartTrio
 
 from .._version import __version__
-from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunStarted
+from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunRequest, RunStarted
 from ..agent.active import ActiveRun
 from ..agent.events import RunResult, ToolFinished, ToolStarted
 from ..agent.routing import select_agent
@@ -41,9 +41,9 @@ from ..errors import (
     SessionBusyError,
     UpstreamError,
 )
+from ..messages import Message
 from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
 from ..sessions.store import SessionInfo
-from ..wire.chat import ChatRequest, UserMessage
 from ..wire.frames import (
     FrameError,
     RequestFrame,
@@ -605,12 +605,13 @@ class ControlConnection:
             if run_id is not None:
                 await self._attach(request.id, run_id)
                 return
-        agent = select_agent(runtime.config, header_agent_id=params.agent_id, model="epiloop")
-        chat = ChatRequest(messages=[UserMessage(content=params.message)])
         prepared = await runtime.prepare(
-            chat,
-            header_agent_id=agent.id,
-            header_session_key=params.session_key or f"agent:{agent.id.lower()}:main",
+            RunRequest(
+                messages=(Message("user", params.message),),
+                agent_id=None if params.agent_id is None else params.agent_id.strip(),
+                session_key=params.session_key or None,
+                default_session="main",
+            )
         )
         ticket = await runtime.admit(prepared)
         if params.idempotency_key is not None:
