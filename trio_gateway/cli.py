@@ -787,9 +787,8 @@ async def _agent_local(
             try:
                 with interrupt.scope:
                     prepared = await runtime.prepare(run_request)
-                    ticket = await runtime.admit(prepared)
-                    with ticket:
-                        run = await runtime.run(prepared, emit)
+                    with await runtime.admit(prepared) as admitted:
+                        run = await admitted.run(emit)
                     result = {
                         "runId": prepared.run_id,
                         "status": run.status,

@@ -19,6 +19,7 @@ from trio_gateway.agent import (
     RunFailed,
     RunFinished,
     RunRequest,
+    RunResult,
     RunStarted,
     open_runtime,
 )
@@ -49,6 +50,12 @@ def chat(
     return run_request(body, header_agent_id=agent_id, header_session_key=session_key)
 
 
+async def admit_and_run(runtime: AgentRuntime, prepared: PreparedRun, emit: Recorder) -> RunResult:
+    """Admit the prepared run and run it, as every transport does."""
+    with await runtime.admit(prepared) as admitted:
+        return await admitted.run(emit)
+
+
 def user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
 
@@ -72,7 +79,7 @@ async def test_runtime_builds_structured_model_input_in_order() -> None:
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
     )
     prepared = await runtime.prepare(request)
-    await runtime.run(prepared, Recorder())
+    await admit_and_run(runtime, prepared, Recorder())
     sent = provider.calls[0].request
     assert [(m.role, m.content) for m in sent.messages] == [
         ("system", "You are a helpful assistant."),
@@ -89,7 +96,7 @@ async def test_runtime_passes_sampling_options_to_the_provider() -> None:
     provider = ScriptedProvider([])
     runtime = AgentRuntime(make_config(), providers={"local": provider})
     request = chat(user("x"), max_tokens=9, max_completion_tokens=7, temperature=0.5, stop="END")
-    await runtime.run(await runtime.prepare(request), Recorder())
+    await admit_and_run(runtime, await runtime.prepare(request), Recorder())
     sent = provider.calls[0].request
     assert (sent.max_tokens, sent.temperature, sent.stop) == (7, 0.5, ("END",))
 
@@ -99,7 +106,7 @@ async def test_runtime_emits_started_deltas_and_finished() -> None:
     runtime = AgentRuntime(make_config(), providers={"local": provider})
     recorder = Recorder()
     prepared = await runtime.prepare(chat(user("one two"), agent_id="helper"))
-    result = await runtime.run(prepared, recorder)
+    result = await admit_and_run(runtime, prepared, recorder)
     started, *deltas, finished = recorder.events
     assert isinstance(started, RunStarted)
     assert (started.run_id, started.agent_id, started.model) == (
@@ -119,7 +126,7 @@ async def test_runtime_failure_emits_run_failed_and_returns_the_error() -> None:
     provider = ScriptedProvider([Say("x"), Fail(error)])
     runtime = AgentRuntime(make_config(), providers={"local": provider})
     recorder = Recorder()
-    result = await runtime.run(await runtime.prepare(chat(user("q"))), recorder)
+    result = await admit_and_run(runtime, await runtime.prepare(chat(user("q"))), recorder)
     assert recorder.events[-1] == RunFailed(error)
     assert (result.status, result.text, result.error) == ("failed", "x", error)
 
@@ -129,7 +136,7 @@ async def test_runtime_deadline_becomes_run_timeout_error(autojump_clock: trio.a
     config = make_config({"agents": {"defaults": {"timeoutSeconds": 42}}})
     runtime = AgentRuntime(config, providers={"local": provider})
     start = trio.current_time()
-    result = await runtime.run(await runtime.prepare(chat(user("q"))), Recorder())
+    result = await admit_and_run(runtime, await runtime.prepare(chat(user("q"))), Recorder())
     assert isinstance(result.error, RunTimeoutError)
     assert trio.current_time() - start == pytest.approx(42)
     assert provider.calls[0].outcome == "cancelled"
@@ -139,14 +146,14 @@ async def test_runtime_stateless_request_leaves_no_session() -> None:
     runtime = AgentRuntime(make_config())
     prepared = await runtime.prepare(chat(user("q")))
     assert prepared.target.stateless
-    await runtime.run(prepared, Recorder())
+    await admit_and_run(runtime, prepared, Recorder())
     assert await runtime.sessions.get(prepared.target.session_key) is None
 
 
 async def test_runtime_user_session_records_each_turn_without_duplicates() -> None:
     runtime = AgentRuntime(make_config())
     first = await runtime.prepare(chat(user("hello there"), user="alice@example.com"))
-    await runtime.run(first, Recorder())
+    await admit_and_run(runtime, first, Recorder())
     second = await runtime.prepare(
         chat(
             {"role": "system", "content": "sys"},
@@ -157,7 +164,7 @@ async def test_runtime_user_session_records_each_turn_without_duplicates() -> No
         )
     )
     assert second.target.session_key == first.target.session_key
-    await runtime.run(second, Recorder())
+    await admit_and_run(runtime, second, Recorder())
     session = await runtime.sessions.get(first.target.session_key)
     assert session is not None
     assert [(e.role, e.content) for e in session.transcript] == [
@@ -174,7 +181,7 @@ async def test_runtime_failed_turn_is_recorded_as_failed() -> None:
     provider = ScriptedProvider([Say("par"), Fail(ProviderError("x"))])
     runtime = AgentRuntime(make_config(), providers={"local": provider})
     prepared = await runtime.prepare(chat(user("q"), session_key="s-1"))
-    await runtime.run(prepared, Recorder())
+    await admit_and_run(runtime, prepared, Recorder())
     session = await runtime.sessions.get("s-1")
     assert session is not None
     assert session.last_status == "failed"
@@ -187,7 +194,7 @@ async def test_runtime_cancelled_turn_is_recorded_as_aborted() -> None:
     runtime = AgentRuntime(make_config(), providers={"local": provider})
     prepared = await runtime.prepare(chat(user("q"), session_key="s-2"))
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(runtime.run, prepared, Recorder())
+        nursery.start_soon(admit_and_run, runtime, prepared, Recorder())
         await provider.call_started.wait()
         await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
@@ -200,7 +207,9 @@ async def test_runtime_cancelled_turn_is_recorded_as_aborted() -> None:
 
 async def test_runtime_session_key_of_another_agent_is_refused() -> None:
     runtime = AgentRuntime(make_config())
-    await runtime.run(await runtime.prepare(chat(user("q"), session_key="k")), Recorder())
+    await admit_and_run(
+        runtime, await runtime.prepare(chat(user("q"), session_key="k")), Recorder()
+    )
     with pytest.raises(InvalidRequestError) as caught:
         await runtime.prepare(chat(user("q"), session_key="k", agent_id="helper"))
     assert caught.value.code == "session_agent_mismatch"
@@ -273,7 +282,9 @@ async def test_runtime_client_tool_call_deltas_keep_an_id_sent_before_the_name()
     runtime = AgentRuntime(make_config(), providers={"local": provider})
     tools = [{"type": "function", "function": {"name": "lookup"}}]
     recorder = Recorder()
-    result = await runtime.run(await runtime.prepare(chat(user("q"), tools=tools)), recorder)
+    result = await admit_and_run(
+        runtime, await runtime.prepare(chat(user("q"), tools=tools)), recorder
+    )
     deltas = [e for e in recorder.events if isinstance(e, ToolCallDelta)]
     assert deltas[0] == ToolCallDelta(0, "call_1", "lookup", '{"a"')
     assert "".join(d.arguments for d in deltas) == '{"a": 1}'
@@ -285,7 +296,7 @@ async def test_runtime_last_tool_round_does_not_run_tools(tmp_path: Path) -> Non
     config = make_config({"agents": {"defaults": {"maxToolIterations": 1}}})
     runtime = AgentRuntime(config, providers={"local": provider}, state_dir=tmp_path)
     recorder = Recorder()
-    result = await runtime.run(await runtime.prepare(chat(user("q"))), recorder)
+    result = await admit_and_run(runtime, await runtime.prepare(chat(user("q"))), recorder)
     assert result.error is not None
     assert result.error.code == "max_tool_iterations"
     assert not any(isinstance(e, ToolStarted) for e in recorder.events)
@@ -333,8 +344,8 @@ async def test_runtime_reload_closes_replaced_providers_once_their_runs_end(
         return len(os.listdir("/proc/self/fd"))
 
     async def run_one(runtime: AgentRuntime, prepared: PreparedRun, results: list[str]) -> None:
-        with await runtime.admit(prepared):
-            results.append((await runtime.run(prepared, Recorder())).text)
+        with await runtime.admit(prepared) as admitted:
+            results.append((await admitted.run(Recorder())).text)
 
     async with open_runtime(config, state_dir=tmp_path) as runtime:
         warm: list[str] = []
@@ -377,3 +388,16 @@ async def test_runtime_refused_admission_releases_the_providers_at_once() -> Non
         await runtime.admit(prepared)
     assert provider_set.users == 0
     assert provider_set.closed
+
+
+async def test_runtime_runs_only_what_it_admitted() -> None:
+    runtime = AgentRuntime(make_config())
+    assert not hasattr(runtime, "run")  # the admitted run is the only way to start one
+    prepared = await runtime.prepare(chat(user("q"), session_key="once"))
+    with await runtime.admit(prepared) as admitted:
+        assert runtime.admission.statistics().running == 1
+        result = await admitted.run(Recorder())
+        with pytest.raises(RuntimeError):
+            await admitted.run(Recorder())
+    assert result.status == "completed"
+    assert runtime.admission.statistics().running == 0

@@ -13,6 +13,7 @@ from .events import RunFinished as RunFinished
 from .events import RunStarted as RunStarted
 from .request import RunRequest as RunRequest
 from .routing import RunTarget as RunTarget
+from .runtime import AdmittedRun as AdmittedRun
 from .runtime import AgentRuntime as AgentRuntime
 from .runtime import PreparedRun as PreparedRun
 from .runtime import RunResult as RunResult

@@ -77,6 +77,10 @@ class PreparedRun:
     record: bool
     #: What the model may send in one run, one answer and one tool call (see the module doc).
     limits: OutputLimits
+    #: Which transport started the run (its listing's ``source`` and its metrics label).
+    source: str = "http"
+    #: A retry with this key follows this run instead of starting another (once admitted).
+    idempotency_key: str | None = None
     #: The run's use of the providers in ``chain``, released when the run (or its admission
     #: ticket) ends: a reload closes the providers it replaced only once every lease is gone.
     lease: ProviderLease | None = None

@@ -71,6 +71,7 @@ from .request import RunRequest
 from .routing import resolve_target
 
 __all__ = [
+    "AdmittedRun",
     "AgentRuntime",
     "OutputLimits",
     "PreparedRun",
@@ -101,6 +102,41 @@ class ReloadResult:
     #: Dotted keys whose new value differs from the one the gateway started with and that
     #: only a restart applies.
     restart_required: list[str]
+
+
+class AdmittedRun:
+    """A prepared run that holds its session's lane and a run slot: the only way to start it.
+
+    ``with admitted: result = await admitted.run(emit)``. Leaving the ``with`` (or
+    :meth:`release`, idempotent, from any task) hands the lane and the slot to the next run."""
+
+    __slots__ = ("_runtime", "_started", "_ticket", "prepared")
+
+    def __init__(self, runtime: AgentRuntime, prepared: PreparedRun, ticket: Ticket) -> None:
+        self._runtime = runtime
+        self.prepared = prepared
+        self._ticket = ticket
+        self._started = False
+
+    @property
+    def run_id(self) -> str:
+        return self.prepared.run_id
+
+    async def run(self, emit: EmitEvent) -> RunResult:
+        """Run the agent once, emitting events (see :mod:`~trio_gateway.agent.loop`)."""
+        if self._started:
+            raise RuntimeError("an admitted run runs once")
+        self._started = True
+        return await self._runtime._run(self.prepared, emit)
+
+    def release(self) -> None:
+        self._ticket.release()
+
+    def __enter__(self) -> AdmittedRun:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._ticket.release()
 
 
 class AgentRuntime:
@@ -392,6 +428,8 @@ class AgentRuntime:
             timeout_seconds=agent.timeout_seconds or defaults.timeout_seconds,
             max_tool_iterations=agent.max_tool_iterations or defaults.max_tool_iterations,
             record=not target.stateless or config.session.persist_stateless,
+            source=request.source,
+            idempotency_key=request.idempotency_key,
             limits=OutputLimits(
                 max_output_chars=defaults.max_output_chars,
                 max_calls_per_turn=config.tools.max_calls_per_turn,
@@ -399,11 +437,12 @@ class AgentRuntime:
             ),
         )
 
-    async def admit(self, prepared: PreparedRun) -> Ticket:
+    async def admit(self, prepared: PreparedRun) -> AdmittedRun:
         """Wait for the session's lane and a run slot; raise 409/429 errors when refused, and
-        503 once the gateway is draining for shutdown. Releasing the ticket releases the
-        prepared run's lease on its providers too (so does the end of the run); a refusal
-        releases it at once."""
+        503 once the gateway is draining for shutdown. The admitted run is the only way to
+        start the run; releasing it releases the prepared run's lease on its providers too (so
+        does the end of the run); a refusal releases the lease at once. A prepared run with an
+        idempotency key is findable by that key from now on."""
         lease = prepared.lease
         try:
             if self.draining:
@@ -418,16 +457,18 @@ class AgentRuntime:
             raise
         if lease is not None:
             ticket.on_release = lease.release
-        return ticket
+        if prepared.idempotency_key is not None:
+            self.active_runs.remember_idempotency_key(prepared.idempotency_key, prepared.run_id)
+        return AdmittedRun(self, prepared, ticket)
 
-    async def run(
-        self, prepared: PreparedRun, emit: EmitEvent, *, source: str = "http"
-    ) -> RunResult:
-        """Run the agent, emitting events; see the module docstring for the outcomes.
+    async def _run(self, prepared: PreparedRun, emit: EmitEvent) -> RunResult:
+        """Run the agent, emitting events; see :mod:`~trio_gateway.agent.loop` for the outcomes.
 
-        While it runs, the run is listed in :attr:`active_runs` (``source`` says which transport
-        started it), where ``agent.abort`` can stop it and others can follow its events.
+        While it runs, the run is listed in :attr:`active_runs` (its ``source`` says which
+        transport started it), where ``agent.abort`` can stop it and others can follow its
+        events.
         """
+        source = prepared.source
         run_id_token = run_id_var.set(prepared.run_id)  # every log line of the run carries it
         target = prepared.target
         active = ActiveRun(prepared.run_id, target.agent.id, target.session_key, source)

@@ -611,17 +611,17 @@ class ControlConnection:
                 agent_id=None if params.agent_id is None else params.agent_id.strip(),
                 session_key=params.session_key or None,
                 default_session="main",
+                idempotency_key=params.idempotency_key,
+                source="ws",
             )
         )
-        ticket = await runtime.admit(prepared)
-        if params.idempotency_key is not None:
-            runtime.active_runs.remember_idempotency_key(params.idempotency_key, prepared.run_id)
+        admitted = await runtime.admit(prepared)
         feed = _RunFeed(self, prepared.run_id)
         self.queue(encode_response(request.id, {"status": "accepted", "runId": prepared.run_id}))
 
         async def run() -> None:
-            with ticket:
-                result = await runtime.run(prepared, _as_async(feed), source="ws")
+            with admitted:
+                result = await admitted.run(_as_async(feed))
             self.queue(encode_response(request.id, _result_payload(result, prepared.run_id)))
 
         if params.detached and runtime.background is not None:

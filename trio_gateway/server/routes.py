@@ -129,17 +129,15 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
             )
         )
         queue_started = time.monotonic()
-        ticket = await runtime.admit(prepared)  # a 409 or 429 comes before the first byte
+        admitted = await runtime.admit(prepared)  # a 409 or 429 comes before the first byte
         queue_seconds = time.monotonic() - queue_started
         http = runtime.config.gateway.http
         if chat.stream:
-            # The body releases the ticket when its run ends; the app releases it after the
+            # The body releases the admission when its run ends; the app releases it after the
             # response in any case (a client gone before the body started, say).
-            request_cleanups().append(ticket.release)
+            request_cleanups().append(admitted.release)
             stream = ChatStreamBody(
-                runtime,
-                prepared,
-                ticket,
+                admitted,
                 clock=clock,
                 model=chat.model,
                 include_usage=chat.include_usage,
@@ -152,8 +150,8 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
             response.headers.update(_SSE_HEADERS)
             response.timeout = None  # the run deadline bounds the stream, not quart
             return response
-        with ticket:
-            result = await runtime.run(prepared, _discard)
+        with admitted:
+            result = await admitted.run(_discard)
         if result.error is not None:
             raise result.error
         assert result.finish_reason is not None
