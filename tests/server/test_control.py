@@ -614,10 +614,9 @@ async def test_control_token_rotation_closes_connections_made_with_the_old_token
 async def test_control_file_credential_may_only_reload(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    gateway = await start_gateway(nursery)
+    gateway = await start_gateway(nursery, config_path=tmp_path / "epiloop.json")
     runtime = gateway.runtime
-    runtime.config_path = tmp_path / "epiloop.json"
-    runtime.config_path.write_text('{ gateway: { auth: { token: "from-the-file-0123" } } }')
+    (tmp_path / "epiloop.json").write_text('{ gateway: { auth: { token: "from-the-file-0123" } } }')
     async with connected(gateway, token="from-the-file-0123") as ws:
         await request(ws, "s", "status")
         refused = await response(ws, "s")

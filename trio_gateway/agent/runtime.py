@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,7 +33,6 @@ from .. import metrics
 from ..auth import check_exposure, needs_secret
 from ..config import AgentConfig, AuthConfig, Config
 from ..config.loader import load_config
-from ..config.loader import state_dir as default_state_dir
 from ..config.schema import EchoProviderConfig
 from ..errors import (
     ConfigError,
@@ -51,7 +50,7 @@ from ..providers.base import (
     TokenUsage,
 )
 from ..providers.registry import ProviderSet, close_providers
-from ..sessions import MemorySessionStore, SessionStore, open_session_store
+from ..sessions import SessionStore, open_session_store
 from ..tools import (
     Tool,
     ToolRegistry,
@@ -140,31 +139,37 @@ class AdmittedRun:
 
 
 class AgentRuntime:
-    """The configured agents with their models, tools and the session store."""
+    """The configured agents with their models, tools and the session store.
+
+    Made by :func:`open_runtime` only, which owns what the runtime opens: its background
+    nursery, the providers it built and the session store it opened.
+    """
 
     def __init__(
         self,
         config: Config,
         *,
-        providers: Mapping[str, Provider] | None = None,
-        sessions: SessionStore | None = None,
-        tools: ToolRegistry | None = None,
-        state_dir: Path | None = None,
+        background: trio.Nursery,
+        providers: Mapping[str, Provider] | None,
+        sessions: SessionStore,
+        tools: ToolRegistry | None,
+        state_dir: Path,
+        config_path: Path | None,
     ) -> None:
         self.config = config
         self.providers: Mapping[str, Provider] = (
             providers if providers is not None else build_providers(config)
         )
-        self.sessions: SessionStore = sessions if sessions is not None else MemorySessionStore()
+        self.sessions: SessionStore = sessions
         self.tools = tools if tools is not None else default_registry()
-        self.state_dir = state_dir if state_dir is not None else default_state_dir()
+        self.state_dir = state_dir
         defaults = config.agents.defaults
         self.active_runs = ActiveRuns(_retention(config))
-        #: Where detached runs live (set by whoever serves the runtime; see serve_gateway).
-        self.background: trio.Nursery | None = None
+        #: Where detached runs live (see :meth:`start_background`); open_runtime's nursery.
+        self._background = background
         self.started_at = time.time()
-        #: Set when the gateway begins shutting down: /readyz answers 503 from then on.
-        self.draining = False
+        #: Set when the gateway begins shutting down (see :meth:`begin_draining`).
+        self._draining = False
         self.admission = Admission(
             max_concurrent=defaults.max_concurrent,
             max_queued=defaults.max_queued,
@@ -172,7 +177,7 @@ class AgentRuntime:
             on_change=_export_queue_depth,
         )
         #: Where the config came from (a file path), for ``reload``; ``None``: not reloadable.
-        self.config_path: Path | None = None
+        self._config_path = config_path
         #: The config the runtime started with (what restart-only settings still follow).
         self._startup_config = config
         #: The providers new runs use. Given ones belong to the caller; built ones to the
@@ -194,6 +199,25 @@ class AgentRuntime:
         #: The auth settings in the config file, by the file's (inode, mtime, size).
         self._file_auth: tuple[tuple[int, int, int], AuthConfig | None] | None = None
         self._chains, self._agent_tools = self._derive(config, self.providers)
+
+    @property
+    def config_path(self) -> Path | None:
+        """The file :meth:`reload_from_file` reads; ``None`` on the embedded default."""
+        return self._config_path
+
+    @property
+    def draining(self) -> bool:
+        """Whether the gateway is shutting down: no new runs are admitted, /readyz is 503."""
+        return self._draining
+
+    def begin_draining(self) -> None:
+        """The gateway begins shutting down: refuse new runs (503) from now on."""
+        self._draining = True
+
+    def start_background(self, async_fn: Callable[[], Awaitable[object]]) -> None:
+        """Start a task the runtime owns (a detached run): it outlives the request that started
+        it and is cancelled when the runtime closes. It must handle its own errors."""
+        self._background.start_soon(async_fn)
 
     def _derive(
         self, config: Config, providers: Mapping[str, Provider]
@@ -520,20 +544,44 @@ def _export_queue_depth(admission: Admission) -> None:
 
 @asynccontextmanager
 async def open_runtime(
-    config: Config, *, state_dir: Path, config_path: Path | None = None
+    config: Config,
+    *,
+    state_dir: Path,
+    config_path: Path | None = None,
+    providers: Mapping[str, Provider] | None = None,
+    sessions: SessionStore | None = None,
+    tools: ToolRegistry | None = None,
 ) -> AsyncIterator[AgentRuntime]:
-    """The runtime for ``config`` with its configured session store and providers, closed on
-    exit (the store flushed, the providers' HTTP connections closed, those a reload replaced
-    too). ``config_path`` is the file :meth:`AgentRuntime.reload_from_file` reads."""
-    async with (
-        open_session_store(config.session, state_dir) as sessions,
-        trio.open_nursery() as nursery,
-    ):
-        runtime = AgentRuntime(config, sessions=sessions, state_dir=state_dir)
+    """The runtime for ``config``, closed on exit: its background tasks (detached runs)
+    cancelled, the session store it opened flushed and closed, the providers it built closed
+    (those a reload replaced too). ``config_path`` is the file
+    :meth:`AgentRuntime.reload_from_file` reads.
+
+    Without ``sessions`` the configured store is opened (under ``state_dir``); without
+    ``providers`` the configured ones are built. What the caller passes stays the caller's to
+    close. ``state_dir`` also holds the agents' tool workspaces."""
+    async with AsyncExitStack() as stack:
+        if sessions is None:
+            sessions = await stack.enter_async_context(
+                open_session_store(config.session, state_dir)
+            )
+        runtime: AgentRuntime | None = None
         try:
-            runtime.config_path = config_path
-            await nursery.start(runtime.serve_retirement)
-            yield runtime
+            async with trio.open_nursery() as nursery:
+                runtime = AgentRuntime(
+                    config,
+                    background=nursery,
+                    providers=providers,
+                    sessions=sessions,
+                    tools=tools,
+                    state_dir=state_dir,
+                    config_path=config_path,
+                )
+                await nursery.start(runtime.serve_retirement)
+                try:
+                    yield runtime
+                finally:
+                    nursery.cancel_scope.cancel(reason="the runtime is closing")
         finally:
-            nursery.cancel_scope.cancel(reason="the runtime is closing")
-            await runtime.aclose_providers()  # shielded and bounded
+            if runtime is not None:
+                await runtime.aclose_providers()  # shielded and bounded

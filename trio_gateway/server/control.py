@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import msgspec
@@ -624,8 +625,8 @@ class ControlConnection:
                 result = await admitted.run(_as_async(feed))
             self.queue(encode_response(request.id, _result_payload(result, prepared.run_id)))
 
-        if params.detached and runtime.background is not None:
-            runtime.background.start_soon(_detached, run, prepared.run_id)
+        if params.detached:
+            runtime.start_background(partial(_detached, run, prepared.run_id))
         else:
             await run()
 
