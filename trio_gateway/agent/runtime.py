@@ -3,17 +3,22 @@ one code path for every transport.
 
 A transport (the HTTP chat completions route, the WebSocket control plane, the CLI) translates
 its input into a :class:`~trio_gateway.agent.request.RunRequest`, then does three things, in
-order:
+order::
 
-1. ``prepare``: route the request to an agent and a session, check everything that can be
-   checked up front, and raise request errors while a real HTTP status can still be answered;
-2. ``admit``: wait for the session's lane and a run slot (409 / 429 when that fails, see
-   :mod:`~trio_gateway.agent.admission`), giving a ticket to release when the run is over;
-3. ``run``: the agent loop (:mod:`~trio_gateway.agent.loop`, which says what a run does, how it
-   is bounded and how it ends), listed in :attr:`AgentRuntime.active_runs` while it runs.
+    prepared = await runtime.prepare(request)     # routing and every up-front check
+    with await runtime.admit(prepared) as admitted:  # the session's lane and a run slot
+        result = await admitted.run(emit)          # the agent loop, emitting events
 
-The runtime also owns reloads: a new config applies to new runs, and the providers it replaced
-are closed once the last run that uses them is over.
+``prepare`` raises request errors while a real HTTP status can still be answered; ``admit``
+raises 409 / 429 / 503 (see :mod:`~trio_gateway.agent.admission`); the
+:class:`~trio_gateway.agent.admitted.AdmittedRun` is the only way to start a run, and runs the
+loop of :mod:`~trio_gateway.agent.loop` (which says what a run does, how it is bounded and how
+it ends).
+
+:func:`open_runtime` is the only constructor: it owns the runtime's background nursery
+(detached runs), the session store it opened and the providers it built. The runtime also owns
+reloads: a new config applies to new runs, and the providers it replaced are closed once the
+last run that uses them is over.
 """
 
 from __future__ import annotations
@@ -23,14 +28,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import msgspec
 import trio
 
 from .. import metrics
-from ..auth import check_exposure, needs_secret
+from ..auth import check_exposure
 from ..config import AgentConfig, AuthConfig, Config
 from ..config.loader import load_config
 from ..config.schema import EchoProviderConfig
@@ -39,15 +43,12 @@ from ..errors import (
     DrainingError,
     InvalidRequestError,
     ProviderError,
-    RunAbortedError,
 )
-from ..logs import run_id_var
 from ..messages import Message
 from ..providers import build_providers
 from ..providers.base import (
     ModelRequest,
     Provider,
-    TokenUsage,
 )
 from ..providers.registry import ProviderSet, close_providers
 from ..sessions import SessionStore, open_session_store
@@ -56,16 +57,16 @@ from ..tools import (
     ToolRegistry,
     default_registry,
 )
-from .active import ActiveRun, ActiveRuns, Retention
-from .admission import Admission, Ticket
+from .active import ActiveRuns
+from .admission import Admission
+from .admitted import AdmittedRun, finished_runs_retention
 from .events import (
-    RunEvent,
     RunResult,
 )
 from .failover import ModelTarget, RetryPolicy
-from .loop import RunLoop
-from .prepared import EmitEvent, OutputLimits, PreparedRun, session_mismatch
+from .prepared import OutputLimits, PreparedRun, session_mismatch
 from .prompt import split_messages
+from .reload import ReloadResult, keep_running_secret, reload_warnings, restart_required
 from .request import RunRequest
 from .routing import resolve_target
 
@@ -80,62 +81,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Settings read once, when the process starts: a reload that changes them says so.
-RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
-    ("gateway.port", lambda c: c.gateway.port),
-    ("gateway.bind", lambda c: c.gateway.bind),
-    ("gateway.logging.level", lambda c: c.gateway.logging.level),
-    ("gateway.logging.format", lambda c: c.gateway.logging.format),
-    ("session.store", lambda c: c.session.store),
-    ("session.path", lambda c: c.session.path),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadResult:
-    """What a reload did not apply at once."""
-
-    #: Human-readable notes (settings that apply to new connections only, and the like).
-    warnings: list[str]
-    #: Dotted keys whose new value differs from the one the gateway started with and that
-    #: only a restart applies.
-    restart_required: list[str]
-
-
-class AdmittedRun:
-    """A prepared run that holds its session's lane and a run slot: the only way to start it.
-
-    ``with admitted: result = await admitted.run(emit)``. Leaving the ``with`` (or
-    :meth:`release`, idempotent, from any task) hands the lane and the slot to the next run."""
-
-    __slots__ = ("_runtime", "_started", "_ticket", "prepared")
-
-    def __init__(self, runtime: AgentRuntime, prepared: PreparedRun, ticket: Ticket) -> None:
-        self._runtime = runtime
-        self.prepared = prepared
-        self._ticket = ticket
-        self._started = False
-
-    @property
-    def run_id(self) -> str:
-        return self.prepared.run_id
-
-    async def run(self, emit: EmitEvent) -> RunResult:
-        """Run the agent once, emitting events (see :mod:`~trio_gateway.agent.loop`)."""
-        if self._started:
-            raise RuntimeError("an admitted run runs once")
-        self._started = True
-        return await self._runtime._run(self.prepared, emit)
-
-    def release(self) -> None:
-        self._ticket.release()
-
-    def __enter__(self) -> AdmittedRun:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._ticket.release()
 
 
 class AgentRuntime:
@@ -164,7 +109,7 @@ class AgentRuntime:
         self.tools = tools if tools is not None else default_registry()
         self.state_dir = state_dir
         defaults = config.agents.defaults
-        self.active_runs = ActiveRuns(_retention(config))
+        self.active_runs = ActiveRuns(finished_runs_retention(config))
         #: Where detached runs live (see :meth:`start_background`); open_runtime's nursery.
         self._background = background
         self.started_at = time.time()
@@ -304,18 +249,7 @@ class AgentRuntime:
         ``ConfigError`` (the current config stays) for a config the running gateway cannot
         take: one that would serve a non-loopback host without authentication, say."""
         current = self.config
-        auth = config.gateway.auth
-        if needs_secret(auth):
-            # The running gateway may be using a generated secret: keep it rather than lock
-            # every client out.
-            if current.gateway.auth.mode != auth.mode or current.gateway.auth.secret is None:
-                raise ConfigError(
-                    f"no {auth.mode} is set; the running gateway would refuse every request",
-                    path=f"gateway.auth.{auth.mode}",
-                )
-            kept = msgspec.structs.replace(auth, **{auth.mode: current.gateway.auth.secret})
-            gateway = msgspec.structs.replace(config.gateway, auth=kept)
-            config = msgspec.structs.replace(config, gateway=gateway)
+        config = keep_running_secret(current, config)
         for host in self._hosts:
             check_exposure(host, config.gateway.auth)
         providers = build_providers(config)
@@ -342,12 +276,8 @@ class AgentRuntime:
             self._credentials_changed.set()
             self._credentials_changed = trio.Event()
             logger.info("config.credentials_changed mode=%s", new_auth.mode)
-        warnings = []
-        if current.gateway.ws != config.gateway.ws:
-            warnings.append("gateway.ws settings apply to new connections")
-        restart = [
-            key for key, value in RESTART_ONLY if value(config) != value(self._startup_config)
-        ]
+        warnings = reload_warnings(current, config)
+        restart = restart_required(self._startup_config, config)
         if restart:
             logger.warning("config.reload.restart_required keys=%s", ",".join(restart))
         logger.info(
@@ -484,56 +414,6 @@ class AgentRuntime:
         if prepared.idempotency_key is not None:
             self.active_runs.remember_idempotency_key(prepared.idempotency_key, prepared.run_id)
         return AdmittedRun(self, prepared, ticket)
-
-    async def _run(self, prepared: PreparedRun, emit: EmitEvent) -> RunResult:
-        """Run the agent, emitting events; see :mod:`~trio_gateway.agent.loop` for the outcomes.
-
-        While it runs, the run is listed in :attr:`active_runs` (its ``source`` says which
-        transport started it), where ``agent.abort`` can stop it and others can follow its
-        events.
-        """
-        source = prepared.source
-        run_id_token = run_id_var.set(prepared.run_id)  # every log line of the run carries it
-        target = prepared.target
-        active = ActiveRun(prepared.run_id, target.agent.id, target.session_key, source)
-        self.active_runs.register(active)
-
-        async def publishing_emit(event: RunEvent) -> None:
-            await emit(event)
-            if active.subscribers:
-                active.publish(event)
-
-        result: RunResult | None = None
-        metrics.ACTIVE_RUNS.labels(source).inc()
-        started = time.monotonic()
-        try:
-            loop = RunLoop(self.sessions, self.config, self.state_dir)
-            result = await loop.run(prepared, publishing_emit, active)
-            return result
-        except BaseException:
-            metrics.DISCONNECT_CANCELLED_RUNS.inc()  # cancelled from outside: the client left
-            raise
-        finally:
-            if result is None:  # made only now: a run's frame stays alive as long as it does
-                result = RunResult(
-                    "aborted", "", None, TokenUsage(), RunAbortedError("The run was cancelled.")
-                )
-            metrics.ACTIVE_RUNS.labels(source).dec()
-            agent_id = target.agent.id
-            metrics.RUN_DURATION.labels(agent_id, result.status).observe(time.monotonic() - started)
-            if result.timings.first_text is not None:
-                metrics.TTFT.labels(agent_id).observe(result.timings.first_text)
-            metrics.TOKENS.labels(agent_id, "in").inc(result.usage.prompt_tokens)
-            metrics.TOKENS.labels(agent_id, "out").inc(result.usage.completion_tokens)
-            self.active_runs.finish(active, result, _retention(self.config))
-            run_id_var.reset(run_id_token)
-            if prepared.lease is not None:
-                prepared.lease.release()
-
-
-def _retention(config: Config) -> Retention:
-    kept = config.gateway.finished_runs
-    return Retention(kept.max_count, kept.max_bytes, kept.keep_seconds)
 
 
 def _export_queue_depth(admission: Admission) -> None:
