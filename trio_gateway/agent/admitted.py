@@ -6,21 +6,18 @@ metrics; the loop itself is :mod:`~trio_gateway.agent.loop`. Must not import the
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from .. import metrics
 from ..config import Config
 from ..errors import RunAbortedError
 from ..logs import run_id_var
 from ..providers.base import TokenUsage
-from .active import ActiveRun, Retention
+from .active import ActiveRun, ActiveRuns, Retention
 from .admission import Ticket
 from .events import RunEvent, RunResult
 from .loop import RunLoop
 from .prepared import EmitEvent, PreparedRun
-
-if TYPE_CHECKING:
-    from .runtime import AgentRuntime
 
 __all__ = ["AdmittedRun", "finished_runs_retention"]
 
@@ -31,12 +28,23 @@ class AdmittedRun:
     ``with admitted: result = await admitted.run(emit)``. Leaving the ``with`` (or
     :meth:`release`, idempotent, from any task) hands the lane and the slot to the next run."""
 
-    __slots__ = ("_runtime", "_started", "_ticket", "prepared")
+    __slots__ = ("_active_runs", "_loop", "_retention", "_started", "_ticket", "prepared")
 
-    def __init__(self, runtime: AgentRuntime, prepared: PreparedRun, ticket: Ticket) -> None:
-        self._runtime = runtime
+    def __init__(
+        self,
+        prepared: PreparedRun,
+        ticket: Ticket,
+        *,
+        loop: RunLoop,
+        active_runs: ActiveRuns,
+        retention: Callable[[], Retention],
+    ) -> None:
         self.prepared = prepared
         self._ticket = ticket
+        #: What runs it, where it is listed while it runs, and how long it is kept after.
+        self._loop = loop
+        self._active_runs = active_runs
+        self._retention = retention
         self._started = False
 
     @property
@@ -62,16 +70,15 @@ class AdmittedRun:
     async def _run(self, prepared: PreparedRun, emit: EmitEvent) -> RunResult:
         """Run the agent, emitting events; see :mod:`~trio_gateway.agent.loop` for the outcomes.
 
-        While it runs, the run is listed in the runtime's ``active_runs`` (its ``source`` says which
+        While it runs, the run is listed in the runtime's active runs (its ``source`` says which
         transport started it), where ``agent.abort`` can stop it and others can follow its
         events.
         """
-        runtime = self._runtime
         source = prepared.source
         run_id_token = run_id_var.set(prepared.run_id)  # every log line of the run carries it
         target = prepared.target
         active = ActiveRun(prepared.run_id, target.agent.id, target.session_key, source)
-        runtime.active_runs.register(active)
+        self._active_runs.register(active)
 
         async def publishing_emit(event: RunEvent) -> None:
             await emit(event)
@@ -82,8 +89,7 @@ class AdmittedRun:
         metrics.ACTIVE_RUNS.labels(source).inc()
         started = time.monotonic()
         try:
-            loop = RunLoop(runtime.sessions, runtime.config, runtime.state_dir)
-            result = await loop.run(prepared, publishing_emit, active)
+            result = await self._loop.run(prepared, publishing_emit, active)
             return result
         except BaseException:
             metrics.DISCONNECT_CANCELLED_RUNS.inc()  # cancelled from outside: the client left
@@ -100,7 +106,7 @@ class AdmittedRun:
                 metrics.TTFT.labels(agent_id).observe(result.timings.first_text)
             metrics.TOKENS.labels(agent_id, "in").inc(result.usage.prompt_tokens)
             metrics.TOKENS.labels(agent_id, "out").inc(result.usage.completion_tokens)
-            runtime.active_runs.finish(active, result, finished_runs_retention(runtime.config))
+            self._active_runs.finish(active, result, self._retention())
             run_id_var.reset(run_id_token)
             if prepared.lease is not None:
                 prepared.lease.release()

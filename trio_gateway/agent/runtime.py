@@ -64,6 +64,7 @@ from .events import (
     RunResult,
 )
 from .failover import ModelTarget, RetryPolicy
+from .loop import RunLoop
 from .prepared import OutputLimits, PreparedRun, session_mismatch
 from .prompt import split_messages
 from .reload import ReloadResult, keep_running_secret, reload_warnings, restart_required
@@ -413,7 +414,13 @@ class AgentRuntime:
             ticket.on_release = lease.release
         if prepared.idempotency_key is not None:
             self.active_runs.remember_idempotency_key(prepared.idempotency_key, prepared.run_id)
-        return AdmittedRun(self, prepared, ticket)
+        return AdmittedRun(
+            prepared,
+            ticket,
+            loop=RunLoop(self.sessions, self.config, self.state_dir),
+            active_runs=self.active_runs,
+            retention=lambda: finished_runs_retention(self.config),
+        )
 
 
 def _export_queue_depth(admission: Admission) -> None:
