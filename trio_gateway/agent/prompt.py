@@ -10,14 +10,15 @@ from ..messages import Message, ToolCall
 
 __all__ = ["close_tool_calls", "split_messages"]
 
+_INSTRUCTION_ROLES = frozenset({"system", "developer"})
+
 
 def split_messages(messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
     """The request's instructions (system and developer messages) and its conversation."""
-    instructions: list[Message] = []
-    conversation: list[Message] = []
-    for message in messages:
-        is_instruction = message.role == "system" or message.role == "developer"
-        (instructions if is_instruction else conversation).append(message)
+    instructions = [message for message in messages if message.role in _INSTRUCTION_ROLES]
+    if not instructions:
+        return instructions, list(messages)
+    conversation = [message for message in messages if message.role not in _INSTRUCTION_ROLES]
     return instructions, conversation
 
 

@@ -279,7 +279,7 @@ _EMPTY_SCHEMA: dict[str, object] = {"type": "object", "properties": {}}
 
 def to_messages(messages: list[Message]) -> tuple[neutral.Message, ...]:
     """The request's messages as neutral :class:`~trio_gateway.messages.Message` values."""
-    return tuple(_to_message(message) for message in messages)
+    return tuple([_to_message(message) for message in messages])
 
 
 def _to_message(message: Message) -> neutral.Message:
