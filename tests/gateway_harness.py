@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,13 @@ from typing import Any
 import msgspec
 import trio
 
-from trio_gateway.agent import AgentRuntime
+from trio_gateway.agent import AgentRuntime, open_runtime
 from trio_gateway.config import Config
+from trio_gateway.config.loader import state_dir as default_state_dir
 from trio_gateway.config.schema import check_config
-from trio_gateway.providers import Provider, build_providers, close_providers
+from trio_gateway.providers import Provider
 from trio_gateway.server import serve_gateway
-from trio_gateway.sessions import SessionStore
+from trio_gateway.sessions import MemorySessionStore, SessionStore
 
 TOKEN = "test-token-0123456789"
 
@@ -53,6 +55,25 @@ def make_config(override: Mapping[str, Any] | None = None) -> Config:
     return config
 
 
+def open_test_runtime(
+    config: Config,
+    *,
+    providers: Mapping[str, Provider] | None = None,
+    sessions: SessionStore | None = None,
+    state_dir: Path | None = None,
+    config_path: Path | None = None,
+) -> AbstractAsyncContextManager[AgentRuntime]:
+    """:func:`open_runtime` with an in-memory session store unless ``sessions`` is given
+    (without ``providers``, the runtime builds the configured ones and closes them)."""
+    return open_runtime(
+        config,
+        state_dir=state_dir if state_dir is not None else default_state_dir(),
+        config_path=config_path,
+        providers=providers,
+        sessions=sessions if sessions is not None else MemorySessionStore(),
+    )
+
+
 @dataclass
 class RunningGateway:
     url: str
@@ -77,17 +98,23 @@ async def start_gateway(
     sessions: SessionStore | None = None,
     state_dir: Path | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    config_path: Path | None = None,
 ) -> RunningGateway:
     """Serve a gateway on 127.0.0.1 port 0 until ``nursery`` is cancelled (or until
     ``shutdown_trigger`` returns and the shutdown is over: ``RunningGateway.stopped``).
 
-    Without ``providers``, the configured ones are built, and closed when ``nursery`` ends.
+    The runtime stays open until ``nursery`` ends; without ``providers``, it builds the
+    configured ones and closes them then.
     """
     config = make_config(override)
-    if providers is None:
-        providers = build_providers(config)
-        await nursery.start(_own_providers, providers)
-    runtime = AgentRuntime(config, providers=providers, sessions=sessions, state_dir=state_dir)
+    opened = open_test_runtime(
+        config,
+        providers=providers,
+        sessions=sessions,
+        state_dir=state_dir,
+        config_path=config_path,
+    )
+    runtime = await nursery.start(_hold, opened)
     stopped = trio.Event()
     urls = await nursery.start(_serve, runtime, stopped, shutdown_trigger)
     return RunningGateway(url=urls[0], runtime=runtime, stopped=stopped)
@@ -112,11 +139,11 @@ async def _serve(
         stopped.set()
 
 
-async def _own_providers(
-    providers: Mapping[str, Provider], *, task_status: trio.TaskStatus[None]
+async def _hold(
+    opened: AbstractAsyncContextManager[AgentRuntime],
+    *,
+    task_status: trio.TaskStatus[AgentRuntime],
 ) -> None:
-    try:
-        task_status.started()
+    async with opened as runtime:
+        task_status.started(runtime)
         await trio.sleep_forever()
-    finally:
-        await close_providers(providers)  # shielded and bounded

@@ -7,13 +7,13 @@ import re
 import msgspec
 import pytest
 
+from trio_gateway.agent.request import RunRequest
 from trio_gateway.agent.routing import (
     MAX_SESSION_KEY_LENGTH,
     RunTarget,
     agent_id_from_model,
     default_agent,
-    main_session_key,
-    message_target,
+    named_agent,
     resolve_target,
     select_agent,
 )
@@ -48,9 +48,9 @@ def target(
     session: str | None = None,
     user: str | None = None,
 ) -> RunTarget:
-    return resolve_target(
-        config, header_agent_id=agent, header_session_key=session, model=model, user=user
-    )
+    agent_id, param = named_agent(header_agent_id=agent, model=model)
+    request = RunRequest((), agent_id=agent_id, agent_param=param, session_key=session, user=user)
+    return resolve_target(config, request)
 
 
 # --- agent selection -----------------------------------------------------------------------------
@@ -388,8 +388,12 @@ def test_resolve_target_checks_the_agent_before_the_session(config: Config) -> N
 # --- a message sent to an agent by name --------------------------------------------------------
 
 
-def test_main_session_key_is_the_agents_own_lowercased() -> None:
-    assert main_session_key("Helper") == "agent:helper:main"
+def message_target(config: Config, *, agent_id: str | None, session_key: str | None) -> RunTarget:
+    """Where the control plane and the CLI send a message to an agent by name."""
+    request = RunRequest(
+        (), agent_id=agent_id, session_key=session_key or None, default_session="main"
+    )
+    return resolve_target(config, request)
 
 
 @pytest.mark.parametrize(
@@ -431,3 +435,12 @@ def test_message_target_unknown_agent_lists_the_configured_ones(config: Config) 
         message_target(config, agent_id="nobody", session_key=None)
 
     assert "epiloop:main, epiloop:Helper, epiloop:ops_2" in info.value.message
+
+
+def test_resolve_target_main_session_when_the_transport_asks_for_it(config: Config) -> None:
+    request = RunRequest((), agent_id="helper", default_session="main")
+    result = resolve_target(config, request)
+
+    assert result.stateless is False
+    assert result.session_key == "agent:helper:main"
+    assert result.agent.id == "Helper"

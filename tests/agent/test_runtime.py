@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 import trio
-from gateway_harness import make_config
+import trio.testing
+from gateway_harness import make_config, open_test_runtime
 
 from benchmarks.mock_upstream import MockUpstream, Scenario
 from trio_gateway.agent import (
@@ -18,6 +19,8 @@ from trio_gateway.agent import (
     RunEvent,
     RunFailed,
     RunFinished,
+    RunRequest,
+    RunResult,
     RunStarted,
     open_runtime,
 )
@@ -31,13 +34,27 @@ from trio_gateway.errors import (
 from trio_gateway.messages import ToolCall
 from trio_gateway.providers import Completion, Emit, ModelRequest, TextDelta, ToolCallDelta
 from trio_gateway.providers.scripted import Fail, Hang, Say, ScriptedProvider
+from trio_gateway.server.routes import run_request
 from trio_gateway.wire.chat import ChatRequest
 
 BOUND = 10
 
 
-def chat(*messages: dict[str, Any], **fields: Any) -> ChatRequest:
-    return msgspec.convert({"messages": list(messages), **fields}, ChatRequest)
+def chat(
+    *messages: dict[str, Any],
+    agent_id: str | None = None,
+    session_key: str | None = None,
+    **fields: Any,
+) -> RunRequest:
+    """The run request the chat route makes of an OpenAI body and the gateway's headers."""
+    body = msgspec.convert({"messages": list(messages), **fields}, ChatRequest)
+    return run_request(body, header_agent_id=agent_id, header_session_key=session_key)
+
+
+async def admit_and_run(runtime: AgentRuntime, prepared: PreparedRun, emit: Recorder) -> RunResult:
+    """Admit the prepared run and run it, as every transport does."""
+    with await runtime.admit(prepared) as admitted:
+        return await admitted.run(emit)
 
 
 def user(text: str) -> dict[str, Any]:
@@ -54,147 +71,157 @@ class Recorder:
 
 async def test_runtime_builds_structured_model_input_in_order() -> None:
     provider = ScriptedProvider([Say("ok")])
-    runtime = AgentRuntime(make_config(), providers={"local": provider})
-    request = chat(
-        user("earlier question"),
-        {"role": "system", "content": "Answer in French."},
-        {"role": "assistant", "content": "earlier answer"},
-        {"role": "developer", "content": [{"type": "text", "text": "Be terse."}]},
-        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-    )
-    prepared = await runtime.prepare(request)
-    await runtime.run(prepared, Recorder())
-    sent = provider.calls[0].request
-    assert [(m.role, m.content) for m in sent.messages] == [
-        ("system", "You are a helpful assistant."),
-        ("system", "Answer in French."),
-        ("developer", "Be terse."),
-        ("user", "earlier question"),
-        ("assistant", "earlier answer"),
-        ("user", "a\nb"),
-    ]
-    assert sent.model == "echo"
+    async with open_test_runtime(make_config(), providers={"local": provider}) as runtime:
+        request = chat(
+            user("earlier question"),
+            {"role": "system", "content": "Answer in French."},
+            {"role": "assistant", "content": "earlier answer"},
+            {"role": "developer", "content": [{"type": "text", "text": "Be terse."}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            },
+        )
+        prepared = await runtime.prepare(request)
+        await admit_and_run(runtime, prepared, Recorder())
+        sent = provider.calls[0].request
+        assert [(m.role, m.content) for m in sent.messages] == [
+            ("system", "You are a helpful assistant."),
+            ("system", "Answer in French."),
+            ("developer", "Be terse."),
+            ("user", "earlier question"),
+            ("assistant", "earlier answer"),
+            ("user", "a\nb"),
+        ]
+        assert sent.model == "echo"
 
 
 async def test_runtime_passes_sampling_options_to_the_provider() -> None:
     provider = ScriptedProvider([])
-    runtime = AgentRuntime(make_config(), providers={"local": provider})
-    request = chat(user("x"), max_tokens=9, max_completion_tokens=7, temperature=0.5, stop="END")
-    await runtime.run(await runtime.prepare(request), Recorder())
-    sent = provider.calls[0].request
-    assert (sent.max_tokens, sent.temperature, sent.stop) == (7, 0.5, ("END",))
+    async with open_test_runtime(make_config(), providers={"local": provider}) as runtime:
+        request = chat(
+            user("x"), max_tokens=9, max_completion_tokens=7, temperature=0.5, stop="END"
+        )
+        await admit_and_run(runtime, await runtime.prepare(request), Recorder())
+        sent = provider.calls[0].request
+        assert (sent.max_tokens, sent.temperature, sent.stop) == (7, 0.5, ("END",))
 
 
 async def test_runtime_emits_started_deltas_and_finished() -> None:
     provider = ScriptedProvider([Say("a"), Say("b")])
-    runtime = AgentRuntime(make_config(), providers={"local": provider})
-    recorder = Recorder()
-    prepared = await runtime.prepare(chat(user("one two")), header_agent_id="helper")
-    result = await runtime.run(prepared, recorder)
-    started, *deltas, finished = recorder.events
-    assert isinstance(started, RunStarted)
-    assert (started.run_id, started.agent_id, started.model) == (
-        prepared.run_id,
-        "helper",
-        "local/echo",
-    )
-    assert deltas == [TextDelta("a"), TextDelta("b")]
-    assert isinstance(finished, RunFinished)
-    assert finished.finish_reason == "stop"
-    assert (result.status, result.text, result.finish_reason) == ("completed", "ab", "stop")
-    assert result.usage.completion_tokens == 2
+    async with open_test_runtime(make_config(), providers={"local": provider}) as runtime:
+        recorder = Recorder()
+        prepared = await runtime.prepare(chat(user("one two"), agent_id="helper"))
+        result = await admit_and_run(runtime, prepared, recorder)
+        started, *deltas, finished = recorder.events
+        assert isinstance(started, RunStarted)
+        assert (started.run_id, started.agent_id, started.model) == (
+            prepared.run_id,
+            "helper",
+            "local/echo",
+        )
+        assert deltas == [TextDelta("a"), TextDelta("b")]
+        assert isinstance(finished, RunFinished)
+        assert finished.finish_reason == "stop"
+        assert (result.status, result.text, result.finish_reason) == ("completed", "ab", "stop")
+        assert result.usage.completion_tokens == 2
 
 
 async def test_runtime_failure_emits_run_failed_and_returns_the_error() -> None:
     error = ProviderError("nope")
     provider = ScriptedProvider([Say("x"), Fail(error)])
-    runtime = AgentRuntime(make_config(), providers={"local": provider})
-    recorder = Recorder()
-    result = await runtime.run(await runtime.prepare(chat(user("q"))), recorder)
-    assert recorder.events[-1] == RunFailed(error)
-    assert (result.status, result.text, result.error) == ("failed", "x", error)
+    async with open_test_runtime(make_config(), providers={"local": provider}) as runtime:
+        recorder = Recorder()
+        result = await admit_and_run(runtime, await runtime.prepare(chat(user("q"))), recorder)
+        assert recorder.events[-1] == RunFailed(error)
+        assert (result.status, result.text, result.error) == ("failed", "x", error)
 
 
 async def test_runtime_deadline_becomes_run_timeout_error(autojump_clock: trio.abc.Clock) -> None:
     provider = ScriptedProvider([Hang()])
     config = make_config({"agents": {"defaults": {"timeoutSeconds": 42}}})
-    runtime = AgentRuntime(config, providers={"local": provider})
-    start = trio.current_time()
-    result = await runtime.run(await runtime.prepare(chat(user("q"))), Recorder())
-    assert isinstance(result.error, RunTimeoutError)
-    assert trio.current_time() - start == pytest.approx(42)
-    assert provider.calls[0].outcome == "cancelled"
+    async with open_test_runtime(config, providers={"local": provider}) as runtime:
+        start = trio.current_time()
+        result = await admit_and_run(runtime, await runtime.prepare(chat(user("q"))), Recorder())
+        assert isinstance(result.error, RunTimeoutError)
+        assert trio.current_time() - start == pytest.approx(42)
+        assert provider.calls[0].outcome == "cancelled"
 
 
 async def test_runtime_stateless_request_leaves_no_session() -> None:
-    runtime = AgentRuntime(make_config())
-    prepared = await runtime.prepare(chat(user("q")))
-    assert prepared.target.stateless
-    await runtime.run(prepared, Recorder())
-    assert await runtime.sessions.get(prepared.target.session_key) is None
+    async with open_test_runtime(make_config()) as runtime:
+        prepared = await runtime.prepare(chat(user("q")))
+        assert prepared.target.stateless
+        await admit_and_run(runtime, prepared, Recorder())
+        assert await runtime.sessions.get(prepared.target.session_key) is None
 
 
 async def test_runtime_user_session_records_each_turn_without_duplicates() -> None:
-    runtime = AgentRuntime(make_config())
-    first = await runtime.prepare(chat(user("hello there"), user="alice@example.com"))
-    await runtime.run(first, Recorder())
-    second = await runtime.prepare(
-        chat(
-            {"role": "system", "content": "sys"},
-            user("hello there"),
-            {"role": "assistant", "content": "hello there"},
-            user("again"),
-            user="alice@example.com",
+    async with open_test_runtime(make_config()) as runtime:
+        first = await runtime.prepare(chat(user("hello there"), user="alice@example.com"))
+        await admit_and_run(runtime, first, Recorder())
+        second = await runtime.prepare(
+            chat(
+                {"role": "system", "content": "sys"},
+                user("hello there"),
+                {"role": "assistant", "content": "hello there"},
+                user("again"),
+                user="alice@example.com",
+            )
         )
-    )
-    assert second.target.session_key == first.target.session_key
-    await runtime.run(second, Recorder())
-    session = await runtime.sessions.get(first.target.session_key)
-    assert session is not None
-    assert [(e.role, e.content) for e in session.transcript] == [
-        ("user", "hello there"),
-        ("assistant", "hello there"),
-        ("user", "again"),
-        ("assistant", "again"),
-    ]
-    assert session.agent_id == "main"
-    assert session.completion_tokens == 3
+        assert second.target.session_key == first.target.session_key
+        await admit_and_run(runtime, second, Recorder())
+        session = await runtime.sessions.get(first.target.session_key)
+        assert session is not None
+        assert [(e.role, e.content) for e in session.transcript] == [
+            ("user", "hello there"),
+            ("assistant", "hello there"),
+            ("user", "again"),
+            ("assistant", "again"),
+        ]
+        assert session.agent_id == "main"
+        assert session.completion_tokens == 3
 
 
 async def test_runtime_failed_turn_is_recorded_as_failed() -> None:
     provider = ScriptedProvider([Say("par"), Fail(ProviderError("x"))])
-    runtime = AgentRuntime(make_config(), providers={"local": provider})
-    prepared = await runtime.prepare(chat(user("q")), header_session_key="s-1")
-    await runtime.run(prepared, Recorder())
-    session = await runtime.sessions.get("s-1")
-    assert session is not None
-    assert session.last_status == "failed"
-    assert session.transcript[-1].content == "par"
-    assert session.transcript[-1].status == "failed"
+    async with open_test_runtime(make_config(), providers={"local": provider}) as runtime:
+        prepared = await runtime.prepare(chat(user("q"), session_key="s-1"))
+        await admit_and_run(runtime, prepared, Recorder())
+        session = await runtime.sessions.get("s-1")
+        assert session is not None
+        assert session.last_status == "failed"
+        assert session.transcript[-1].content == "par"
+        assert session.transcript[-1].status == "failed"
 
 
 async def test_runtime_cancelled_turn_is_recorded_as_aborted() -> None:
     provider = ScriptedProvider([Say("so far"), Hang()])
-    runtime = AgentRuntime(make_config(), providers={"local": provider})
-    prepared = await runtime.prepare(chat(user("q")), header_session_key="s-2")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(runtime.run, prepared, Recorder())
-        await provider.call_started.wait()
-        await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
-    session = await runtime.sessions.get("s-2")
-    assert session is not None
-    assert session.last_status == "aborted"
-    assert (session.transcript[-1].content, session.transcript[-1].status) == ("so far", "aborted")
-    assert provider.calls[0].outcome == "cancelled"
+    async with open_test_runtime(make_config(), providers={"local": provider}) as runtime:
+        prepared = await runtime.prepare(chat(user("q"), session_key="s-2"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(admit_and_run, runtime, prepared, Recorder())
+            await provider.call_started.wait()
+            await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        session = await runtime.sessions.get("s-2")
+        assert session is not None
+        assert session.last_status == "aborted"
+        assert (session.transcript[-1].content, session.transcript[-1].status) == (
+            "so far",
+            "aborted",
+        )
+        assert provider.calls[0].outcome == "cancelled"
 
 
 async def test_runtime_session_key_of_another_agent_is_refused() -> None:
-    runtime = AgentRuntime(make_config())
-    await runtime.run(await runtime.prepare(chat(user("q")), header_session_key="k"), Recorder())
-    with pytest.raises(InvalidRequestError) as caught:
-        await runtime.prepare(chat(user("q")), header_session_key="k", header_agent_id="helper")
-    assert caught.value.code == "session_agent_mismatch"
+    async with open_test_runtime(make_config()) as runtime:
+        await admit_and_run(
+            runtime, await runtime.prepare(chat(user("q"), session_key="k")), Recorder()
+        )
+        with pytest.raises(InvalidRequestError) as caught:
+            await runtime.prepare(chat(user("q"), session_key="k", agent_id="helper"))
+        assert caught.value.code == "session_agent_mismatch"
 
 
 async def test_runtime_agent_model_and_system_prompt_fall_back_to_defaults() -> None:
@@ -208,13 +235,15 @@ async def test_runtime_agent_model_and_system_prompt_fall_back_to_defaults() -> 
             },
         }
     )
-    runtime = AgentRuntime(config, providers={"local": provider, "other": provider})
-    bare = await runtime.prepare(chat(user("x")))
-    assert bare.model_ref == "other/big"
-    assert [link.model for link in bare.chain] == ["big"]
-    assert bare.instructions[0].content == "Default prompt."
-    own = await runtime.prepare(chat(user("x")), header_agent_id="own")
-    assert own.model_ref == "local/small"
+    async with open_test_runtime(
+        config, providers={"local": provider, "other": provider}
+    ) as runtime:
+        bare = await runtime.prepare(chat(user("x")))
+        assert bare.model_ref == "other/big"
+        assert [link.model for link in bare.chain] == ["big"]
+        assert bare.instructions[0].content == "Default prompt."
+        own = await runtime.prepare(chat(user("x"), agent_id="own"))
+        assert own.model_ref == "local/small"
 
 
 def test_close_tool_calls_answers_calls_left_open() -> None:
@@ -261,30 +290,34 @@ class ToolCallingProvider:
 
 async def test_runtime_client_tool_call_deltas_keep_an_id_sent_before_the_name() -> None:
     provider = ToolCallingProvider("lookup")
-    runtime = AgentRuntime(make_config(), providers={"local": provider})
-    tools = [{"type": "function", "function": {"name": "lookup"}}]
-    recorder = Recorder()
-    result = await runtime.run(await runtime.prepare(chat(user("q"), tools=tools)), recorder)
-    deltas = [e for e in recorder.events if isinstance(e, ToolCallDelta)]
-    assert deltas[0] == ToolCallDelta(0, "call_1", "lookup", '{"a"')
-    assert "".join(d.arguments for d in deltas) == '{"a": 1}'
-    assert result.finish_reason == "tool_calls"
+    async with open_test_runtime(make_config(), providers={"local": provider}) as runtime:
+        tools = [{"type": "function", "function": {"name": "lookup"}}]
+        recorder = Recorder()
+        result = await admit_and_run(
+            runtime, await runtime.prepare(chat(user("q"), tools=tools)), recorder
+        )
+        deltas = [e for e in recorder.events if isinstance(e, ToolCallDelta)]
+        assert deltas[0] == ToolCallDelta(0, "call_1", "lookup", '{"a"')
+        assert "".join(d.arguments for d in deltas) == '{"a": 1}'
+        assert result.finish_reason == "tool_calls"
 
 
 async def test_runtime_last_tool_round_does_not_run_tools(tmp_path: Path) -> None:
     provider = ToolCallingProvider("current_time")
     config = make_config({"agents": {"defaults": {"maxToolIterations": 1}}})
-    runtime = AgentRuntime(config, providers={"local": provider}, state_dir=tmp_path)
-    recorder = Recorder()
-    result = await runtime.run(await runtime.prepare(chat(user("q"))), recorder)
-    assert result.error is not None
-    assert result.error.code == "max_tool_iterations"
-    assert not any(isinstance(e, ToolStarted) for e in recorder.events)
-    assert provider.calls == 1
+    async with open_test_runtime(
+        config, providers={"local": provider}, state_dir=tmp_path
+    ) as runtime:
+        recorder = Recorder()
+        result = await admit_and_run(runtime, await runtime.prepare(chat(user("q"))), recorder)
+        assert result.error is not None
+        assert result.error.code == "max_tool_iterations"
+        assert not any(isinstance(e, ToolStarted) for e in recorder.events)
+        assert provider.calls == 1
 
 
 def test_history_messages_do_not_repeat_text_said_before_tool_calls() -> None:
-    from trio_gateway.agent.runtime import history_messages
+    from trio_gateway.agent.loop import history_messages
     from trio_gateway.sessions import TranscriptEntry
 
     call = ToolCall("c1", "current_time", "{}")
@@ -324,8 +357,8 @@ async def test_runtime_reload_closes_replaced_providers_once_their_runs_end(
         return len(os.listdir("/proc/self/fd"))
 
     async def run_one(runtime: AgentRuntime, prepared: PreparedRun, results: list[str]) -> None:
-        with await runtime.admit(prepared):
-            results.append((await runtime.run(prepared, Recorder())).text)
+        with await runtime.admit(prepared) as admitted:
+            results.append((await admitted.run(Recorder())).text)
 
     async with open_runtime(config, state_dir=tmp_path) as runtime:
         warm: list[str] = []
@@ -356,15 +389,46 @@ async def test_runtime_reload_closes_replaced_providers_once_their_runs_end(
 
 
 async def test_runtime_refused_admission_releases_the_providers_at_once() -> None:
-    runtime = AgentRuntime(make_config())  # it built its providers: it closes them
-    prepared = await runtime.prepare(chat(user("q")))
-    assert prepared.lease is not None
-    runtime.reload(make_config())
-    provider_set = prepared.lease.provider_set
-    assert provider_set.retired
-    assert provider_set.users == 1  # the prepared run may still start
-    runtime.draining = True
-    with pytest.raises(DrainingError):
-        await runtime.admit(prepared)
-    assert provider_set.users == 0
-    assert provider_set.closed
+    async with open_test_runtime(
+        make_config()
+    ) as runtime:  # it built its providers: it closes them
+        prepared = await runtime.prepare(chat(user("q")))
+        assert prepared.lease is not None
+        runtime.reload(make_config())
+        provider_set = prepared.lease.provider_set
+        assert provider_set.retired
+        assert provider_set.users == 1  # the prepared run may still start
+        runtime.begin_draining()
+        with pytest.raises(DrainingError):
+            await runtime.admit(prepared)
+        assert provider_set.users == 0
+        assert provider_set.closed
+
+
+async def test_runtime_runs_only_what_it_admitted() -> None:
+    async with open_test_runtime(make_config()) as runtime:
+        assert not hasattr(runtime, "run")  # the admitted run is the only way to start one
+        prepared = await runtime.prepare(chat(user("q"), session_key="once"))
+        with await runtime.admit(prepared) as admitted:
+            assert runtime.admission.statistics().running == 1
+            result = await admitted.run(Recorder())
+            with pytest.raises(RuntimeError):
+                await admitted.run(Recorder())
+        assert result.status == "completed"
+        assert runtime.admission.statistics().running == 0
+
+
+async def test_runtime_background_tasks_end_with_the_runtime() -> None:
+    ended = trio.Event()
+
+    async def detached() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            ended.set()
+
+    async with open_test_runtime(make_config()) as runtime:
+        runtime.start_background(detached)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not ended.is_set()
+    assert ended.is_set()

@@ -207,7 +207,7 @@ async def test_oversized_request_head_is_refused(nursery: trio.Nursery) -> None:
 
 async def test_draining_gateway_refuses_new_runs(nursery: trio.Nursery) -> None:
     gateway = await start_gateway(nursery)
-    gateway.runtime.draining = True
+    gateway.runtime.begin_draining()
     response = await post_chat(gateway, {"messages": [{"role": "user", "content": "x"}]})
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "gateway_draining"

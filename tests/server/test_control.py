@@ -617,10 +617,9 @@ async def test_control_token_rotation_closes_connections_made_with_the_old_token
 async def test_control_file_credential_may_only_reload(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    gateway = await start_gateway(nursery)
+    gateway = await start_gateway(nursery, config_path=tmp_path / "epiloop.json")
     runtime = gateway.runtime
-    runtime.config_path = tmp_path / "epiloop.json"
-    runtime.config_path.write_text('{ gateway: { auth: { token: "from-the-file-0123" } } }')
+    (tmp_path / "epiloop.json").write_text('{ gateway: { auth: { token: "from-the-file-0123" } } }')
     async with connected(gateway, token="from-the-file-0123") as ws:
         await request(ws, "s", "status")
         refused = await response(ws, "s")
@@ -636,9 +635,11 @@ async def test_control_file_credential_is_refused_to_a_forwarded_request(
 ) -> None:
     """A request a proxy forwards proves nothing about where its client is, even when the
     forwarded address is loopback: only a direct loopback peer may use the file's credential."""
-    gateway = await start_gateway(nursery, {"gateway": {"trustedProxies": trusted}})
-    gateway.runtime.config_path = tmp_path / "epiloop.json"
-    gateway.runtime.config_path.write_text('{ gateway: { auth: { token: "from-the-file-0123" } } }')
+    config_path = tmp_path / "epiloop.json"
+    gateway = await start_gateway(
+        nursery, {"gateway": {"trustedProxies": trusted}}, config_path=config_path
+    )
+    config_path.write_text('{ gateway: { auth: { token: "from-the-file-0123" } } }')
     async with open_websocket_url(
         ws_url(gateway), extra_headers=[(b"X-Forwarded-For", b"127.0.0.1")]
     ) as ws:

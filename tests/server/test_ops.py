@@ -16,9 +16,8 @@ import httpx
 import openai
 import pytest
 import trio
-from gateway_harness import TOKEN, make_config, start_gateway
+from gateway_harness import TOKEN, make_config, open_test_runtime, start_gateway
 
-from trio_gateway.agent import AgentRuntime
 from trio_gateway.auth import check_exposure
 from trio_gateway.errors import ConfigError
 from trio_gateway.providers.scripted import Hang, Pause, Say, ScriptedProvider
@@ -57,7 +56,7 @@ async def test_ops_readyz_reports_each_check(nursery: trio.Nursery) -> None:
         ready = await http.get(f"{gateway.url}/readyz")
         assert ready.status_code == 200
         assert ready.json()["checks"] == {"config": True, "sessionStore": True, "notDraining": True}
-        gateway.runtime.draining = True
+        gateway.runtime.begin_draining()
         draining = await http.get(f"{gateway.url}/readyz")
         assert draining.status_code == 503
         assert draining.json()["checks"]["notDraining"] is False
@@ -268,14 +267,14 @@ async def test_ops_reload_applies_to_new_runs_and_spares_running_streams(
     assert "after" in streamed[0]
 
 
-def test_ops_reload_refuses_an_invalid_file_and_keeps_the_config(tmp_path: Path) -> None:
-    runtime = AgentRuntime(make_config())
-    runtime.config_path = tmp_path / "epiloop.json"
-    runtime.config_path.write_text("{ agents: { list: [ { id: 'x', modle: 1 } ] } }")
-    with pytest.raises(ConfigError) as caught:
-        runtime.reload_from_file()
-    assert "modle" in str(caught.value)
-    assert [agent.id for agent in runtime.config.agents.entries] == ["main", "helper"]
+async def test_ops_reload_refuses_an_invalid_file_and_keeps_the_config(tmp_path: Path) -> None:
+    config_file = tmp_path / "epiloop.json"
+    async with open_test_runtime(make_config(), config_path=config_file) as runtime:
+        config_file.write_text("{ agents: { list: [ { id: 'x', modle: 1 } ] } }")
+        with pytest.raises(ConfigError) as caught:
+            runtime.reload_from_file()
+        assert "modle" in str(caught.value)
+        assert [agent.id for agent in runtime.config.agents.entries] == ["main", "helper"]
 
 
 async def test_ops_sighup_reloads_the_cli_gateway(tmp_path: Path) -> None:
@@ -335,9 +334,8 @@ async def test_ops_sighup_reloads_the_cli_gateway(tmp_path: Path) -> None:
 async def test_ops_reload_over_the_control_plane(nursery: trio.Nursery, tmp_path: Path) -> None:
     from trio_websocket import open_websocket_url
 
-    gateway = await start_gateway(nursery)
-    gateway.runtime.config_path = tmp_path / "epiloop.json"
-    gateway.runtime.config_path.write_text(
+    gateway = await start_gateway(nursery, config_path=tmp_path / "epiloop.json")
+    (tmp_path / "epiloop.json").write_text(
         json.dumps(
             {
                 "gateway": {"auth": {"token": TOKEN}},
@@ -367,32 +365,32 @@ async def test_ops_reload_over_the_control_plane(nursery: trio.Nursery, tmp_path
     assert [a.id for a in gateway.runtime.config.agents.entries] == ["fresh"]
 
 
-def test_ops_reload_holds_the_exposure_rule_of_the_served_host() -> None:
-    runtime = AgentRuntime(make_config())
-    no_auth = make_config({"gateway": {"auth": {"mode": "none"}}})
-    with runtime.exposed_on("0.0.0.0"):
-        with pytest.raises(ConfigError) as refused:
-            runtime.reload(no_auth)
-        with pytest.raises(ConfigError) as at_start:
-            check_exposure("0.0.0.0", no_auth.gateway.auth)
-        assert str(refused.value) == str(at_start.value)
-        assert runtime.config.gateway.auth.token == TOKEN  # the running config stays
-    with runtime.exposed_on("127.0.0.1"):
-        runtime.reload(no_auth)  # loopback: allowed, as at start-up
-    assert runtime.config.gateway.auth.mode == "none"
+async def test_ops_reload_holds_the_exposure_rule_of_the_served_host() -> None:
+    async with open_test_runtime(make_config()) as runtime:
+        no_auth = make_config({"gateway": {"auth": {"mode": "none"}}})
+        with runtime.exposed_on("0.0.0.0"):
+            with pytest.raises(ConfigError) as refused:
+                runtime.reload(no_auth)
+            with pytest.raises(ConfigError) as at_start:
+                check_exposure("0.0.0.0", no_auth.gateway.auth)
+            assert str(refused.value) == str(at_start.value)
+            assert runtime.config.gateway.auth.token == TOKEN  # the running config stays
+        with runtime.exposed_on("127.0.0.1"):
+            runtime.reload(no_auth)  # loopback: allowed, as at start-up
+        assert runtime.config.gateway.auth.mode == "none"
 
 
-def test_ops_reload_lists_the_settings_that_need_a_restart(
+async def test_ops_reload_lists_the_settings_that_need_a_restart(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    runtime = AgentRuntime(make_config())
-    moved = make_config({"gateway": {"port": 18000, "logging": {"level": "debug"}}})
-    with caplog.at_level(logging.WARNING, logger="trio_gateway.agent.runtime"):
-        result = runtime.reload(moved)
-    assert result.restart_required == ["gateway.port", "gateway.logging.level"]
-    assert "restart_required keys=gateway.port,gateway.logging.level" in caplog.text
-    # Compared with what the process started with: changing it back needs no restart.
-    assert runtime.reload(make_config()).restart_required == []
+    async with open_test_runtime(make_config()) as runtime:
+        moved = make_config({"gateway": {"port": 18000, "logging": {"level": "debug"}}})
+        with caplog.at_level(logging.WARNING, logger="trio_gateway.agent.runtime"):
+            result = runtime.reload(moved)
+        assert result.restart_required == ["gateway.port", "gateway.logging.level"]
+        assert "restart_required keys=gateway.port,gateway.logging.level" in caplog.text
+        # Compared with what the process started with: changing it back needs no restart.
+        assert runtime.reload(make_config()).restart_required == []
 
 
 async def test_ops_reload_applies_body_and_frame_limits(nursery: trio.Nursery) -> None:
@@ -429,32 +427,36 @@ async def test_ops_reload_applies_body_and_frame_limits(nursery: trio.Nursery) -
 
 async def test_ops_reload_applies_the_shutdown_grace(nursery: trio.Nursery) -> None:
     provider = ScriptedProvider([Say("started"), Hang()])
-    runtime = AgentRuntime(
+    async with open_test_runtime(
         make_config({"gateway": {"shutdownGraceSeconds": 600}}), providers={"local": provider}
-    )
-    stop = trio.Event()
-    done = trio.Event()
+    ) as runtime:
+        stop = trio.Event()
+        done = trio.Event()
 
-    async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve_gateway(
-            runtime, host="127.0.0.1", port=0, shutdown_trigger=stop.wait, task_status=task_status
-        )
-        done.set()
+        async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            await serve_gateway(
+                runtime,
+                host="127.0.0.1",
+                port=0,
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
+            )
+            done.set()
 
-    url = (await nursery.start(serve))[0]
+        url = (await nursery.start(serve))[0]
 
-    async def stream(http: httpx.AsyncClient) -> None:
-        body = {"stream": True, "messages": [{"role": "user", "content": "x"}]}
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        with contextlib.suppress(httpx.HTTPError):
-            await http.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+        async def stream(http: httpx.AsyncClient) -> None:
+            body = {"stream": True, "messages": [{"role": "user", "content": "x"}]}
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            with contextlib.suppress(httpx.HTTPError):
+                await http.post(f"{url}/v1/chat/completions", json=body, headers=headers)
 
-    # No client-side timeout: the stream stays open until the gateway ends it.
-    async with httpx.AsyncClient(timeout=None) as http, trio.open_nursery() as clients:
-        clients.start_soon(stream, http)
-        with trio.fail_after(BOUND):
-            await provider.call_started.wait()
-        runtime.reload(make_config({"gateway": {"shutdownGraceSeconds": 0.5}}))
-        stop.set()
-        with trio.fail_after(BOUND):  # not the 600 s the gateway started with
-            await done.wait()
+        # No client-side timeout: the stream stays open until the gateway ends it.
+        async with httpx.AsyncClient(timeout=None) as http, trio.open_nursery() as clients:
+            clients.start_soon(stream, http)
+            with trio.fail_after(BOUND):
+                await provider.call_started.wait()
+            runtime.reload(make_config({"gateway": {"shutdownGraceSeconds": 0.5}}))
+            stop.set()
+            with trio.fail_after(BOUND):  # not the 600 s the gateway started with
+                await done.wait()

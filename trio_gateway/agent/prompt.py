@@ -4,58 +4,22 @@ messages, then the conversation, each as a structured message (never flattened i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from ..messages import Message, Role, ToolCall, ToolSpec
-from ..wire import chat as wire
+from ..messages import Message, ToolCall
 
-__all__ = ["client_tool_specs", "close_tool_calls", "split_request", "to_message"]
+__all__ = ["close_tool_calls", "split_messages"]
 
-_ROLES: Mapping[type, Role] = {
-    wire.SystemMessage: "system",
-    wire.DeveloperMessage: "developer",
-    wire.UserMessage: "user",
-    wire.AssistantMessage: "assistant",
-    wire.ToolMessage: "tool",
-}
-
-_EMPTY_SCHEMA: Mapping[str, object] = {"type": "object", "properties": {}}
+_INSTRUCTION_ROLES = frozenset({"system", "developer"})
 
 
-def to_message(message: wire.Message) -> Message:
-    """A wire message as the neutral :class:`~trio_gateway.messages.Message`."""
-    text = wire.message_text(message)
-    if isinstance(message, wire.ToolMessage):
-        return Message("tool", text, tool_call_id=message.tool_call_id)
-    if isinstance(message, wire.AssistantMessage) and message.tool_calls:
-        calls = tuple(
-            ToolCall(call.id, call.function.name, call.function.arguments)
-            for call in message.tool_calls
-        )
-        return Message("assistant", text, name=message.name, tool_calls=calls)
-    return Message(_ROLES[type(message)], text, name=message.name)
-
-
-def split_request(messages: Sequence[wire.Message]) -> tuple[list[Message], list[Message]]:
+def split_messages(messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
     """The request's instructions (system and developer messages) and its conversation."""
-    instructions: list[Message] = []
-    conversation: list[Message] = []
-    for message in messages:
-        is_instruction = isinstance(message, wire.SystemMessage | wire.DeveloperMessage)
-        (instructions if is_instruction else conversation).append(to_message(message))
+    instructions = [message for message in messages if message.role in _INSTRUCTION_ROLES]
+    if not instructions:
+        return instructions, list(messages)
+    conversation = [message for message in messages if message.role not in _INSTRUCTION_ROLES]
     return instructions, conversation
-
-
-def client_tool_specs(tools: Sequence[wire.Tool] | None) -> list[ToolSpec]:
-    """The request's OpenAI ``tools`` as specs offered to the model."""
-    return [
-        ToolSpec(
-            tool.function.name,
-            tool.function.description or "",
-            tool.function.parameters if tool.function.parameters is not None else _EMPTY_SCHEMA,
-        )
-        for tool in tools or ()
-    ]
 
 
 def close_tool_calls(messages: Sequence[Message]) -> list[Message]:

@@ -2,16 +2,14 @@
 
 Agent: the ``x-epiloop-agent-id`` header wins; else a ``model`` of the form ``epiloop:<id>``,
 ``epiloop/<id>`` or ``agent:<id>``; any other model string (``epiloop``, ``gpt-4o``, ...) means
-the default agent. An id that is not configured is an error listing the configured ones.
+the default agent. An id that is not configured is an error listing the configured ones. The
+control plane and the CLI name the agent by id, or not at all.
 
 Session: ``x-epiloop-session-key`` is used as is; else an OpenAI ``user`` derives a stable key
 scoped to the agent (hashed, so any value is safe); else the request gets a fresh key and is
-stateless. Keys that start with ``agent:<id>`` are the agents' own namespace: such a key must
-name the agent that runs it, so no agent can create sessions in another agent's name.
-
-A message sent to an agent by name (the control plane's ``agent`` method, ``epiloop agent``
-with or without ``--local``) goes to the agent's own main session, ``agent:<id>:main``, unless
-it names a session: ``message_target``.
+stateless (the control plane and the CLI continue the agent's main session instead). Keys
+that start with ``agent:<id>`` are the agents' own namespace: such a key must name the agent
+that runs it, so no agent can create sessions in another agent's name.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ from dataclasses import dataclass
 from ..config import AgentConfig, Config
 from ..config.schema import AGENT_ID_RE
 from ..errors import InvalidRequestError, ModelNotFoundError
+from .request import RunRequest
 
 __all__ = [
     "MAX_SESSION_KEY_LENGTH",
@@ -30,8 +29,8 @@ __all__ = [
     "agent_id_from_model",
     "check_session_key_owner",
     "default_agent",
-    "main_session_key",
-    "message_target",
+    "find_agent",
+    "named_agent",
     "resolve_target",
     "select_agent",
 ]
@@ -66,14 +65,26 @@ def agent_id_from_model(model: str) -> str | None:
     return None
 
 
-def select_agent(config: Config, *, header_agent_id: str | None, model: str) -> AgentConfig:
+def named_agent(*, header_agent_id: str | None, model: str) -> tuple[str | None, str]:
+    """The agent id an OpenAI-style request names (the header, else the model string; ``None``
+    for the default agent) and the field that named it."""
     if header_agent_id is not None:
-        wanted, param = header_agent_id.strip(), "x-epiloop-agent-id"
-    else:
-        named = agent_id_from_model(model)
-        if named is None:
-            return default_agent(config)
-        wanted, param = named, "model"
+        return header_agent_id.strip(), "x-epiloop-agent-id"
+    return agent_id_from_model(model), "model"
+
+
+def select_agent(config: Config, *, header_agent_id: str | None, model: str) -> AgentConfig:
+    """The agent an OpenAI-style request names (see :func:`named_agent`)."""
+    agent_id, param = named_agent(header_agent_id=header_agent_id, model=model)
+    return find_agent(config, agent_id, param=param)
+
+
+def find_agent(config: Config, agent_id: str | None, *, param: str) -> AgentConfig:
+    """The configured agent ``agent_id`` names (``None``: the default one); ``param`` is the
+    request field that named it, for the refusal."""
+    if agent_id is None:
+        return default_agent(config)
+    wanted = agent_id
     if not AGENT_ID_RE.match(wanted):
         raise InvalidRequestError(
             f"Invalid agent id {wanted!r}: expected 1-64 characters of letters, digits, '_' and "
@@ -91,43 +102,19 @@ def select_agent(config: Config, *, header_agent_id: str | None, model: str) -> 
     )
 
 
-def resolve_target(
-    config: Config,
-    *,
-    header_agent_id: str | None,
-    header_session_key: str | None,
-    model: str,
-    user: str | None,
-) -> RunTarget:
-    agent = select_agent(config, header_agent_id=header_agent_id, model=model)
-    if header_session_key is not None:
-        key = _checked_session_key(header_session_key)
+def resolve_target(config: Config, request: RunRequest) -> RunTarget:
+    """The agent and the session ``request`` runs in; see the module docstring."""
+    agent = find_agent(config, request.agent_id, param=request.agent_param)
+    if request.session_key is not None:
+        key = _checked_session_key(request.session_key)
         check_session_key_owner(key, agent.id)
         return RunTarget(agent, key, stateless=False)
-    if user:
-        digest = hashlib.sha256(user.encode("utf-8")).hexdigest()[:32]
+    if request.user:
+        digest = hashlib.sha256(request.user.encode("utf-8")).hexdigest()[:32]
         return RunTarget(agent, f"agent:{agent.id.lower()}:user:{digest}", stateless=False)
+    if request.default_session == "main":
+        return RunTarget(agent, f"agent:{agent.id.lower()}:main", stateless=False)
     return RunTarget(agent, f"agent:{agent.id.lower()}:run:{uuid.uuid4().hex}", stateless=True)
-
-
-def main_session_key(agent_id: str) -> str:
-    """An agent's own main session: where its messages go when they name no session."""
-    return f"{_AGENT_KEY_PREFIX}{agent_id.lower()}:main"
-
-
-def message_target(config: Config, *, agent_id: str | None, session_key: str | None) -> RunTarget:
-    """Where a message sent to an agent by name goes: the agent ``agent_id`` (else the default
-    one) and the session ``session_key``, checked as a header's would be (else the agent's main
-    session). The rule of the control plane's ``agent`` method and of ``epiloop agent --local``.
-    """
-    agent = select_agent(config, header_agent_id=agent_id, model="epiloop")
-    return resolve_target(
-        config,
-        header_agent_id=agent.id,
-        header_session_key=session_key or main_session_key(agent.id),
-        model="epiloop",
-        user=None,
-    )
 
 
 def _checked_session_key(key: str) -> str:

@@ -14,9 +14,9 @@ import click
 import msgspec
 import trio
 
-from ..agent import RunEvent, open_runtime
+from ..agent import RunEvent, RunRequest, open_runtime
 from ..agent.events import ToolFinished, ToolStarted
-from ..agent.routing import message_target
+from ..agent.routing import resolve_target
 from ..config import Config, load_config, state_dir
 from ..control_client import ControlClient, open_control_client
 from ..errors import (
@@ -27,8 +27,8 @@ from ..errors import (
     ModelNotFoundError,
     RequestError,
 )
+from ..messages import Message
 from ..providers.base import ReasoningDelta, TextDelta
-from ..wire.chat import ChatRequest, UserMessage
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Exit
 from .remote import Target, client_options, control_failure, gateway_target
 from .render import Printer, print_json, show_event
@@ -143,14 +143,19 @@ async def _agent_local(
     printer: Printer,
 ) -> dict[str, object] | None:
     """The same run in this process, without a gateway; ``None`` if Ctrl-C aborted it."""
+    run_request = RunRequest(
+        messages=(Message("user", message),),
+        agent_id=None if agent_id is None else agent_id.strip(),
+        session_key=session_key or None,
+        default_session="main",
+    )
     try:
-        target = message_target(config, agent_id=agent_id, session_key=session_key)
+        resolve_target(config, run_request)  # refused here, before anything is opened
     except ModelNotFoundError as exc:
         available = [entry.id for entry in config.agents.entries]
         raise Exit(_unknown_agent_message(agent_id or "", available), EXIT_USAGE) from exc
     except RequestError as exc:
         raise Exit(exc.message, EXIT_USAGE) from exc
-    chat = ChatRequest(messages=[UserMessage(content=message)])
 
     async def emit(event: RunEvent) -> None:
         if isinstance(event, TextDelta):
@@ -170,12 +175,9 @@ async def _agent_local(
             nursery.start_soon(interrupt.watch, signals)
             try:
                 with interrupt.scope:
-                    prepared = await runtime.prepare(
-                        chat, header_agent_id=target.agent.id, header_session_key=target.session_key
-                    )
-                    ticket = await runtime.admit(prepared)
-                    with ticket:
-                        run = await runtime.run(prepared, emit)
+                    prepared = await runtime.prepare(run_request)
+                    with await runtime.admit(prepared) as admitted:
+                        run = await admitted.run(emit)
                     result = {
                         "runId": prepared.run_id,
                         "status": run.status,

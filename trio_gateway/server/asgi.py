@@ -8,8 +8,8 @@ hypercorn imports ``module:app`` in every worker, so the app must exist at impor
 the gateway's app needs a runtime that lives inside the worker's trio run (the providers' HTTP
 pools, the session store). :data:`app` bridges the two with the ASGI lifespan: on startup it
 loads the config the way ``epiloop gateway`` does (``$EPILOOP_CONFIG_PATH``,
-``$EPILOOP_STATE_DIR``), opens the runtime and a background nursery for detached runs, and hands
-the lifespan on to the app; on shutdown it marks the runtime as draining. A worker that cannot
+``$EPILOOP_STATE_DIR``), opens the runtime (whose background nursery holds detached runs), and
+hands the lifespan on to the app; on shutdown it marks the runtime as draining. A worker that cannot
 start prints one ``Error:`` line and exits with status 1 (see :func:`_exit_worker`).
 
 Each worker has its own runtime: its own ``maxConcurrent`` / ``maxQueued``, session lanes and
@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-import trio
 from hypercorn.typing import (
     ASGIReceiveCallable,
     ASGIReceiveEvent,
@@ -104,11 +103,7 @@ class EnvironmentGateway:
         logging_config = config.gateway.logging
         configure_logging(level=logging_config.level, fmt=logging_config.format)
         config_path = None if loaded.source == EMBEDDED_SOURCE else Path(loaded.source)
-        async with (
-            open_runtime(config, state_dir=state_dir(), config_path=config_path) as runtime,
-            trio.open_nursery() as background,
-        ):
-            runtime.background = background
+        async with open_runtime(config, state_dir=state_dir(), config_path=config_path) as runtime:
             gateway = create_app(runtime)
             self._app = gateway
             freeze_startup_heap()  # a worker process: see the function
@@ -121,15 +116,13 @@ class EnvironmentGateway:
                     return startup
                 event = await receive()
                 if event["type"] == "lifespan.shutdown":
-                    runtime.draining = True
+                    runtime.begin_draining()
                 return event
 
             try:
                 await gateway(scope, lifespan_receive, send)
             finally:
                 self._app = None
-                runtime.background = None
-                background.cancel_scope.cancel(reason="the worker is shutting down")
 
 
 def _exit_worker(line: str) -> NoReturn:

@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import msgspec
@@ -25,10 +26,10 @@ from quart import websocket
 from quart_trio import QuartTrio
 
 from .._version import __version__
-from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunStarted
+from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunRequest, RunStarted
 from ..agent.active import ActiveRun
 from ..agent.events import RunResult, ToolFinished, ToolStarted
-from ..agent.routing import message_target, select_agent
+from ..agent.routing import select_agent
 from ..auth import check_secret, limiter_exempt
 from ..config import redacted
 from ..errors import (
@@ -41,9 +42,9 @@ from ..errors import (
     SessionBusyError,
     UpstreamError,
 )
+from ..messages import Message
 from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
 from ..sessions.store import SessionInfo
-from ..wire.chat import ChatRequest, UserMessage
 from ..wire.frames import (
     FrameError,
     RequestFrame,
@@ -611,26 +612,27 @@ class ControlConnection:
             if run_id is not None:
                 await self._attach(request.id, run_id)
                 return
-        target = message_target(
-            runtime.config, agent_id=params.agent_id, session_key=params.session_key
-        )
-        chat = ChatRequest(messages=[UserMessage(content=params.message)])
         prepared = await runtime.prepare(
-            chat, header_agent_id=target.agent.id, header_session_key=target.session_key
+            RunRequest(
+                messages=(Message("user", params.message),),
+                agent_id=None if params.agent_id is None else params.agent_id.strip(),
+                session_key=params.session_key or None,
+                default_session="main",
+                idempotency_key=params.idempotency_key,
+                source="ws",
+            )
         )
-        ticket = await runtime.admit(prepared)
-        if params.idempotency_key is not None:
-            runtime.active_runs.remember_idempotency_key(params.idempotency_key, prepared.run_id)
+        admitted = await runtime.admit(prepared)
         feed = _RunFeed(self, prepared.run_id)
         self.queue(encode_response(request.id, {"status": "accepted", "runId": prepared.run_id}))
 
         async def run() -> None:
-            with ticket:
-                result = await runtime.run(prepared, _as_async(feed), source="ws")
+            with admitted:
+                result = await admitted.run(_as_async(feed))
             self.queue(encode_response(request.id, _result_payload(result, prepared.run_id)))
 
-        if params.detached and runtime.background is not None:
-            runtime.background.start_soon(_detached, run, prepared.run_id)
+        if params.detached:
+            runtime.start_background(partial(_detached, run, prepared.run_id))
         else:
             await run()
 

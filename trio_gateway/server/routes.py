@@ -14,10 +14,16 @@ import msgspec
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from ..agent import AgentRuntime, RunEvent
-from ..agent.routing import agent_id_from_model, select_agent
+from ..agent import AgentRuntime, RunEvent, RunRequest
+from ..agent.routing import agent_id_from_model, named_agent, select_agent
 from ..errors import EndpointDisabledError, ModelNotFoundError
-from ..wire.chat import check_limits, parse_chat_request
+from ..wire.chat import (
+    ChatRequest,
+    check_limits,
+    parse_chat_request,
+    to_messages,
+    to_tool_specs,
+)
 from ..wire.chunks import (
     FunctionCallOut,
     ToolCallOut,
@@ -64,6 +70,27 @@ async def _discard(event: RunEvent) -> None:
     """A non-streaming answer needs only the run's result, not its events."""
 
 
+def run_request(
+    chat: ChatRequest, *, header_agent_id: str | None, header_session_key: str | None
+) -> RunRequest:
+    """An OpenAI chat request and the gateway's headers, in the runtime's terms."""
+    agent_id, agent_param = named_agent(header_agent_id=header_agent_id, model=chat.model)
+    stop = chat.stop
+    return RunRequest(
+        messages=to_messages(chat.messages),
+        agent_id=agent_id,
+        agent_param=agent_param,
+        session_key=header_session_key,
+        user=chat.user,
+        client_tools=to_tool_specs(chat.tools),
+        tool_choice=chat.tool_choice,
+        max_tokens=chat.token_limit,
+        temperature=chat.temperature,
+        top_p=chat.top_p,
+        stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+    )
+
+
 def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
     started = int(time.time())
     clock = KeepAliveClock()
@@ -95,22 +122,22 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
             chat, max_messages=limits.max_messages, max_content_chars=limits.max_content_chars
         )
         prepared = await runtime.prepare(
-            chat,
-            header_agent_id=request.headers.get("x-epiloop-agent-id"),
-            header_session_key=request.headers.get("x-epiloop-session-key"),
+            run_request(
+                chat,
+                header_agent_id=request.headers.get("x-epiloop-agent-id"),
+                header_session_key=request.headers.get("x-epiloop-session-key"),
+            )
         )
         queue_started = time.monotonic()
-        ticket = await runtime.admit(prepared)  # a 409 or 429 comes before the first byte
+        admitted = await runtime.admit(prepared)  # a 409 or 429 comes before the first byte
         queue_seconds = time.monotonic() - queue_started
         http = runtime.config.gateway.http
         if chat.stream:
-            # The body releases the ticket when its run ends; the app releases it after the
+            # The body releases the admission when its run ends; the app releases it after the
             # response in any case (a client gone before the body started, say).
-            request_cleanups().append(ticket.release)
+            request_cleanups().append(admitted.release)
             stream = ChatStreamBody(
-                runtime,
-                prepared,
-                ticket,
+                admitted,
                 clock=clock,
                 model=chat.model,
                 include_usage=chat.include_usage,
@@ -123,8 +150,8 @@ def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
             response.headers.update(_SSE_HEADERS)
             response.timeout = None  # the run deadline bounds the stream, not quart
             return response
-        with ticket:
-            result = await runtime.run(prepared, _discard)
+        with admitted:
+            result = await admitted.run(_discard)
         if result.error is not None:
             raise result.error
         assert result.finish_reason is not None

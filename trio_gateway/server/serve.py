@@ -30,7 +30,6 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from ..agent import AgentRuntime
 from ..auth import check_exposure
-from ..config.schema import HttpConfig
 from ..errors import ConfigError, GatewayError
 from .app import GatewayApp, create_app
 from .connections import BoundedListener, WriteLimits
@@ -184,19 +183,16 @@ async def serve_gateway(
         nonlocal grace
         # The grace period of the config in force now (a reload may have changed it).
         grace = config.graceful_timeout = runtime.config.gateway.shutdown_grace_seconds
-        runtime.draining = True
+        runtime.begin_draining()
         logger.info("shutdown.draining grace_seconds=%g", grace)
         background.start_soon(abort_stragglers)
 
-    def http() -> HttpConfig:  # the config in force: a reload applies to the next write
-        return runtime.config.gateway.http
-
-    # Detached runs (started over the control plane) belong to the gateway, not to a client.
-    # While it serves, every reload is held to the exposure rule for this host too.
+    # Detached runs (started over the control plane) belong to the runtime, not to a client;
+    # this nursery holds the shutdown's own task. While it serves, every reload is held to
+    # the exposure rule for this host too.
     try:
         with runtime.exposed_on(host):
             async with trio.open_nursery() as background:
-                runtime.background = background
                 try:
                     await _serve_app(
                         app,
@@ -211,7 +207,6 @@ async def serve_gateway(
                         task_status=task_status,
                     )
                 finally:
-                    runtime.background = None
                     background.cancel_scope.cancel(reason="the gateway is shutting down")
     finally:
         if sockets is None:

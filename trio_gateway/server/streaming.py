@@ -31,8 +31,7 @@ import trio
 from quart.wrappers.response import ResponseBody
 
 from .. import metrics
-from ..agent import AgentRuntime, PreparedRun, RunEvent, RunFailed, RunFinished
-from ..agent.lanes import Ticket
+from ..agent import AdmittedRun, RunEvent, RunFailed, RunFinished
 from ..errors import RunError
 from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
 from ..wire.chunks import ChunkEncoder, Usage, timing_extension
@@ -121,9 +120,7 @@ class KeepAliveClock:
 class ChatStreamBody(ResponseBody):
     def __init__(
         self,
-        runtime: AgentRuntime,
-        prepared: PreparedRun,
-        ticket: Ticket,
+        admitted: AdmittedRun,
         *,
         clock: KeepAliveClock,
         model: str,
@@ -133,9 +130,8 @@ class ChatStreamBody(ResponseBody):
         stall_seconds: float,
         queue_seconds: float = 0.0,
     ) -> None:
-        self._runtime = runtime
-        self._prepared = prepared
-        self._ticket = ticket
+        self._admitted = admitted
+        prepared = admitted.prepared
         self._encoder = ChunkEncoder(
             completion_id=prepared.run_id, created=prepared.created, model=model
         )
@@ -215,21 +211,21 @@ class ChatStreamBody(ResponseBody):
                 # The client stopped reading (hypercorn would hold the send forever): free the
                 # run, its lane and its slot; it is recorded as aborted.
                 logger.info(
-                    "stream.stalled run_id=%s seconds=%g", self._prepared.run_id, stall_seconds
+                    "stream.stalled run_id=%s seconds=%g", self._admitted.run_id, stall_seconds
                 )
                 nursery.cancel_scope.cancel(reason="the client stopped reading the stream")
                 await trio.lowlevel.checkpoint()
 
-        with send, self._ticket:
+        with send, self._admitted:
             try:
-                await self._runtime.run(self._prepared, deliver)
+                await self._admitted.run(deliver)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 # The writer stopped reading; it is already ending the response.
                 pass
             except Exception:
                 # A bug below the runtime's own error handling. The writer sees the channel end
                 # without a final event and reports an in-band error; the details stay here.
-                logger.exception("stream.producer.failed run_id=%s", self._prepared.run_id)
+                logger.exception("stream.producer.failed run_id=%s", self._admitted.run_id)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()

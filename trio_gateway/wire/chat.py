@@ -5,6 +5,8 @@
 way OpenAI does. msgspec does the decoding and type checks in one pass (strictly: ``"true"`` is
 not a boolean); the few rules a schema cannot say are checked afterwards. Unknown top-level fields
 are ignored, as OpenAI-compatible servers do, so stock clients that send extra options still work.
+``to_messages`` and ``to_tool_specs`` give the request's messages and tools as the neutral values
+of :mod:`trio_gateway.messages`, which is what the runtime takes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from .. import messages as neutral
 from ..errors import InvalidRequestError
 from ..messages import Role as Role
 from .decoding import DECODE_ERRORS, DecodeFault, decode_fault
@@ -35,6 +38,8 @@ __all__ = [
     "check_limits",
     "message_text",
     "parse_chat_request",
+    "to_messages",
+    "to_tool_specs",
 ]
 
 
@@ -259,3 +264,44 @@ def check_limits(request: ChatRequest, *, max_messages: int, max_content_chars: 
                 param="messages",
                 code="content_too_long",
             )
+
+
+_ROLES: dict[type, Role] = {
+    SystemMessage: "system",
+    DeveloperMessage: "developer",
+    UserMessage: "user",
+    AssistantMessage: "assistant",
+    ToolMessage: "tool",
+}
+
+_EMPTY_SCHEMA: dict[str, object] = {"type": "object", "properties": {}}
+
+
+def to_messages(messages: list[Message]) -> tuple[neutral.Message, ...]:
+    """The request's messages as neutral :class:`~trio_gateway.messages.Message` values."""
+    return tuple([_to_message(message) for message in messages])
+
+
+def _to_message(message: Message) -> neutral.Message:
+    text = message_text(message)
+    if isinstance(message, ToolMessage):
+        return neutral.Message("tool", text, tool_call_id=message.tool_call_id)
+    if isinstance(message, AssistantMessage) and message.tool_calls:
+        calls = tuple(
+            neutral.ToolCall(call.id, call.function.name, call.function.arguments)
+            for call in message.tool_calls
+        )
+        return neutral.Message("assistant", text, name=message.name, tool_calls=calls)
+    return neutral.Message(_ROLES[type(message)], text, name=message.name)
+
+
+def to_tool_specs(tools: list[Tool] | None) -> tuple[neutral.ToolSpec, ...]:
+    """The request's ``tools`` as specs offered to the model."""
+    return tuple(
+        neutral.ToolSpec(
+            tool.function.name,
+            tool.function.description or "",
+            tool.function.parameters if tool.function.parameters is not None else _EMPTY_SCHEMA,
+        )
+        for tool in tools or ()
+    )

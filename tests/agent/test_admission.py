@@ -6,19 +6,19 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gateway.agent.lanes import Admission, Ticket
+from trio_gateway.agent.admission import Admission, Ticket
 from trio_gateway.errors import OverloadedError, SessionBusyError
 
 
-async def test_lanes_serialize_one_session_in_arrival_order(
+async def test_admission_serializes_one_session_in_arrival_order(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    admission = Admission(max_concurrent=10, max_queued=10)
+    admission = Admission(max_concurrent=10, max_queued=10, lane_wait_seconds=100)
     order: list[str] = []
 
     async def run(name: str, delay: float) -> None:
         await trio.sleep(delay)
-        with await admission.admit("s", lane_wait_seconds=100):
+        with await admission.admit("s"):
             order.append(f"{name}+")
             await trio.sleep(1)
             order.append(f"{name}-")
@@ -30,12 +30,14 @@ async def test_lanes_serialize_one_session_in_arrival_order(
     assert admission.statistics().busy_sessions == 0
 
 
-async def test_lanes_let_different_sessions_run_together(autojump_clock: trio.abc.Clock) -> None:
-    admission = Admission(max_concurrent=10, max_queued=10)
+async def test_admission_lets_different_sessions_run_together(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    admission = Admission(max_concurrent=10, max_queued=10, lane_wait_seconds=100)
     start = trio.current_time()
 
     async def run(key: str) -> None:
-        with await admission.admit(key, lane_wait_seconds=100):
+        with await admission.admit(key):
             await trio.sleep(1)
 
     async with trio.open_nursery() as nursery:
@@ -44,32 +46,32 @@ async def test_lanes_let_different_sessions_run_together(autojump_clock: trio.ab
     assert trio.current_time() - start == pytest.approx(1)
 
 
-async def test_lanes_busy_session_is_refused_after_the_wait(
+async def test_admission_busy_session_is_refused_after_the_wait(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    admission = Admission(max_concurrent=10, max_queued=10)
-    held = await admission.admit("s", lane_wait_seconds=1)
+    admission = Admission(max_concurrent=10, max_queued=10, lane_wait_seconds=2.5)
+    held = await admission.admit("s")
     start = trio.current_time()
     with pytest.raises(SessionBusyError) as caught:
-        await admission.admit("s", lane_wait_seconds=2.5)
+        await admission.admit("s")
     assert trio.current_time() - start == pytest.approx(2.5)
     assert caught.value.http_status == 409
     assert caught.value.retry_after is not None
     held.release()
     # The refused waiter left the queue: the lane is free again.
-    with await admission.admit("s", lane_wait_seconds=0):
+    with await admission.admit("s"):
         pass
     assert admission.statistics().busy_sessions == 0
 
 
-async def test_lanes_cap_queues_then_refuses_at_once(autojump_clock: trio.abc.Clock) -> None:
-    admission = Admission(max_concurrent=2, max_queued=1)
-    first = await admission.admit("a", lane_wait_seconds=0)
-    second = await admission.admit("b", lane_wait_seconds=0)
+async def test_admission_cap_queues_then_refuses_at_once(autojump_clock: trio.abc.Clock) -> None:
+    admission = Admission(max_concurrent=2, max_queued=1, lane_wait_seconds=0)
+    first = await admission.admit("a")
+    second = await admission.admit("b")
     queued: list[Ticket] = []
 
     async def wait_for_slot() -> None:
-        queued.append(await admission.admit("c", lane_wait_seconds=0))
+        queued.append(await admission.admit("c"))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(wait_for_slot)
@@ -77,7 +79,7 @@ async def test_lanes_cap_queues_then_refuses_at_once(autojump_clock: trio.abc.Cl
         assert admission.statistics().queued == 1
         start = trio.current_time()
         with pytest.raises(OverloadedError) as caught:
-            await admission.admit("d", lane_wait_seconds=0)
+            await admission.admit("d")
         assert trio.current_time() == start  # refused at once, without waiting
         assert caught.value.http_status == 429
         first.release()
@@ -88,29 +90,29 @@ async def test_lanes_cap_queues_then_refuses_at_once(autojump_clock: trio.abc.Cl
     assert admission.statistics() == admission.statistics().__class__(0, 0, 0, 0)
 
 
-async def test_lanes_cancelled_waiter_leaves_the_queue(autojump_clock: trio.abc.Clock) -> None:
-    admission = Admission(max_concurrent=1, max_queued=5)
-    ticket = await admission.admit("a", lane_wait_seconds=0)
+async def test_admission_cancelled_waiter_leaves_the_queue(autojump_clock: trio.abc.Clock) -> None:
+    admission = Admission(max_concurrent=1, max_queued=5, lane_wait_seconds=0)
+    ticket = await admission.admit("a")
     with trio.move_on_after(1):
-        await admission.admit("b", lane_wait_seconds=0)
+        await admission.admit("b")
     assert admission.statistics().queued == 0
     ticket.release()
-    with await admission.admit("c", lane_wait_seconds=0):
+    with await admission.admit("c"):
         assert admission.statistics().running == 1
 
 
-async def test_lanes_grant_racing_a_cancellation_is_passed_on() -> None:
-    admission = Admission(max_concurrent=1, max_queued=5)
-    ticket = await admission.admit("a", lane_wait_seconds=0)
+async def test_admission_grant_racing_a_cancellation_is_passed_on() -> None:
+    admission = Admission(max_concurrent=1, max_queued=5, lane_wait_seconds=0)
+    ticket = await admission.admit("a")
     got: list[Ticket] = []
 
     async def waiter(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         with trio.CancelScope() as scope:
             task_status.started(scope)
-            got.append(await admission.admit("b", lane_wait_seconds=0))
+            got.append(await admission.admit("b"))
 
     async def second_waiter() -> None:
-        got.append(await admission.admit("c", lane_wait_seconds=0))
+        got.append(await admission.admit("c"))
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -126,14 +128,25 @@ async def test_lanes_grant_racing_a_cancellation_is_passed_on() -> None:
     assert admission.statistics().running == 0
 
 
-def test_lanes_ticket_release_is_idempotent() -> None:
+def test_admission_ticket_release_is_idempotent() -> None:
     async def main() -> None:
-        admission = Admission(max_concurrent=1, max_queued=0)
-        ticket = await admission.admit("a", lane_wait_seconds=0)
+        admission = Admission(max_concurrent=1, max_queued=0, lane_wait_seconds=0)
+        ticket = await admission.admit("a")
         ticket.release()
         ticket.release()
         assert admission.statistics().running == 0
-        with await admission.admit("a", lane_wait_seconds=0):
+        with await admission.admit("a"):
             assert admission.statistics().running == 1
 
     trio.run(main)
+
+
+async def test_admission_resize_applies_the_new_lane_wait(autojump_clock: trio.abc.Clock) -> None:
+    admission = Admission(max_concurrent=1, max_queued=1, lane_wait_seconds=10)
+    held = await admission.admit("s")
+    admission.resize(max_concurrent=1, max_queued=1, lane_wait_seconds=0.5)
+    start = trio.current_time()
+    with pytest.raises(SessionBusyError):
+        await admission.admit("s")
+    assert trio.current_time() - start == pytest.approx(0.5)
+    held.release()

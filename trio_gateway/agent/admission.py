@@ -3,8 +3,9 @@
 Every run is admitted before it starts, in two steps:
 
 1. its **session lane**: runs of one session key go one after the other, first come first
-   served. A request waits for its turn at most ``session.queueTimeoutSeconds``; then it is
-   refused with :class:`~trio_gateway.errors.SessionBusyError` (409).
+   served. A request waits for its turn at most ``lane_wait_seconds`` (the admission's own
+   policy, from ``session.queueTimeoutSeconds``); then it is refused with
+   :class:`~trio_gateway.errors.SessionBusyError` (409).
 2. a **run slot**: at most ``agents.defaults.maxConcurrent`` runs at once. Beyond that, up to
    ``maxQueued`` requests wait in a FIFO queue; when the queue is full too, a request is refused
    at once with :class:`~trio_gateway.errors.OverloadedError` (429).
@@ -120,37 +121,45 @@ class Admission:
         *,
         max_concurrent: int,
         max_queued: int,
+        lane_wait_seconds: float,
         on_change: Callable[[Admission], None] | None = None,
     ) -> None:
         self._slots = _Gate(max_concurrent)
         self._max_queued = max_queued
+        #: How long a request waits for its session's lane before it is refused (409).
+        self._lane_wait_seconds = lane_wait_seconds
         self._lanes: dict[str, _Gate] = {}
         #: Called (synchronously) when the queues change: exports their depth.
         self._on_change = on_change or (lambda admission: None)
 
-    def resize(self, *, max_concurrent: int, max_queued: int) -> None:
+    def resize(self, *, max_concurrent: int, max_queued: int, lane_wait_seconds: float) -> None:
         """New limits, for new admissions (a config reload); runs already admitted stay."""
         self._slots.capacity = max_concurrent
         self._max_queued = max_queued
+        self._lane_wait_seconds = lane_wait_seconds
         while self._slots.waiting and self._slots.held < max_concurrent:
             self._slots.held += 1
             self._slots.release()  # hands the new unit to the first waiter
 
-    async def admit(self, session_key: str, *, lane_wait_seconds: float) -> Ticket:
-        """Wait for the session's lane, then for a run slot; see the module docstring."""
+    async def admit(self, session_key: str) -> Ticket:
+        """Wait for the session's lane, then for a run slot; see the module docstring.
+
+        The wait for the lane is bounded by the admission's policy (a 409 when it passes);
+        the wait for a slot only by the queue's length (a 429 when it is full) and by the
+        caller, who may bound the whole call with ``trio.fail_after``."""
         try:
-            return await self._admit(session_key, lane_wait_seconds)
+            return await self._admit(session_key)
         finally:
             self._on_change(self)
 
-    async def _admit(self, session_key: str, lane_wait_seconds: float) -> Ticket:
+    async def _admit(self, session_key: str) -> Ticket:
         lane = self._lanes.get(session_key)
         if lane is None:
             lane = self._lanes[session_key] = _Gate(1)
         if not lane.try_take():
             self._on_change(self)
             try:
-                with trio.move_on_after(lane_wait_seconds):
+                with trio.move_on_after(self._lane_wait_seconds):
                     await lane.wait_turn()
                     lane = None  # now held
             except BaseException:

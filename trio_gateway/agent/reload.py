@@ -1,0 +1,77 @@
+"""What a config reload changes, decided without I/O: the secret a running gateway keeps, the
+notes for settings that apply to new connections only, the settings only a restart applies.
+Pure functions over configs; the runtime applies the result. Must not import trio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from ..auth import needs_secret
+from ..config import Config
+from ..errors import ConfigError
+
+__all__ = [
+    "RESTART_ONLY",
+    "ReloadResult",
+    "keep_running_secret",
+    "reload_warnings",
+    "restart_required",
+]
+
+#: Settings read once, when the process starts: a reload that changes them says so.
+RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
+    ("gateway.port", lambda c: c.gateway.port),
+    ("gateway.bind", lambda c: c.gateway.bind),
+    ("gateway.logging.level", lambda c: c.gateway.logging.level),
+    ("gateway.logging.format", lambda c: c.gateway.logging.format),
+    ("session.store", lambda c: c.session.store),
+    ("session.path", lambda c: c.session.path),
+    ("session.maxBytes", lambda c: c.session.max_bytes),
+    ("session.walCheckpointSeconds", lambda c: c.session.wal_checkpoint_seconds),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did not apply at once."""
+
+    #: Human-readable notes (settings that apply to new connections only, and the like).
+    warnings: list[str]
+    #: Dotted keys whose new value differs from the one the gateway started with and that
+    #: only a restart applies.
+    restart_required: list[str]
+
+
+def keep_running_secret(current: Config, config: Config) -> Config:
+    """``config``, with the running gateway's secret when it sets none of its own (the running
+    gateway may be using a generated secret: keep it rather than lock every client out).
+    ``ConfigError`` when there is no secret to keep."""
+    auth = config.gateway.auth
+    if not needs_secret(auth):
+        return config
+    if current.gateway.auth.mode != auth.mode or current.gateway.auth.secret is None:
+        raise ConfigError(
+            f"no {auth.mode} is set; the running gateway would refuse every request",
+            path=f"gateway.auth.{auth.mode}",
+        )
+    kept = msgspec.structs.replace(auth, **{auth.mode: current.gateway.auth.secret})
+    gateway = msgspec.structs.replace(config.gateway, auth=kept)
+    return msgspec.structs.replace(config, gateway=gateway)
+
+
+def reload_warnings(current: Config, config: Config) -> list[str]:
+    """Notes on what the reload from ``current`` to ``config`` applies only in part."""
+    warnings = []
+    if current.gateway.ws != config.gateway.ws:
+        warnings.append("gateway.ws settings apply to new connections")
+    return warnings
+
+
+def restart_required(startup: Config, config: Config) -> list[str]:
+    """The dotted keys whose value in ``config`` differs from the one the process started with
+    and that only a restart applies."""
+    return [key for key, value in RESTART_ONLY if value(config) != value(startup)]
