@@ -44,7 +44,7 @@ from ..errors import (
 from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
 from ..sessions.store import SessionInfo
 from ..wire.chat import ChatRequest, UserMessage
-from ..wire.frames import (
+from ..wire.control import (
     FrameError,
     RequestFrame,
     encode_error_response,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from trio_gateway.wire.frames import (
+from trio_gateway.wire.control import (
     FrameError,
     RequestFrame,
     encode_error_response,
