@@ -19,6 +19,7 @@ protocol, whose parts are only meaningful together.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -220,7 +221,7 @@ def parse_frame(message: str | bytes) -> Frame:
 
 
 def encode_request(
-    request_id: str, method: str, params: msgspec.Struct | dict[str, object] | None
+    request_id: str, method: str, params: msgspec.Struct | Mapping[str, object] | None
 ) -> str:
     """A request frame; ``params`` left out when ``None``."""
     frame: dict[str, object] = {"type": "req", "id": request_id, "method": method}
