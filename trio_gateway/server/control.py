@@ -7,6 +7,10 @@ runtime's background nursery when started detached). Nothing the gateway does wa
 client: frames are queued without blocking, and a client whose queue overflows is disconnected
 (close code 4008). Closing the socket cancels the connection's nursery: its runs are cancelled
 and recorded as aborted.
+
+The protocol (frames, close codes, each method's params and result) is ``wire.control``; this
+module does the connection's I/O, the handshake, the dispatch and the methods that start and
+follow runs. The methods that answer from the gateway's state are ``control_methods``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import msgspec
 import trio
@@ -30,19 +34,17 @@ from ..agent.active import ActiveRun
 from ..agent.events import RunResult, ToolFinished, ToolStarted
 from ..agent.routing import select_agent
 from ..auth import check_secret, client_address, is_loopback_host
-from ..config import redacted
 from ..errors import (
     AuthenticationError,
     AuthRateLimitedError,
-    ConfigError,
     GatewayError,
+    NotFoundError,
     OverloadedError,
     ServiceUnavailableError,
     SessionBusyError,
     UpstreamError,
 )
 from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
-from ..sessions.store import SessionInfo
 from ..wire import control as protocol
 from ..wire.chat import ChatRequest, UserMessage
 from ..wire.control import (
@@ -52,47 +54,29 @@ from ..wire.control import (
     RELOAD_ONLY_METHODS,
     AbortParams,
     AbortResult,
-    AdmissionInfo,
     AgentAccepted,
     AgentEvent,
-    AgentInfo,
     AgentParams,
-    AgentsListResult,
     ChallengePayload,
     ClientAuth,
     Closing,
     ConnectParams,
     ConnectResult,
-    DeleteResult,
     DeltaData,
     ErrorInfo,
     FrameError,
-    HealthResult,
     LifecycleEndData,
     LifecycleErrorData,
     LifecycleStartData,
     Limits,
-    ModelInfo,
-    ModelsListResult,
-    NoParams,
     ProtocolRange,
-    ReloadResult,
     RequestFrame,
-    ResetResult,
     RunIdParams,
-    RunInfo,
     ServerInfo,
-    SessionDetail,
-    SessionKeyParams,
-    SessionsListParams,
-    SessionsListResult,
-    SessionSummary,
-    StatusResult,
     TickPayload,
     ToolCallInfo,
     ToolResultData,
     ToolStartData,
-    TranscriptEntry,
     Usage,
     encode_error_response,
     encode_event,
@@ -100,6 +84,7 @@ from ..wire.control import (
     parse_request,
 )
 from .app_state import guard_credentials
+from .control_methods import Handler, state_handlers
 from .wslimits import HandshakeSlot, PendingHandshakes, scope_message_limit
 
 __all__ = ["register_control_plane"]
@@ -112,14 +97,6 @@ CLOSE_BOUND_SECONDS = 2.0
 
 class _InvalidParams(GatewayError):
     code = "invalid_params"
-
-
-class _NotFound(GatewayError):
-    code = "not_found"
-
-
-class _InvalidConfig(GatewayError):
-    code = "invalid_config"
 
 
 class _ReloadOnly(GatewayError):
@@ -188,21 +165,6 @@ def _event_data(event: RunEvent) -> tuple[str, msgspec.Struct] | None:
     return None
 
 
-def _session_summary(info: SessionInfo) -> SessionSummary:
-    return SessionSummary(
-        key=info.key,
-        agent_id=info.agent_id,
-        created_at=info.created_at,
-        updated_at=info.updated_at,
-        model=info.model,
-        last_status=info.last_status,
-        last_run_id=info.last_run_id,
-        message_count=info.message_count,
-        prompt_tokens=info.prompt_tokens,
-        completion_tokens=info.completion_tokens,
-    )
-
-
 @dataclass
 class _RunFeed:
     """Turns one run's events into ``agent`` events on a connection."""
@@ -237,19 +199,10 @@ class ControlConnection:
         )
         self._nursery: trio.Nursery | None = None
         # Each takes its method's params struct (wire.control.METHODS) and returns its result.
-        self._handlers: dict[str, Callable[[Any], Awaitable[object]]] = {
-            "health": self._health,
-            "status": self._status,
-            "agents.list": self._agents_list,
-            "models.list": self._models_list,
+        self._handlers: dict[str, Handler] = {
+            **state_handlers(runtime),
             "agent.wait": self._agent_wait,
             "agent.abort": self._agent_abort,
-            "sessions.list": self._sessions_list,
-            "sessions.get": self._sessions_get,
-            "sessions.reset": self._sessions_reset,
-            "sessions.delete": self._sessions_delete,
-            "config.get": self._config_get,
-            "config.reload": self._config_reload,
         }
 
     # -- outgoing ---------------------------------------------------------------------------
@@ -481,63 +434,13 @@ class ControlConnection:
                 return
             handler = self._handlers.get(request.method)
             if handler is None:
-                raise _NotFound(f"Unknown method {request.method!r}.", code="unknown_method")
+                raise NotFoundError(f"Unknown method {request.method!r}.", code="unknown_method")
             params = _params(METHODS[request.method].params, request.params)
             self.queue(encode_response(request.id, await handler(params)))
         except GatewayError as exc:
             self.queue(_error_frame(request.id, exc))
 
     # -- methods ----------------------------------------------------------------------------
-
-    async def _health(self, params: NoParams) -> HealthResult:
-        await trio.lowlevel.checkpoint()
-        return HealthResult(ok=True, uptime_seconds=round(time.time() - self.runtime.started_at, 3))
-
-    async def _status(self, params: NoParams) -> StatusResult:
-        await trio.lowlevel.checkpoint()
-        now = time.time()
-        runs = [
-            RunInfo(
-                run_id=run.run_id,
-                agent_id=run.agent_id,
-                session_key=run.session_key,
-                source=run.source,
-                started_at=run.started_at,
-                age_seconds=round(now - run.started_at, 3),
-                text_chars=run.text_chars,
-                deltas=len(run.parts),
-            )
-            for run in self.runtime.active_runs.running()
-        ]
-        stats = self.runtime.admission.statistics()
-        admission = AdmissionInfo(
-            running=stats.running,
-            queued=stats.queued,
-            busy_sessions=stats.busy_sessions,
-            waiting_for_session=stats.waiting_for_session,
-        )
-        return StatusResult(round(now - self.runtime.started_at, 3), runs, admission)
-
-    async def _agents_list(self, params: NoParams) -> AgentsListResult:
-        await trio.lowlevel.checkpoint()
-        config = self.runtime.config
-        default_model = config.agents.defaults.model
-        default = select_agent(config, header_agent_id=None, model="epiloop")
-        agents = [
-            AgentInfo(
-                id=agent.id,
-                name=agent.name or agent.id,
-                model=agent.model or default_model,
-                default=agent.id == default.id,
-            )
-            for agent in config.agents.entries
-        ]
-        return AgentsListResult(agents)
-
-    async def _models_list(self, params: NoParams) -> ModelsListResult:
-        await trio.lowlevel.checkpoint()
-        entries = self.runtime.config.agents.entries
-        return ModelsListResult([ModelInfo(f"epiloop:{a.id}") for a in entries])
 
     async def _agent(self, request: RequestFrame) -> None:
         params = _params(AgentParams, request.params)
@@ -586,7 +489,7 @@ class ControlConnection:
         else:
             result = runtime.active_runs.result(run_id)
         if result is None:
-            raise _NotFound(f"The run {run_id!r} is no longer known.")
+            raise NotFoundError(f"The run {run_id!r} is no longer known.")
         self.queue(encode_response(request_id, _result_payload(result, run_id)))
 
     async def _agent_wait(self, params: RunIdParams) -> protocol.RunResult:
@@ -598,7 +501,7 @@ class ControlConnection:
         else:
             result = self.runtime.active_runs.result(run_id)
         if result is None:
-            raise _NotFound(f"No run {run_id!r} is running or finished recently.")
+            raise NotFoundError(f"No run {run_id!r} is running or finished recently.")
         return _result_payload(result, run_id)
 
     async def _agent_abort(self, abort: AbortParams) -> AbortResult:
@@ -607,64 +510,12 @@ class ControlConnection:
         if abort.run_id is not None:
             aborted = [abort.run_id] if runs.abort(abort.run_id) else []
             if not aborted:
-                raise _NotFound(f"No run {abort.run_id!r} is in progress.")
+                raise NotFoundError(f"No run {abort.run_id!r} is in progress.")
         elif abort.session_key is not None:
             aborted = runs.abort_session(abort.session_key)
         else:
             raise _InvalidParams("agent.abort needs 'runId' or 'sessionKey'.")
         return AbortResult(aborted)
-
-    async def _sessions_list(self, query: SessionsListParams) -> SessionsListResult:
-        sessions = await self.runtime.sessions.list_sessions(
-            agent_id=query.agent_id, limit=query.limit
-        )
-        return SessionsListResult([_session_summary(info) for info in sessions])
-
-    async def _sessions_get(self, params: SessionKeyParams) -> SessionDetail:
-        key = params.key
-        session = await self.runtime.sessions.get(key)
-        if session is None:
-            raise _NotFound(f"No session {key!r}.")
-        transcript = [
-            TranscriptEntry(
-                role=entry.role,
-                content=entry.content,
-                status=entry.status,
-                internal=entry.internal,
-                tool_calls=[ToolCallInfo(c.id, c.name, c.arguments) for c in entry.tool_calls],
-                tool_call_id=entry.tool_call_id or None,
-            )
-            for entry in session.transcript
-        ]
-        summary = msgspec.structs.asdict(_session_summary(session))
-        return SessionDetail(**summary, transcript=transcript)
-
-    async def _sessions_reset(self, params: SessionKeyParams) -> ResetResult:
-        if not await self.runtime.sessions.reset(params.key):
-            raise _NotFound(f"No session {params.key!r}.")
-        return ResetResult(reset=True)
-
-    async def _sessions_delete(self, params: SessionKeyParams) -> DeleteResult:
-        if not await self.runtime.sessions.delete(params.key):
-            raise _NotFound(f"No session {params.key!r}.")
-        return DeleteResult(deleted=True)
-
-    async def _config_reload(self, params: NoParams) -> ReloadResult:
-        await trio.lowlevel.checkpoint()
-        try:
-            result = self.runtime.reload_from_file()
-        except ConfigError as exc:
-            raise _InvalidConfig(f"config not reloaded, the running config stays: {exc}") from exc
-        return ReloadResult(
-            reloaded=True,
-            source=str(self.runtime.config_path),
-            warnings=result.warnings,
-            restart_required=result.restart_required,
-        )
-
-    async def _config_get(self, params: NoParams) -> dict[str, object]:
-        await trio.lowlevel.checkpoint()
-        return redacted(self.runtime.config)
 
 
 async def _detached(run: Callable[[], Awaitable[None]], run_id: str) -> None:
