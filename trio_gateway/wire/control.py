@@ -144,7 +144,8 @@ class ErrorBody(msgspec.Struct, frozen=True, rename="camel"):
     code: str = "error"
     message: str = ""
     retryable: bool = False
-    retry_after_ms: float | UnsetType = UNSET
+    #: Left out (``UNSET``) when unknown; a ``null`` is read as unknown too.
+    retry_after_ms: float | UnsetType | None = UNSET
 
 
 class ResponseFrame(msgspec.Struct, frozen=True, tag="res", tag_field="type"):
@@ -160,7 +161,7 @@ class ResponseFrame(msgspec.Struct, frozen=True, tag="res", tag_field="type"):
         if self.ok:
             return self.payload if self.payload is not None else {}
         error = self.error if self.error is not None else ErrorBody()
-        retry_ms = None if isinstance(error.retry_after_ms, UnsetType) else error.retry_after_ms
+        retry_ms = error.retry_after_ms if isinstance(error.retry_after_ms, float | int) else None
         raise ControlPlaneError(
             error.message or f"the gateway answered {error.code}",
             code=error.code,
