@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from trio_gateway.wire import control
 from trio_gateway.wire.control import (
     ADVERTISED_METHODS,
     AGENT_EVENT_DATA,
@@ -293,3 +295,19 @@ def test_control_docs_examples_are_frames_of_the_protocol() -> None:
                 msgspec.convert(payload, RunResult)
             checked.add("res")
     assert checked == {"req", "res", "event"}
+
+
+def test_control_module_imports_no_io_library() -> None:
+    """The browser UI and any client can read the protocol without the gateway's stack."""
+    tree = ast.parse(Path(control.__file__).read_text(encoding="utf-8"))
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            imported.add(base if node.level else base.split(".")[0])
+    assert imported <= {"__future__", "collections", "dataclasses", "typing", "msgspec"} | {
+        "..errors",
+        ".decoding",
+    }
