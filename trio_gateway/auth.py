@@ -174,12 +174,15 @@ def limiter_exempt(
 ) -> bool:
     """True when the failed-auth limiter leaves the request alone: only a direct loopback peer.
 
-    An address a trusted proxy forwards (``X-Forwarded-For``) is never exempt, even when it says
-    ``127.0.0.1``: the proxy may pass on whatever its client wrote.
+    A request that carries ``X-Forwarded-For`` is never exempt, whether or not its peer is a
+    trusted proxy and whatever address it names: a proxy on the same host (listed in
+    ``trustedProxies`` or not) passes on whatever its client wrote, and a real local client
+    does not send the header.
     """
+    del trusted  # the answer does not depend on it: any forwarded request is limited
     if peer is None or not is_loopback_host(peer):
         return False
-    return not (_hops(forwarded_for) and _in(peer, trusted))
+    return not _hops(forwarded_for)
 
 
 def _hops(forwarded_for: str | None) -> list[str]:

@@ -23,7 +23,8 @@ this tree once, at the boundary where they are caught, with ``raise X(...) from 
     │   ├── PayloadTooLargeError      413  the request body is over the limit
     │   └── OverloadedError           429  gateway_overloaded: run cap and queue are full
     ├── ServiceUnavailableError       503  gateway_busy: maxInFlight requests being served
-    │   └── DrainingError             503  gateway_draining: shutting down, no new runs
+    │   ├── DrainingError             503  gateway_draining: shutting down, no new runs
+    │   └── UnprotectedError          503  auth_required: mode none on a non-loopback address
     ├── SessionStoreError             500 session_store_error: the session store failed
     ├── RunError                      500  an agent run failed
     │   ├── ProviderError             502 upstream_error: the model provider failed
@@ -65,6 +66,7 @@ __all__ = [
     "SessionBusyError",
     "SessionStoreError",
     "ToolError",
+    "UnprotectedError",
     "UpstreamError",
 ]
 
@@ -213,6 +215,15 @@ class DrainingError(ServiceUnavailableError):
 
     http_status = 503
     code = "gateway_draining"
+
+
+class UnprotectedError(ServiceUnavailableError):
+    """Auth mode ``none`` while the request reached a non-loopback address (a hypercorn
+    ``--bind`` the gateway could not check at start): every request is refused until the
+    operator sets a credential."""
+
+    http_status = 503
+    code = "auth_required"
 
 
 class SessionStoreError(GatewayError):

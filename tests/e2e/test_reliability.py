@@ -68,7 +68,8 @@ def test_client_address_honours_only_trusted_proxies(
         ("127.0.0.1", None, True),  # a direct loopback client
         ("::1", None, True),
         ("127.0.0.1", "", True),
-        ("127.0.0.1", "203.0.113.5", True),  # loopback but not a trusted proxy: header ignored
+        # A local proxy not listed in trustedProxies: its clients are limited all the same.
+        ("127.0.0.1", "203.0.113.5", False),
         ("10.0.0.2", None, False),
         ("10.0.0.2", "127.0.0.1", False),  # a trusted proxy forwards "127.0.0.1"
         ("10.0.0.2", "::1", False),

@@ -625,3 +625,23 @@ async def test_control_file_credential_may_only_reload(
         await request(ws, "r", "config.reload")
         assert (await response(ws, "r"))["ok"]
     assert runtime.config.gateway.auth.token == "from-the-file-0123"
+
+
+@pytest.mark.parametrize("trusted", [[], ["127.0.0.1"]])
+async def test_control_file_credential_is_refused_to_a_forwarded_request(
+    nursery: trio.Nursery, tmp_path: Path, trusted: list[str]
+) -> None:
+    """A request a proxy forwards proves nothing about where its client is, even when the
+    forwarded address is loopback: only a direct loopback peer may use the file's credential."""
+    gateway = await start_gateway(nursery, {"gateway": {"trustedProxies": trusted}})
+    gateway.runtime.config_path = tmp_path / "epiloop.json"
+    gateway.runtime.config_path.write_text('{ gateway: { auth: { token: "from-the-file-0123" } } }')
+    async with open_websocket_url(
+        ws_url(gateway), extra_headers=[(b"X-Forwarded-For", b"127.0.0.1")]
+    ) as ws:
+        await receive(ws)
+        auth = {"auth": {"token": "from-the-file-0123"}, "client": {"name": "t"}}
+        await request(ws, "c", "connect", auth)
+        assert (await response(ws, "c"))["error"]["code"] == "auth_failed"
+        assert (await closed_with(ws))[0] == 4001
+    assert gateway.runtime.config.gateway.auth.token != "from-the-file-0123"

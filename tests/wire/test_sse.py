@@ -396,3 +396,10 @@ def test_sse_decoder_a_long_stream_split_anywhere_decodes_the_same() -> None:
 def test_sse_decoder_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         SSEDecoder(max_event_bytes=0)
+
+
+def test_sse_decoder_counts_empty_data_lines_against_the_limit() -> None:
+    # Each data line adds a newline to the event's data: empty ones must not grow it unbounded.
+    decoder = SSEDecoder(max_event_bytes=1024)
+    with pytest.raises(SSEError, match="more than 1024 bytes of data"):
+        decoder.feed(b"data:\n" * 2000)

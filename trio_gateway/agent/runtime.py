@@ -189,6 +189,8 @@ RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("gateway.logging.format", lambda c: c.gateway.logging.format),
     ("session.store", lambda c: c.session.store),
     ("session.path", lambda c: c.session.path),
+    ("session.maxBytes", lambda c: c.session.max_bytes),
+    ("session.walCheckpointSeconds", lambda c: c.session.wal_checkpoint_seconds),
 )
 
 

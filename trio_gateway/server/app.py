@@ -28,6 +28,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .. import disconnects, metrics
 from ..agent import AgentRuntime
+from ..auth import is_loopback_host
 from ..errors import (
     GatewayError,
     HeadersTooLargeError,
@@ -36,6 +37,7 @@ from ..errors import (
     PayloadTooLargeError,
     RequestError,
     ServiceUnavailableError,
+    UnprotectedError,
 )
 from ..logs import accepted_request_id, bind_request_id
 from ..wire.error_body import encode_error
@@ -130,6 +132,15 @@ class _ResponseSend:
         await self._send(message)
 
 
+def _on_loopback(scope: HTTPScope | WebsocketScope) -> bool:
+    """Whether the connection reached a loopback address (or a UNIX socket, which has no port)."""
+    server = scope.get("server")
+    if server is None:
+        return False
+    host, port = server
+    return port is None or is_loopback_host(host)
+
+
 class GatewayApp:
     """The ASGI application hypercorn serves: the quart-trio app behind a final-send shield.
 
@@ -172,6 +183,14 @@ class GatewayApp:
                 "The gateway is serving as many requests as it may (gateway.http.maxInFlight); "
                 "retry shortly.",
                 retry_after=1,
+            )
+        if self.runtime.config.gateway.auth.mode == "none" and not _on_loopback(scope):
+            # The start-up and reload checks know the address only under `epiloop gateway`;
+            # under hypercorn's own --bind this is where the rule holds.
+            return UnprotectedError(
+                'gateway.auth.mode is "none", which is allowed on loopback only, but this '
+                'request reached a non-loopback address. Set gateway.auth.mode to "token" '
+                "with a token (or EPILOOP_GATEWAY_TOKEN), or bind to loopback."
             )
         head = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
         if head > http.max_header_bytes:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
@@ -44,12 +44,20 @@ def _as_stream_errors() -> Iterator[None]:
 
 class WriteLimits:
     """The deadlines of every write of one server: ``stall_seconds`` per slice, and the drain
-    deadline (none until shutdown starts)."""
+    deadline (none until shutdown starts). ``live_stall_seconds``, when given, is read at each
+    write instead (the gateway passes its config in force, so a reload applies)."""
 
-    def __init__(self, stall_seconds: float) -> None:
-        self.stall_seconds = stall_seconds
+    def __init__(
+        self, stall_seconds: float = 0.0, *, live_stall_seconds: Callable[[], float] | None = None
+    ) -> None:
+        self._stall_seconds = stall_seconds
+        self._live = live_stall_seconds
         self.drain_deadline = math.inf
         self._writing: set[trio.CancelScope] = set()
+
+    @property
+    def stall_seconds(self) -> float:
+        return self._live() if self._live is not None else self._stall_seconds
 
     def drain_by(self, deadline: float) -> None:
         """Every write, those under way included, must end by ``deadline`` (trio time)."""

@@ -33,7 +33,7 @@ from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunStarted
 from ..agent.active import ActiveRun
 from ..agent.events import RunResult, ToolFinished, ToolStarted
 from ..agent.routing import select_agent
-from ..auth import check_secret, client_address, is_loopback_host
+from ..auth import check_secret, limiter_exempt
 from ..errors import (
     AuthenticationError,
     AuthRateLimitedError,
@@ -392,12 +392,12 @@ class ControlConnection:
         client = websocket.scope.get("client")
         peer = client[0] if isinstance(client, list | tuple) and client else None
         trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
-        address = client_address(
+        # A direct loopback peer only: a forwarded address proves nothing (see limiter_exempt).
+        if not limiter_exempt(
             peer if isinstance(peer, str) else None,
             websocket.headers.get("X-Forwarded-For"),
             trusted,
-        )
-        if not is_loopback_host(address):
+        ):
             return False
         pending = self.runtime.file_auth()
         if pending is None or pending.secret is None:

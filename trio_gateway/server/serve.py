@@ -30,6 +30,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from ..agent import AgentRuntime
 from ..auth import check_exposure
+from ..config.schema import HttpConfig
 from ..errors import ConfigError, GatewayError
 from .app import GatewayApp, create_app
 from .connections import BoundedListener, WriteLimits
@@ -182,6 +183,9 @@ async def serve_gateway(
         logger.info("shutdown.draining grace_seconds=%g", grace)
         background.start_soon(abort_stragglers)
 
+    def http() -> HttpConfig:  # the config in force: a reload applies to the next write
+        return runtime.config.gateway.http
+
     # Detached runs (started over the control plane) belong to the gateway, not to a client.
     # While it serves, every reload is held to the exposure rule for this host too.
     try:
@@ -193,7 +197,11 @@ async def serve_gateway(
                         app,
                         config,
                         listening,
-                        WriteLimits(runtime.config.gateway.http.stream_stall_seconds),
+                        WriteLimits(
+                            live_stall_seconds=lambda: (
+                                runtime.config.gateway.http.stream_stall_seconds
+                            )
+                        ),
                         shutdown_trigger=drain_then_shut_down,
                         task_status=task_status,
                     )

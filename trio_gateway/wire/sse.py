@@ -132,7 +132,8 @@ class SSEDecoder:
         if sep:
             value = value.removeprefix(b" ")
         if name == b"data":
-            self._data_bytes += len(value)
+            # Each line adds a newline when the data is joined: empty lines count too.
+            self._data_bytes += len(value) + 1
             if self._data_bytes > self.max_event_bytes:
                 raise SSEError(f"an event with more than {self.max_event_bytes} bytes of data")
             self._data.append(value.decode("utf-8", errors="replace"))
