@@ -55,7 +55,7 @@ _LAYERS: list[tuple[str, frozenset[str] | None, str | None]] = [
     ("trio_gateway/wire/", None, "gateway: wire encoding"),
     ("trio_gateway/agent/", None, "gateway: agent runtime"),
     ("trio_gateway/__main__.py", None, None),  # the root of every stack: neutral
-    ("trio_gateway/cli.py", None, None),
+    ("trio_gateway/cli/", None, None),
     ("trio_gateway/", None, "gateway: other"),
     ("hypercorn/", None, "hypercorn (+ h11 server side)"),
     ("quart_trio/", None, "quart / quart-trio / werkzeug"),

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_gateway.cli import _finish_run, _Printer, _show_event
+from trio_gateway.cli.agent import finish_run
+from trio_gateway.cli.render import Printer, show_event
 
 BOUND = 20  # seconds: every subprocess step is bounded
 TOKEN = "cli-test-token-0123456789"
@@ -401,7 +402,7 @@ async def test_cli_health_without_a_gateway_exits_3(tmp_path: Path) -> None:
 def test_cli_agent_shows_tool_activity_and_reasoning_on_stderr(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    printer = _Printer(quiet=False, reasoning=True)
+    printer = Printer(quiet=False, reasoning=True)
     events: list[dict[str, object]] = [
         {"stream": "reasoning", "data": {"delta": "thinking"}},
         {"stream": "assistant", "data": {"delta": "It is "}},
@@ -442,25 +443,25 @@ def test_cli_agent_shows_tool_activity_and_reasoning_on_stderr(
         {"stream": "lifecycle", "data": {"phase": "end"}},
     ]
     for event in events:
-        _show_event(printer, event)
-    assert _finish_run(printer, {"status": "completed", "text": "It is noon."}, as_json=False) == 0
+        show_event(printer, event)
+    assert finish_run(printer, {"status": "completed", "text": "It is noon."}, as_json=False) == 0
     out, err = capsys.readouterr()
     assert out == "It is noon.\n"  # not a terminal: stdout is the answer, exactly
     assert "[tool] current_time({}) → ok" in err
     assert '[tool] read_file({"path": "x"}) → error' in err
     assert "thinking" in err
-    quiet = _Printer(quiet=False, reasoning=False)
-    _show_event(quiet, events[0])
+    quiet = Printer(quiet=False, reasoning=False)
+    show_event(quiet, events[0])
     assert capsys.readouterr().err == ""
 
 
 def test_cli_agent_failed_run_prints_the_error_and_exits_1(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    printer = _Printer(quiet=False, reasoning=False)
+    printer = Printer(quiet=False, reasoning=False)
     result: dict[str, object] = {
         "status": "failed",
         "error": {"code": "provider_error", "message": "upstream broke"},
     }
-    assert _finish_run(printer, result, as_json=False) == 1
+    assert finish_run(printer, result, as_json=False) == 1
     assert "the run failed: upstream broke (provider_error)" in capsys.readouterr().err

@@ -12,6 +12,8 @@ from trio_gateway.agent.routing import (
     RunTarget,
     agent_id_from_model,
     default_agent,
+    main_session_key,
+    message_target,
     resolve_target,
     select_agent,
 )
@@ -381,3 +383,51 @@ def test_resolve_target_empty_user_is_stateless(config: Config) -> None:
 def test_resolve_target_checks_the_agent_before_the_session(config: Config) -> None:
     with pytest.raises(ModelNotFoundError):
         target(config, model="epiloop:nope", session="")
+
+
+# --- a message sent to an agent by name --------------------------------------------------------
+
+
+def test_main_session_key_is_the_agents_own_lowercased() -> None:
+    assert main_session_key("Helper") == "agent:helper:main"
+
+
+@pytest.mark.parametrize(
+    ("agent", "expected_agent", "expected_key"),
+    [
+        (None, "Helper", "agent:helper:main"),  # the default agent
+        ("main", "main", "agent:main:main"),
+        ("OPS_2", "ops_2", "agent:ops_2:main"),
+    ],
+)
+@pytest.mark.parametrize("session", [None, ""])
+def test_message_target_defaults_to_the_agents_main_session(
+    config: Config, agent: str | None, expected_agent: str, expected_key: str, session: str | None
+) -> None:
+    got = message_target(config, agent_id=agent, session_key=session)
+
+    assert (got.agent.id, got.session_key, got.stateless) == (expected_agent, expected_key, False)
+
+
+@pytest.mark.parametrize("key", ["my-session", "agent:main:work"])
+def test_message_target_keeps_a_session_key_it_is_given(config: Config, key: str) -> None:
+    got = message_target(config, agent_id="main", session_key=key)
+
+    assert (got.agent.id, got.session_key, got.stateless) == ("main", key, False)
+
+
+def test_message_target_checks_the_session_key_as_a_header(config: Config) -> None:
+    with pytest.raises(InvalidRequestError) as mismatch:
+        message_target(config, agent_id="main", session_key="agent:ops_2:x")
+    with pytest.raises(InvalidRequestError) as invalid:
+        message_target(config, agent_id="main", session_key="x" * (MAX_SESSION_KEY_LENGTH + 1))
+
+    assert mismatch.value.code == "session_agent_mismatch"
+    assert invalid.value.param == SESSION_PARAM
+
+
+def test_message_target_unknown_agent_lists_the_configured_ones(config: Config) -> None:
+    with pytest.raises(ModelNotFoundError) as info:
+        message_target(config, agent_id="nobody", session_key=None)
+
+    assert "epiloop:main, epiloop:Helper, epiloop:ops_2" in info.value.message

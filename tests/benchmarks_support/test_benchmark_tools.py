@@ -69,7 +69,7 @@ def test_profiling_charges_neutral_frames_to_their_caller() -> None:
     root = ";".join(
         [
             "<module> (trio_gateway/__main__.py:5)",
-            "gateway (trio_gateway/cli.py:1)",
+            "gateway (trio_gateway/cli/gateway.py:1)",
             "run (trio/_core/_run.py:1)",
         ]
     )

@@ -36,9 +36,12 @@ from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, 
 
 # When the gateway closes a connection, trio-websocket (the client here) leaves its own TCP
 # socket for the garbage collector; the warning names the client's socket.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-)
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+    ),
+    pytest.mark.usefixtures("reclaim_client_sockets"),
+]
 
 #: Bound on one whole exchange (connect, frames, answers, close): longer counts as a hang.
 BOUND_SECONDS = 10.0

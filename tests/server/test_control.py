@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import gc
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,17 +29,12 @@ BOUND = 10
 # When the gateway closes a connection, trio-websocket (the client here) leaves its own TCP
 # socket for the garbage collector; the warning names the client's socket (its remote address
 # is the gateway's port), not one of the gateway's.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-)
-
-
-@pytest.fixture(autouse=True)
-def collect_client_sockets() -> Iterator[None]:
-    """Collect those sockets while this module's filter applies, not in whichever later test
-    the garbage collector happens to run in (where they would fail it)."""
-    yield
-    gc.collect()
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+    ),
+    pytest.mark.usefixtures("reclaim_client_sockets"),
+]
 
 
 def ws_url(gateway: RunningGateway, path: str = "/ws") -> str:

@@ -8,6 +8,10 @@ Session: ``x-epiloop-session-key`` is used as is; else an OpenAI ``user`` derive
 scoped to the agent (hashed, so any value is safe); else the request gets a fresh key and is
 stateless. Keys that start with ``agent:<id>`` are the agents' own namespace: such a key must
 name the agent that runs it, so no agent can create sessions in another agent's name.
+
+A message sent to an agent by name (the control plane's ``agent`` method, ``epiloop agent``
+with or without ``--local``) goes to the agent's own main session, ``agent:<id>:main``, unless
+it names a session: ``message_target``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ __all__ = [
     "agent_id_from_model",
     "check_session_key_owner",
     "default_agent",
+    "main_session_key",
+    "message_target",
     "resolve_target",
     "select_agent",
 ]
@@ -102,6 +108,26 @@ def resolve_target(
         digest = hashlib.sha256(user.encode("utf-8")).hexdigest()[:32]
         return RunTarget(agent, f"agent:{agent.id.lower()}:user:{digest}", stateless=False)
     return RunTarget(agent, f"agent:{agent.id.lower()}:run:{uuid.uuid4().hex}", stateless=True)
+
+
+def main_session_key(agent_id: str) -> str:
+    """An agent's own main session: where its messages go when they name no session."""
+    return f"{_AGENT_KEY_PREFIX}{agent_id.lower()}:main"
+
+
+def message_target(config: Config, *, agent_id: str | None, session_key: str | None) -> RunTarget:
+    """Where a message sent to an agent by name goes: the agent ``agent_id`` (else the default
+    one) and the session ``session_key``, checked as a header's would be (else the agent's main
+    session). The rule of the control plane's ``agent`` method and of ``epiloop agent --local``.
+    """
+    agent = select_agent(config, header_agent_id=agent_id, model="epiloop")
+    return resolve_target(
+        config,
+        header_agent_id=agent.id,
+        header_session_key=session_key or main_session_key(agent.id),
+        model="epiloop",
+        user=None,
+    )
 
 
 def _checked_session_key(key: str) -> str:

@@ -32,7 +32,7 @@ from .._version import __version__
 from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunStarted
 from ..agent.active import ActiveRun
 from ..agent.events import RunResult, ToolFinished, ToolStarted
-from ..agent.routing import select_agent
+from ..agent.routing import message_target
 from ..auth import check_secret, limiter_exempt
 from ..errors import (
     AuthenticationError,
@@ -283,12 +283,17 @@ class ControlConnection:
             limit.on_overflow(lambda: self.close(protocol.FRAME_TOO_LARGE))
 
     def _authenticated(self) -> None:
-        """After ``connect``: no longer pending, and frames up to ``maxFrameBytes`` are allowed."""
+        """After ``connect``: no longer pending, and frames up to ``maxFrameBytes`` are allowed
+        (a reload-only connection keeps the pre-auth limit: its two methods need no more)."""
         if self._slot is not None:
             self._slot.release()
         limit = scope_message_limit(websocket.scope)
         if limit is not None:
-            limit.set_limit(self.settings.max_frame_bytes)
+            limit.set_limit(
+                self.settings.max_pre_auth_frame_bytes
+                if self.reload_only
+                else self.settings.max_frame_bytes
+            )
 
     async def _end(self, closing: Closing) -> NoReturn:
         """Close the connection from its own task: cancel the nursery and unwind."""
@@ -450,12 +455,12 @@ class ControlConnection:
             if run_id is not None:
                 await self._attach(request.id, run_id)
                 return
-        agent = select_agent(runtime.config, header_agent_id=params.agent_id, model="epiloop")
+        target = message_target(
+            runtime.config, agent_id=params.agent_id, session_key=params.session_key
+        )
         chat = ChatRequest(messages=[UserMessage(content=params.message)])
         prepared = await runtime.prepare(
-            chat,
-            header_agent_id=agent.id,
-            header_session_key=params.session_key or f"agent:{agent.id.lower()}:main",
+            chat, header_agent_id=target.agent.id, header_session_key=target.session_key
         )
         ticket = await runtime.admit(prepared)
         if params.idempotency_key is not None:

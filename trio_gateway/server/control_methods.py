@@ -84,6 +84,8 @@ async def status(runtime: AgentRuntime, params: NoParams) -> StatusResult:
             started_at=run.started_at,
             age_seconds=round(now - run.started_at, 3),
             text_chars=run.text_chars,
+            # Text deltas received so far (pieces of text as the upstream sent them; not tokens):
+            # see the status method in docs/control-protocol.md.
             deltas=len(run.parts),
         )
         for run in runtime.active_runs.running()

@@ -44,6 +44,9 @@ __all__ = [
     "startup_failure",
 ]
 
+#: How long the ASGI lifespan's shutdown may take once the connections are done.
+LIFESPAN_SHUTDOWN_BOUND_SECONDS = 5.0
+
 #: How long before the grace period ends the remaining runs are aborted (so their clients get
 #: an in-band error and their turns are recorded before the connections are cut).
 ABORT_LEAD_SECONDS = 0.5
@@ -154,6 +157,8 @@ async def serve_gateway(
     config = _LiveConfig(runtime)
     config.bind = [_bind_address(host, port)]
     config.graceful_timeout = runtime.config.gateway.shutdown_grace_seconds
+    # The ASGI lifespan's shutdown, after the grace period (hypercorn's default is 60 s).
+    config.shutdown_timeout = LIFESPAN_SHUTDOWN_BOUND_SECONDS
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     listening = list(sockets) if sockets is not None else listen_sockets(host, port)

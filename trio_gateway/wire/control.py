@@ -449,7 +449,7 @@ class RunInfo(_Result, frozen=True):
     started_at: float
     age_seconds: float
     text_chars: int
-    #: Text deltas streamed so far: the upstream's tokens, as it sent them.
+    #: Text deltas received so far: pieces of text as the upstream sent them, not tokens.
     deltas: int
 
 
