@@ -32,6 +32,7 @@ from trio_gateway.wire.control import (
     HealthResult,
     RequestFrame,
     ResponseFrame,
+    RunOutcome,
     RunResult,
     TickPayload,
     ToolCallInfo,
@@ -169,6 +170,12 @@ def test_control_client_frames_parse_what_the_gateway_encodes() -> None:
     assert msgspec.convert(response.unwrap(), HealthResult) == HealthResult(True, 1.5)
     event = parse_frame(encode_event("tick", TickPayload(ts=5), 9))
     assert event == EventFrame(event="tick", payload={"ts": 5}, seq=9)
+
+
+def test_control_run_outcome_reads_fields_of_a_run_result() -> None:
+    outcome = {f.encode_name: f.type for f in msgspec.structs.fields(RunOutcome)}
+    result = {f.encode_name: f.type for f in msgspec.structs.fields(RunResult)}
+    assert outcome.items() <= result.items()
 
 
 def test_control_method_table_offers_every_method_but_connect() -> None:

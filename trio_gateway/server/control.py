@@ -87,7 +87,7 @@ from .app_state import guard_credentials
 from .control_methods import Handler, state_handlers
 from .wslimits import HandshakeSlot, PendingHandshakes, scope_message_limit
 
-__all__ = ["register_control_plane"]
+__all__ = ["register_control_plane", "result_payload"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ def _error_frame(request_id: str | None, error: GatewayError) -> str:
     )
 
 
-def _result_payload(result: RunResult, run_id: str) -> protocol.RunResult:
+def result_payload(result: RunResult, run_id: str) -> protocol.RunResult:
+    """A run's result as the control protocol reports it (``agent``, ``agent.wait``)."""
     error = result.error
     return protocol.RunResult(
         run_id=run_id,
@@ -179,7 +180,9 @@ class _RunFeed:
             return
         stream, data = mapped
         self.seq += 1
-        self.connection.queue_event("agent", AgentEvent(self.run_id, self.seq, stream, data))
+        self.connection.queue_event(
+            "agent", AgentEvent(run_id=self.run_id, seq=self.seq, stream=stream, data=data)
+        )
 
 
 class ControlConnection:
@@ -471,7 +474,7 @@ class ControlConnection:
         async def run() -> None:
             with ticket:
                 result = await runtime.run(prepared, _as_async(feed), source="ws")
-            self.queue(encode_response(request.id, _result_payload(result, prepared.run_id)))
+            self.queue(encode_response(request.id, result_payload(result, prepared.run_id)))
 
         if params.detached and runtime.background is not None:
             runtime.background.start_soon(_detached, run, prepared.run_id)
@@ -495,7 +498,7 @@ class ControlConnection:
             result = runtime.active_runs.result(run_id)
         if result is None:
             raise NotFoundError(f"The run {run_id!r} is no longer known.")
-        self.queue(encode_response(request_id, _result_payload(result, run_id)))
+        self.queue(encode_response(request_id, result_payload(result, run_id)))
 
     async def _agent_wait(self, params: RunIdParams) -> protocol.RunResult:
         run_id = params.run_id
@@ -507,7 +510,7 @@ class ControlConnection:
             result = self.runtime.active_runs.result(run_id)
         if result is None:
             raise NotFoundError(f"No run {run_id!r} is running or finished recently.")
-        return _result_payload(result, run_id)
+        return result_payload(result, run_id)
 
     async def _agent_abort(self, abort: AbortParams) -> AbortResult:
         await trio.lowlevel.checkpoint()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -87,6 +87,7 @@ __all__ = [
     "ResponseFrame",
     "RunIdParams",
     "RunInfo",
+    "RunOutcome",
     "RunResult",
     "ServerInfo",
     "SessionDetail",
@@ -108,6 +109,7 @@ __all__ = [
     "encode_response",
     "parse_frame",
     "parse_request",
+    "read_payload",
     "run_id_of",
 ]
 
@@ -218,6 +220,20 @@ def parse_frame(message: str | bytes) -> Frame:
         raise ControlPlaneError(
             f"the gateway sent a frame that is not a response or an event: {exc}",
             code="bad_frame",
+        ) from exc
+
+
+_T = TypeVar("_T")
+
+
+def read_payload(payload: Mapping[str, object], kind: type[_T]) -> _T:
+    """A response's payload as ``kind`` (the method's result struct); :class:`ControlPlaneError`
+    (``bad_frame``) if it is not one."""
+    try:
+        return msgspec.convert(payload, kind)
+    except msgspec.ValidationError as exc:
+        raise ControlPlaneError(
+            f"the gateway sent a payload that is not a {kind.__name__}: {exc}", code="bad_frame"
         ) from exc
 
 
@@ -498,8 +514,8 @@ class Usage(_Result, frozen=True):
 
 
 class ErrorInfo(_Result, frozen=True):
-    code: str | None
-    message: str
+    code: str | None = None
+    message: str = ""
 
 
 class ToolCallInfo(_Result, frozen=True):
@@ -520,6 +536,14 @@ class RunResult(_Result, frozen=True, omit_defaults=True):
     text_dropped: bool = False
     error: ErrorInfo | None = None
     tool_calls: list[ToolCallInfo] = msgspec.field(default_factory=list)
+
+
+class RunOutcome(_Result, frozen=True):
+    """How a run ended: the part of a :class:`RunResult` that a reader deciding on success or
+    failure needs, read from a result that may carry no more than that."""
+
+    status: str
+    error: ErrorInfo | None = None
 
 
 class AbortResult(_Result, frozen=True):
@@ -682,13 +706,14 @@ AGENT_EVENT_DATA: dict[str, object] = {
 }
 
 
-class AgentEvent(msgspec.Struct, frozen=True, rename="camel"):
+class AgentEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """An ``agent`` event's payload: one event of a run; ``seq`` numbers the run's events.
     ``data`` is one of the stream's structs (:data:`AGENT_EVENT_DATA`); read as JSON, convert it
-    with the type the table gives for its stream."""
+    with the type the table gives for its stream. The gateway always sends ``runId`` and
+    ``seq``; a reader that only renders the event may be given it without them."""
 
-    run_id: str
-    seq: int
+    run_id: str = ""
+    seq: int = 0
     stream: str
     data: object
 
