@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from trio_gateway.errors import ControlPlaneError
 from trio_gateway.wire import control
 from trio_gateway.wire.control import (
     ADVERTISED_METHODS,
@@ -45,6 +46,7 @@ from trio_gateway.wire.control import (
     encode_response,
     parse_frame,
     parse_request,
+    read_payload,
 )
 
 
@@ -170,6 +172,13 @@ def test_control_client_frames_parse_what_the_gateway_encodes() -> None:
     assert msgspec.convert(response.unwrap(), HealthResult) == HealthResult(True, 1.5)
     event = parse_frame(encode_event("tick", TickPayload(ts=5), 9))
     assert event == EventFrame(event="tick", payload={"ts": 5}, seq=9)
+
+
+def test_control_read_payload_refuses_a_payload_of_another_shape() -> None:
+    assert read_payload({"ok": True, "uptimeSeconds": 2}, HealthResult) == HealthResult(True, 2)
+    with pytest.raises(ControlPlaneError) as caught:
+        read_payload({"ok": "yes"}, HealthResult)
+    assert caught.value.code == "bad_frame"
 
 
 def test_control_run_outcome_reads_fields_of_a_run_result() -> None:
