@@ -11,8 +11,9 @@ Every failure leaves as a :class:`~trio_gateway.errors.ControlPlaneError`: an ``
 response carries the gateway's ``code``; a connection the gateway refused or closed carries the
 close code and reason. trio-websocket's and the socket's exceptions are translated here, once.
 
-Frame parsing is plain functions (:func:`parse_frame`); only the client itself does I/O. This
-module imports nothing from the server: it is the gateway's outside view.
+The protocol itself (frames, close codes, method params) is :mod:`trio_gateway.wire.control`,
+which the gateway reads too; only the client itself does I/O here. This module imports nothing
+from the server: it is the gateway's outside view.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, NoReturn
+from typing import NoReturn
 
 import msgspec
 import trio
@@ -41,6 +42,22 @@ from trio_websocket import (
 
 from ._version import __version__
 from .errors import ControlPlaneError
+from .wire import control as protocol
+from .wire.control import (
+    PROTOCOL_VERSION,
+    AbortParams,
+    AgentParams,
+    ChallengePayload,
+    ClientAuth,
+    ClientInfo,
+    ConnectParams,
+    EventFrame,
+    Frame,
+    ResponseFrame,
+    encode_request,
+    parse_frame,
+    run_id_of,
+)
 
 __all__ = [
     "AUTH_FAILED",
@@ -62,8 +79,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The protocol versions this client speaks.
-PROTOCOL_VERSION = 1
 #: Connecting and the ``connect`` exchange must finish within this long.
 HANDSHAKE_BOUND_SECONDS = 15.0
 #: Closing the socket (send the close frame, wait for the gateway's) runs shielded, this long.
@@ -85,119 +100,32 @@ AUTH_FAILED = "auth_failed"
 #: The public name for control-plane errors (the class lives in the one error tree).
 ControlError = ControlPlaneError
 
+#: A request's params: the method's struct (``trio_gateway.wire.control``), or plain JSON data.
+Params = msgspec.Struct | Mapping[str, object]
+
 #: What ``run_agent`` calls with each ``agent`` event payload; it may be async.
 EventHandler = Callable[[dict[str, object]], Awaitable[None] | None]
-
-_CLOSE_CODES: Mapping[int, tuple[str, str]] = {
-    1000: ("connection_closed", "the connection was closed"),
-    1001: ("gateway_going_away", "the gateway is shutting down"),
-    1003: ("bad_frame", "the gateway refused a binary frame"),
-    1006: ("connection_lost", "the connection was lost without a close frame"),
-    1007: ("bad_frame", "the gateway could not read a frame"),
-    1009: ("frame_too_large", "a frame was larger than the gateway allows"),
-    1011: ("server_error", "the gateway hit an internal error"),
-    4001: (AUTH_FAILED, "wrong or missing credentials"),
-    4002: ("handshake_timeout", "no connect request in time"),
-    4003: ("protocol_mismatch", "no protocol version in common"),
-    4004: ("connect_required", "the first request was not connect"),
-    4008: ("slow_consumer", "the client read too slowly and its queue overflowed"),
-}
 
 
 def is_auth_failure(error: ControlPlaneError) -> bool:
     """True when the gateway refused the credentials."""
-    return error.code in (AUTH_FAILED, "invalid_api_key") or error.close_code == 4001
+    return (
+        error.code in (AUTH_FAILED, "invalid_api_key")
+        or error.close_code == protocol.AUTH_FAILED.code
+    )
 
 
-# -- frames (sans-IO) ------------------------------------------------------------------------
-
-
-class _ErrorBody(msgspec.Struct, frozen=True, rename="camel"):
-    code: str = "error"
-    message: str = ""
-    retryable: bool = False
-    retry_after_ms: float | None = None
-
-
-class ResponseFrame(msgspec.Struct, frozen=True, tag="res", tag_field="type"):
-    """A response: ``payload`` when ``ok``, else ``error``."""
-
-    id: str | None
-    ok: bool
-    payload: dict[str, object] | None = None
-    error: _ErrorBody | None = None
-
-    def unwrap(self) -> dict[str, object]:
-        """The payload, or the error raised as :class:`ControlPlaneError`."""
-        if self.ok:
-            return self.payload if self.payload is not None else {}
-        error = self.error if self.error is not None else _ErrorBody()
-        retry_ms = None if error.retry_after_ms is None else round(error.retry_after_ms)
-        raise ControlPlaneError(
-            error.message or f"the gateway answered {error.code}",
-            code=error.code,
-            retryable=error.retryable,
-            retry_after_ms=retry_ms,
-        )
-
-
-class EventFrame(msgspec.Struct, frozen=True, tag="event", tag_field="type"):
-    event: str
-    payload: dict[str, object] = msgspec.field(default_factory=dict)
-    seq: Annotated[int, msgspec.Meta(ge=1)] | None = None
-
-
-Frame = ResponseFrame | EventFrame
-_frame_decoder: msgspec.json.Decoder[Frame] = msgspec.json.Decoder(Frame)
-
-
-class _AgentEventHead(msgspec.Struct, frozen=True, rename="camel"):
-    run_id: str
-
-
-class _ProtocolRange(msgspec.Struct, frozen=True):
-    min: int = PROTOCOL_VERSION
-    max: int = PROTOCOL_VERSION
-
-
-class _Challenge(msgspec.Struct, frozen=True):
-    protocol: _ProtocolRange = msgspec.field(default_factory=_ProtocolRange)
-
-
-def parse_frame(message: str | bytes) -> Frame:
-    """A frame the gateway sent; :class:`ControlPlaneError` (``bad_frame``) if it is none."""
-    if isinstance(message, bytes):
-        raise ControlPlaneError("the gateway sent a binary frame", code="bad_frame")
-    try:
-        return _frame_decoder.decode(message)
-    except msgspec.DecodeError as exc:
-        raise ControlPlaneError(
-            f"the gateway sent a frame that is not a response or an event: {exc}",
-            code="bad_frame",
-        ) from exc
-
-
-def encode_request(request_id: str, method: str, params: Mapping[str, object] | None) -> str:
-    frame: dict[str, object] = {"type": "req", "id": request_id, "method": method}
-    if params is not None:
-        frame["params"] = params
-    return msgspec.json.encode(frame).decode()
-
-
-def run_id_of(event: EventFrame) -> str | None:
-    """The ``runId`` of an ``agent`` event, if it has one."""
-    try:
-        return msgspec.convert(event.payload, _AgentEventHead).run_id
-    except msgspec.ValidationError:
-        return None
+# -- closes ----------------------------------------------------------------------------------
 
 
 def closed_error(reason: CloseReason | None, *, url: str) -> ControlPlaneError:
     """The error for a connection that closed with ``reason`` (``None``: no close frame)."""
-    code = 1006 if reason is None else reason.code
+    code = protocol.CONNECTION_LOST.code if reason is None else reason.code
     said = (reason.reason if reason is not None else None) or ""
-    name, meaning = _CLOSE_CODES.get(code, ("connection_closed", "the connection was closed"))
-    if code >= 4000 and said and code not in _CLOSE_CODES:
+    known = protocol.closing_for_code(code)
+    closing = protocol.CONNECTION_CLOSED if known is None else known
+    name, meaning = closing.name, closing.meaning
+    if code >= 4000 and said and known is None:
         name = said
     detail = f"{code} {said}".strip()
     return ControlPlaneError(
@@ -257,9 +185,7 @@ class ControlClient:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def request(
-        self, method: str, params: Mapping[str, object] | None = None
-    ) -> dict[str, object]:
+    async def request(self, method: str, params: Params | None = None) -> dict[str, object]:
         """Send ``method`` and return the response's payload; raise ``ControlPlaneError``."""
         async with self._exchange(method, params) as receive:
             frame = await self._next_response(receive)
@@ -284,13 +210,12 @@ class ControlClient:
         blocks, so does the delivery of every frame on this connection, and a gateway whose
         queue for the client overflows closes the connection (4008 ``slow_consumer``).
         """
-        params: dict[str, object] = {"message": message}
-        if agent_id is not None:
-            params["agentId"] = agent_id
-        if session_key is not None:
-            params["sessionKey"] = session_key
-        if idempotency_key is not None:
-            params["idempotencyKey"] = idempotency_key
+        params = AgentParams(
+            message=message,
+            agent_id=agent_id,
+            session_key=session_key,
+            idempotency_key=idempotency_key,
+        )
         async with self._exchange("agent", params) as receive:
             first = (await self._next_response(receive)).unwrap()
             if first.get("status") != "accepted":
@@ -327,7 +252,11 @@ class ControlClient:
         self, *, run_id: str | None = None, session_key: str | None = None
     ) -> list[str]:
         """``agent.abort`` by run id or session key; the ids of the runs it aborted."""
-        params = {"runId": run_id} if run_id is not None else {"sessionKey": session_key}
+        params = (
+            AbortParams(run_id=run_id)
+            if run_id is not None
+            else AbortParams(session_key=session_key)
+        )
         payload = await self.request("agent.abort", params)
         aborted = payload.get("aborted")
         return (
@@ -349,7 +278,7 @@ class ControlClient:
 
     @asynccontextmanager
     async def _exchange(
-        self, method: str, params: Mapping[str, object] | None
+        self, method: str, params: Params | None
     ) -> AsyncIterator[trio.MemoryReceiveChannel[Frame]]:
         """Register a request id, send the request, and yield where its frames arrive."""
         if self._closed is not None:
@@ -413,7 +342,7 @@ class ControlClient:
             )
         self._note_seq(challenge)
         try:
-            offered = msgspec.convert(challenge.payload, _Challenge).protocol
+            offered = msgspec.convert(challenge.payload, ChallengePayload).protocol
         except msgspec.ValidationError as exc:
             raise ControlPlaneError(f"bad connect.challenge: {exc}", code="bad_frame") from exc
         if not offered.min <= PROTOCOL_VERSION <= offered.max:
@@ -422,17 +351,12 @@ class ControlClient:
                 f"{PROTOCOL_VERSION}: upgrade the one that is older",
                 code="protocol_mismatch",
             )
-        auth: dict[str, object] = {}
-        if token is not None:
-            auth["token"] = token
-        if password is not None:
-            auth["password"] = password
-        params = {
-            "minProtocol": PROTOCOL_VERSION,
-            "maxProtocol": PROTOCOL_VERSION,
-            "client": {"name": name, "version": __version__},
-            "auth": auth,
-        }
+        params = ConnectParams(
+            min_protocol=PROTOCOL_VERSION,
+            max_protocol=PROTOCOL_VERSION,
+            client=ClientInfo(name=name, version=__version__),
+            auth=ClientAuth(token=token, password=password),
+        )
         request_id = str(next(self._ids))
         await self._send_text(encode_request(request_id, "connect", params))
         while True:

@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from trio_gateway.cli.render import show_status
-from trio_gateway.cli.views import StatusView
+from trio_gateway.wire.control import StatusResult
 
 #: A ``status`` payload as the control plane sends it, with one run in progress.
 STATUS = {
@@ -29,7 +29,7 @@ STATUS = {
 
 
 def test_show_status_counts_text_deltas_not_tokens(capsys: pytest.CaptureFixture[str]) -> None:
-    show_status(msgspec.convert(STATUS, StatusView))
+    show_status(msgspec.convert(STATUS, StatusResult))
 
     out = capsys.readouterr().out
     header, row = out.splitlines()[1:]
@@ -39,7 +39,7 @@ def test_show_status_counts_text_deltas_not_tokens(capsys: pytest.CaptureFixture
 
 
 def test_show_status_without_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    show_status(msgspec.convert({**STATUS, "runs": []}, StatusView))
+    show_status(msgspec.convert({**STATUS, "runs": []}, StatusResult))
 
     assert capsys.readouterr().out == (
         "up 42s; running 1, queued 2, busy sessions 1, waiting for a session 0\n"

@@ -4,8 +4,9 @@ session store; ``agent``, ``sessions``, ``health`` and ``status`` talk to a runn
 over its WebSocket control plane (``agent --local`` runs in-process instead).
 
 ``remote`` holds what the commands that reach a gateway share, ``render`` the terminal output,
-``views`` the payload shapes they read, ``exits`` the exit statuses. This package is the only
-place that configures logging handlers and talks to the terminal.
+``exits`` the exit statuses. The payloads they read are the control protocol's structs
+(``wire.control``). This package is the only place that configures logging handlers and talks
+to the terminal.
 """
 
 from __future__ import annotations

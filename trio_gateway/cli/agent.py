@@ -29,10 +29,11 @@ from ..errors import (
 )
 from ..messages import Message
 from ..providers.base import ReasoningDelta, TextDelta
+from ..server.control import result_payload
+from ..wire.control import AgentsListResult, ErrorInfo, RunOutcome, read_payload
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Exit
 from .remote import Target, client_options, control_failure, gateway_target
 from .render import Printer, print_json, show_event
-from .views import ErrorView, ResultView
 
 
 def finish_run(printer: Printer, result: dict[str, object], *, as_json: bool) -> int:
@@ -41,7 +42,7 @@ def finish_run(printer: Printer, result: dict[str, object], *, as_json: bool) ->
     if as_json:
         print_json(result)
     try:
-        view = msgspec.convert(result, ResultView)
+        view = msgspec.convert(result, RunOutcome)
     except msgspec.ValidationError:
         click.echo(f"unexpected result from the gateway: {result!r}", err=True)
         return EXIT_FAILED
@@ -50,7 +51,7 @@ def finish_run(printer: Printer, result: dict[str, object], *, as_json: bool) ->
     if view.status == "aborted":
         click.echo("the run was aborted", err=True)
         return EXIT_FAILED
-    error = view.error or ErrorView()
+    error = view.error or ErrorInfo()
     code = f" ({error.code})" if error.code else ""
     click.echo(f"the run failed: {error.message or 'no reason given'}{code}", err=True)
     return EXIT_FAILED
@@ -62,15 +63,10 @@ def _unknown_agent_message(agent_id: str, available: list[str]) -> str:
 
 async def _unknown_agent(client: ControlClient, agent_id: str) -> Exit:
     try:
-        listed = await client.request("agents.list")
+        listed = read_payload(await client.request("agents.list"), AgentsListResult)
     except ControlPlaneError:
-        listed = {}
-    agents = listed.get("agents")
-    ids = [
-        str(entry.get("id"))
-        for entry in (agents if isinstance(agents, list) else [])
-        if isinstance(entry, dict)
-    ]
+        listed = AgentsListResult(agents=[])
+    ids = [entry.id for entry in listed.agents]
     return Exit(_unknown_agent_message(agent_id, ids), EXIT_USAGE)
 
 
@@ -178,18 +174,8 @@ async def _agent_local(
                     prepared = await runtime.prepare(run_request)
                     with await runtime.admit(prepared) as admitted:
                         run = await admitted.run(emit)
-                    result = {
-                        "runId": prepared.run_id,
-                        "status": run.status,
-                        "text": run.text,
-                        "stopReason": run.finish_reason,
-                        "usage": {
-                            "promptTokens": run.usage.prompt_tokens,
-                            "completionTokens": run.usage.completion_tokens,
-                        },
-                    }
-                    if run.error is not None:
-                        result["error"] = {"code": run.error.code, "message": run.error.message}
+                    # The result as the gateway would answer it over the control plane.
+                    result = msgspec.to_builtins(result_payload(run, prepared.run_id))
             except (InvalidRequestError, ModelNotFoundError) as exc:
                 failure = Exit(exc.message, EXIT_USAGE)
             except GatewayError as exc:

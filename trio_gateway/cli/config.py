@@ -27,6 +27,7 @@ from ..config import (
 from ..config.edit import Edit, Segment, parse_key_path, parse_value, set_key, unset_key
 from ..control_client import ControlClient
 from ..errors import ConfigError
+from ..wire.control import ReloadResult, read_payload
 from .exits import EXIT_FAILED, EXIT_USAGE, Exit
 from .remote import client_options, gateway_target, run_client
 
@@ -99,14 +100,12 @@ def config_reload(
     refused and the running config stays; exit 1 with the reason."""
 
     async def work(client: ControlClient) -> int:
-        payload = await client.request("config.reload")
-        click.echo(f"reloaded {payload.get('source')}")
-        warnings = payload.get("warnings")
-        for warning in warnings if isinstance(warnings, list) else []:
+        reloaded = read_payload(await client.request("config.reload"), ReloadResult)
+        click.echo(f"reloaded {reloaded.source}")
+        for warning in reloaded.warnings:
             click.echo(f"  note: {warning}", err=True)
-        restart = payload.get("restartRequired")
-        if isinstance(restart, list) and restart:
-            click.echo(f"  restart required for: {', '.join(map(str, restart))}", err=True)
+        if reloaded.restart_required:
+            click.echo(f"  restart required for: {', '.join(reloaded.restart_required)}", err=True)
         return 0
 
     run_client(gateway_target(url, token, password, config_file), work)

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 import click
 import msgspec
 
-from .views import EntryView, EventView, StatusView
+from ..wire.control import (
+    AGENT_EVENT_DATA,
+    AgentEvent,
+    DeltaData,
+    StatusResult,
+    ToolResultData,
+    ToolStartData,
+    TranscriptEntry,
+)
 
 #: Longest tool arguments shown in a ``[tool]`` line.
 TOOL_ARGS_SHOWN = 80
@@ -70,22 +78,20 @@ class Printer:
 
 
 def show_event(printer: Printer, payload: dict[str, object]) -> None:
+    """Render an ``agent`` event's payload; one the CLI does not know is left out."""
     try:
-        event = msgspec.convert(payload, EventView)
-    except msgspec.ValidationError:
+        event = msgspec.convert(payload, AgentEvent)
+        data = msgspec.convert(event.data, AGENT_EVENT_DATA[event.stream])
+    except (msgspec.ValidationError, KeyError):
         return  # not one we know how to show
-    data = event.data
-    delta = data.get("delta")
-    if event.stream == "assistant" and isinstance(delta, str):
-        printer.text(delta)
-    elif event.stream == "reasoning" and isinstance(delta, str):
-        printer.reasoning(delta)
-    elif event.stream == "tool":
-        call_id, name = str(data.get("callId", "")), str(data.get("name", "?"))
-        if data.get("phase") == "start":
-            printer.tool_started(call_id, str(data.get("arguments", "")))
-        elif data.get("phase") == "result":
-            printer.tool_finished(call_id, name, data.get("ok") is True)
+    if isinstance(data, DeltaData) and event.stream == "assistant":
+        printer.text(data.delta)
+    elif isinstance(data, DeltaData) and event.stream == "reasoning":
+        printer.reasoning(data.delta)
+    elif isinstance(data, ToolStartData):
+        printer.tool_started(data.call_id, data.arguments)
+    elif isinstance(data, ToolResultData):
+        printer.tool_finished(data.call_id, data.name, data.ok)
 
 
 def when(value: object) -> str:
@@ -102,7 +108,7 @@ def table(rows: Sequence[tuple[str, ...]]) -> None:
         )
 
 
-def transcript_line(entry: EntryView) -> str:
+def transcript_line(entry: TranscriptEntry) -> str:
     parts = [entry.content.replace("\\", "\\\\").replace("\n", "\\n")] if entry.content else []
     parts.extend(f"→ {call.name}({call.arguments})" for call in entry.tool_calls)
     line = f"{entry.role}: {' '.join(parts)}".rstrip()
@@ -111,7 +117,7 @@ def transcript_line(entry: EntryView) -> str:
     return line
 
 
-def show_status(view: StatusView) -> None:
+def show_status(view: StatusResult) -> None:
     """The admission counters on one line, then the runs in progress as a table."""
     counts = view.admission
     click.echo(

@@ -6,14 +6,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
-import msgspec
 
 from ..control_client import ControlClient
 from ..errors import ControlPlaneError
+from ..wire.control import (
+    SessionDetail,
+    SessionKeyParams,
+    SessionsListParams,
+    SessionsListResult,
+    read_payload,
+)
 from .exits import EXIT_FAILED
 from .remote import client_options, gateway_target, run_client
 from .render import print_json, table, transcript_line, when
-from .views import EntryView, SessionView
 
 
 @click.group()
@@ -53,12 +58,12 @@ def sessions_list(
     """List sessions, most recently used first."""
 
     async def work(client: ControlClient) -> int:
-        params = {"agentId": agent_id} if agent_id is not None else None
+        params = SessionsListParams(agent_id=agent_id) if agent_id is not None else None
         payload = await client.request("sessions.list", params)
         if as_json:
             print_json(payload)
             return 0
-        listed = msgspec.convert(payload.get("sessions", []), list[SessionView])
+        listed = read_payload(payload, SessionsListResult).sessions
         if not listed:
             click.echo("no sessions")
             return 0
@@ -88,11 +93,11 @@ def sessions_show(
     """Print a session's transcript, one message per line."""
 
     async def work(client: ControlClient) -> int:
-        payload = await client.request("sessions.get", {"key": key})
+        payload = await client.request("sessions.get", SessionKeyParams(key=key))
         if as_json:
             print_json(payload)
             return 0
-        for entry in msgspec.convert(payload.get("transcript", []), list[EntryView]):
+        for entry in read_payload(payload, SessionDetail).transcript:
             click.echo(transcript_line(entry))
         return 0
 
@@ -108,7 +113,7 @@ def sessions_reset(
     """Empty a session's transcript (the key stays)."""
 
     async def work(client: ControlClient) -> int:
-        await client.request("sessions.reset", {"key": key})
+        await client.request("sessions.reset", SessionKeyParams(key=key))
         click.echo(f"reset {key}")
         return 0
 
@@ -124,7 +129,7 @@ def sessions_delete(
     """Delete a session and its transcript."""
 
     async def work(client: ControlClient) -> int:
-        await client.request("sessions.delete", {"key": key})
+        await client.request("sessions.delete", SessionKeyParams(key=key))
         click.echo(f"deleted {key}")
         return 0
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import msgspec
 
 from ..control_client import ControlClient
+from ..wire.control import HealthResult, StatusResult, read_payload
 from .exits import EXIT_FAILED
 from .remote import client_options, gateway_target, run_client
 from .render import print_json, show_status
-from .views import StatusView
 
 
 @click.command("health")
@@ -24,7 +23,7 @@ def health(
 
     async def work(client: ControlClient) -> int:
         payload = await client.request("health")
-        if payload.get("ok") is not True:
+        if not read_payload(payload, HealthResult).ok:
             click.echo(f"not ok: {payload!r}", err=True)
             return EXIT_FAILED
         click.echo("ok")
@@ -50,7 +49,7 @@ def status(
         if as_json:
             print_json(payload)
             return 0
-        show_status(msgspec.convert(payload, StatusView))
+        show_status(read_payload(payload, StatusResult))
         return 0
 
     run_client(gateway_target(url, token, password, config_file), work)

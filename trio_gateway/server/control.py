@@ -7,6 +7,10 @@ runtime's background nursery when started detached). Nothing the gateway does wa
 client: frames are queued without blocking, and a client whose queue overflows is disconnected
 (close code 4008). Closing the socket cancels the connection's nursery: its runs are cancelled
 and recorded as aborted.
+
+The protocol (frames, close codes, each method's params and result) is ``wire.control``; this
+module does the connection's I/O, the handshake, the dispatch and the methods that start and
+follow runs. The methods that answer from the gateway's state are ``control_methods``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import msgspec
 import trio
@@ -29,14 +33,12 @@ from .._version import __version__
 from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunRequest, RunStarted
 from ..agent.active import ActiveRun
 from ..agent.events import RunResult, ToolFinished, ToolStarted
-from ..agent.routing import select_agent
 from ..auth import check_secret, limiter_exempt
-from ..config import redacted
 from ..errors import (
     AuthenticationError,
     AuthRateLimitedError,
-    ConfigError,
     GatewayError,
+    NotFoundError,
     OverloadedError,
     ServiceUnavailableError,
     SessionBusyError,
@@ -44,111 +46,57 @@ from ..errors import (
 )
 from ..messages import Message
 from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
-from ..sessions.store import SessionInfo
-from ..wire.frames import (
+from ..wire import control as protocol
+from ..wire.control import (
+    ADVERTISED_METHODS,
+    METHODS,
+    PROTOCOL_VERSION,
+    RELOAD_ONLY_METHODS,
+    AbortParams,
+    AbortResult,
+    AgentAccepted,
+    AgentEvent,
+    AgentParams,
+    ChallengePayload,
+    ClientAuth,
+    Closing,
+    ConnectParams,
+    ConnectResult,
+    DeltaData,
+    ErrorInfo,
     FrameError,
+    LifecycleEndData,
+    LifecycleErrorData,
+    LifecycleStartData,
+    Limits,
+    ProtocolRange,
     RequestFrame,
+    RunIdParams,
+    ServerInfo,
+    TickPayload,
+    ToolCallInfo,
+    ToolResultData,
+    ToolStartData,
+    Usage,
     encode_error_response,
     encode_event,
     encode_response,
     parse_request,
 )
 from .app_state import guard_credentials
+from .control_methods import Handler, state_handlers
 from .wslimits import HandshakeSlot, PendingHandshakes, scope_message_limit
 
-__all__ = ["register_control_plane"]
+__all__ = ["register_control_plane", "result_payload"]
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
-METHODS = (
-    "health",
-    "status",
-    "agents.list",
-    "models.list",
-    "agent",
-    "agent.wait",
-    "agent.abort",
-    "sessions.list",
-    "sessions.get",
-    "sessions.reset",
-    "sessions.delete",
-    "config.get",
-    "config.reload",
-)
-EVENTS = ("connect.challenge", "tick", "agent")
-#: What a connection authenticated with the config file's new credential may call (see
-#: ``_file_credential``).
-RELOAD_ONLY_METHODS = ("health", "config.reload")
 #: Bound on sending a close frame to a client that may not be reading.
 CLOSE_BOUND_SECONDS = 2.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Closing:
-    """Why the gateway ends a connection: the close code and reason it sends."""
-
-    code: int
-    reason: str
-
-
-class _Params(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
-    pass
-
-
-class _ClientInfo(msgspec.Struct, frozen=True):
-    name: str = "unknown"
-    version: str = ""
-
-
-class _Auth(msgspec.Struct, frozen=True):
-    token: str | None = None
-    password: str | None = None
-
-
-class ConnectParams(_Params, frozen=True):
-    min_protocol: int = PROTOCOL_VERSION
-    max_protocol: int = PROTOCOL_VERSION
-    client: _ClientInfo = msgspec.field(default_factory=_ClientInfo)
-    auth: _Auth = msgspec.field(default_factory=_Auth)
-
-
-class AgentParams(_Params, frozen=True):
-    message: Annotated[str, msgspec.Meta(min_length=1)]
-    agent_id: str | None = None
-    session_key: str | None = None
-    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
-    detached: bool = False
-
-
-class RunIdParams(_Params, frozen=True):
-    run_id: str
-
-
-class AbortParams(_Params, frozen=True):
-    run_id: str | None = None
-    session_key: str | None = None
-
-
-class SessionsListParams(_Params, frozen=True):
-    agent_id: str | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
-
-
-class SessionKeyParams(_Params, frozen=True):
-    key: str
-
-
 class _InvalidParams(GatewayError):
     code = "invalid_params"
-
-
-class _NotFound(GatewayError):
-    code = "not_found"
-
-
-class _InvalidConfig(GatewayError):
-    code = "invalid_config"
 
 
 class _ReloadOnly(GatewayError):
@@ -157,7 +105,7 @@ class _ReloadOnly(GatewayError):
     code = "reload_only"
 
 
-_P = TypeVar("_P", bound=_Params)
+_P = TypeVar("_P", bound=msgspec.Struct)
 
 
 def _params(kind: type[_P], params: Mapping[str, object]) -> _P:
@@ -181,83 +129,41 @@ def _error_frame(request_id: str | None, error: GatewayError) -> str:
     )
 
 
-def _result_payload(result: RunResult, run_id: str) -> dict[str, object]:
-    payload: dict[str, object] = {
-        "runId": run_id,
-        "status": result.status,
-        "text": result.text,
-        "stopReason": result.finish_reason,
-        "usage": {
-            "promptTokens": result.usage.prompt_tokens,
-            "completionTokens": result.usage.completion_tokens,
-        },
-    }
-    if result.text_dropped:
-        payload["textDropped"] = True
-    if result.error is not None:
-        payload["error"] = {"code": result.error.code, "message": result.error.message}
-    if result.tool_calls:
-        payload["toolCalls"] = [
-            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls
-        ]
-    return payload
+def result_payload(result: RunResult, run_id: str) -> protocol.RunResult:
+    """A run's result as the control protocol reports it (``agent``, ``agent.wait``)."""
+    error = result.error
+    return protocol.RunResult(
+        run_id=run_id,
+        status=result.status,
+        text=result.text,
+        stop_reason=result.finish_reason,
+        usage=Usage(result.usage.prompt_tokens, result.usage.completion_tokens),
+        text_dropped=result.text_dropped,
+        error=None if error is None else ErrorInfo(error.code, error.message),
+        tool_calls=[ToolCallInfo(c.id, c.name, c.arguments) for c in result.tool_calls],
+    )
 
 
-def _event_data(event: RunEvent) -> tuple[str, dict[str, object]] | None:
+def _event_data(event: RunEvent) -> tuple[str, msgspec.Struct] | None:
     """An agent event as the protocol's ``(stream, data)``."""
     if type(event) is TextDelta:
-        return "assistant", {"delta": event.text}
+        return "assistant", DeltaData(event.text)
     if type(event) is ReasoningDelta:
-        return "reasoning", {"delta": event.text}
+        return "reasoning", DeltaData(event.text)
     if isinstance(event, ToolStarted):
-        return "tool", {
-            "phase": "start",
-            "callId": event.call_id,
-            "name": event.name,
-            "arguments": event.arguments,
-        }
+        return "tool", ToolStartData(event.call_id, event.name, event.arguments)
     if isinstance(event, ToolFinished):
-        return "tool", {
-            "phase": "result",
-            "callId": event.call_id,
-            "name": event.name,
-            "ok": event.ok,
-            "result": event.result,
-        }
+        return "tool", ToolResultData(event.call_id, event.name, event.ok, event.result)
     if isinstance(event, RunStarted):
-        return "lifecycle", {
-            "phase": "start",
-            "agentId": event.agent_id,
-            "sessionKey": event.session_key,
-            "model": event.model,
-        }
+        return "lifecycle", LifecycleStartData(event.agent_id, event.session_key, event.model)
     if isinstance(event, RunFinished):
-        usage = {
-            "promptTokens": event.usage.prompt_tokens,
-            "completionTokens": event.usage.completion_tokens,
-        }
-        return "lifecycle", {"phase": "end", "stopReason": event.finish_reason, "usage": usage}
+        usage = Usage(event.usage.prompt_tokens, event.usage.completion_tokens)
+        return "lifecycle", LifecycleEndData(event.finish_reason, usage)
     if isinstance(event, RunFailed):
-        error = {"code": event.error.code, "message": event.error.message}
-        return "lifecycle", {"phase": "error", "error": error}
+        return "lifecycle", LifecycleErrorData(ErrorInfo(event.error.code, event.error.message))
     if isinstance(event, ToolCallDelta):
         return None  # client tool calls are an OpenAI-API notion; the result lists them
     return None
-
-
-def _session_info(info: SessionInfo) -> dict[str, object]:
-    return {
-        "key": info.key,
-        "agentId": info.agent_id,
-        "createdAt": info.created_at,
-        "updatedAt": info.updated_at,
-        "model": info.model,
-        "lastStatus": info.last_status,
-        "lastRunId": info.last_run_id,
-        "messageCount": info.message_count,
-        "promptTokens": info.prompt_tokens,
-        "completionTokens": info.completion_tokens,
-    }
 
 
 @dataclass
@@ -274,8 +180,9 @@ class _RunFeed:
             return
         stream, data = mapped
         self.seq += 1
-        payload = {"runId": self.run_id, "seq": self.seq, "stream": stream, "data": data}
-        self.connection.queue_event("agent", payload)
+        self.connection.queue_event(
+            "agent", AgentEvent(run_id=self.run_id, seq=self.seq, stream=stream, data=data)
+        )
 
 
 class ControlConnection:
@@ -285,7 +192,7 @@ class ControlConnection:
         self._slot = slot
         self.settings = runtime.config.gateway.ws
         self.event_seq = 0
-        self.closing: _Closing | None = None
+        self.closing: Closing | None = None
         #: The runtime's credentials generation this connection authenticated under.
         self.credentials = runtime.credentials_generation
         #: Authenticated with the config file's credential, not loaded yet: reload only.
@@ -294,19 +201,11 @@ class ControlConnection:
             self.settings.send_queue_frames
         )
         self._nursery: trio.Nursery | None = None
-        self._handlers: dict[str, Callable[[Mapping[str, object]], Awaitable[object]]] = {
-            "health": self._health,
-            "status": self._status,
-            "agents.list": self._agents_list,
-            "models.list": self._models_list,
+        # Each takes its method's params struct (wire.control.METHODS) and returns its result.
+        self._handlers: dict[str, Handler] = {
+            **state_handlers(runtime),
             "agent.wait": self._agent_wait,
             "agent.abort": self._agent_abort,
-            "sessions.list": self._sessions_list,
-            "sessions.get": self._sessions_get,
-            "sessions.reset": self._sessions_reset,
-            "sessions.delete": self._sessions_delete,
-            "config.get": self._config_get,
-            "config.reload": self._config_reload,
         }
 
     # -- outgoing ---------------------------------------------------------------------------
@@ -318,7 +217,7 @@ class ControlConnection:
         try:
             self._outgoing_send.send_nowait(frame)
         except trio.WouldBlock:
-            self.close(4008, "slow_consumer")
+            self.close(protocol.SLOW_CONSUMER)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the connection is over; a detached run goes on without it
 
@@ -326,12 +225,14 @@ class ControlConnection:
         self.event_seq += 1
         self.queue(encode_event(event, payload, self.event_seq))
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, closing: Closing) -> None:
         """End the connection (from any task of it): cancel everything, then send the close."""
         if self.closing is None:
-            self.closing = _Closing(code, reason)
+            self.closing = closing
         if self._nursery is not None:
-            self._nursery.cancel_scope.cancel(reason=f"control connection closing: {reason}")
+            self._nursery.cancel_scope.cancel(
+                reason=f"control connection closing: {closing.sent_reason}"
+            )
 
     async def _writer(self) -> None:
         async with self._outgoing_receive:
@@ -341,7 +242,7 @@ class ControlConnection:
     async def _ticker(self) -> None:
         while True:
             await trio.sleep(self.settings.tick_seconds)
-            self.queue_event("tick", {"ts": int(time.time() * 1000)})
+            self.queue_event("tick", TickPayload(int(time.time() * 1000)))
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -362,26 +263,27 @@ class ControlConnection:
             finally:
                 self._outgoing_send.close()
                 closing = self.closing
-                if closing is not None and closing.code == 4008:
+                if closing is protocol.SLOW_CONSUMER:
                     outer.cancel_scope.cancel(reason="slow consumer: queued frames dropped")
                 else:
                     outer.cancel_scope.deadline = trio.current_time() + CLOSE_BOUND_SECONDS
         if self.closing is not None:
             closing = self.closing
-            logger.info("control.closed code=%d reason=%s", closing.code, closing.reason)
+            reason = closing.sent_reason
+            logger.info("control.closed code=%d reason=%s", closing.code, reason)
             with trio.move_on_after(CLOSE_BOUND_SECONDS):
-                await websocket.close(closing.code, closing.reason)
+                await websocket.close(closing.code, reason)
 
     async def _watch_credentials(self) -> None:
         """A reload that changes the credential ends connections made with the old one."""
         await self.runtime.wait_credentials_changed(self.credentials)
-        self.close(4001, "credentials_changed")
+        self.close(protocol.CREDENTIALS_CHANGED)
 
     def _watch_message_limit(self) -> None:
         """Close with 1009 as soon as a message passes its limit, while it is still arriving."""
         limit = scope_message_limit(websocket.scope)
         if limit is not None:
-            limit.on_overflow(lambda: self.close(1009, "frame_too_large"))
+            limit.on_overflow(lambda: self.close(protocol.FRAME_TOO_LARGE))
 
     def _authenticated(self) -> None:
         """After ``connect``: no longer pending, and frames up to ``maxFrameBytes`` are allowed
@@ -396,24 +298,24 @@ class ControlConnection:
                 else self.settings.max_frame_bytes
             )
 
-    async def _end(self, code: int, reason: str) -> NoReturn:
+    async def _end(self, closing: Closing) -> NoReturn:
         """Close the connection from its own task: cancel the nursery and unwind."""
-        self.close(code, reason)
+        self.close(closing)
         await trio.lowlevel.checkpoint()  # raises Cancelled: the nursery was just cancelled
         raise AssertionError("a cancelled nursery did not cancel its task")
 
     async def _receive(self, limit: int) -> str:
         data = await websocket.receive()
         if not isinstance(data, str):  # bytes, or None for an empty binary frame (quart-trio)
-            await self._end(1003, "binary frames are not supported")
+            await self._end(protocol.BINARY_FRAME)
         if len(data) > limit or len(data.encode("utf-8")) > limit:
-            await self._end(1009, "frame_too_large")
+            await self._end(protocol.FRAME_TOO_LARGE)
         return data
 
     async def _handshake(self) -> None:
         nonce = secrets.token_urlsafe(16)
-        protocol = {"min": PROTOCOL_VERSION, "max": PROTOCOL_VERSION}
-        self.queue_event("connect.challenge", {"nonce": nonce, "protocol": protocol})
+        offered = ProtocolRange(PROTOCOL_VERSION, PROTOCOL_VERSION)
+        self.queue_event("connect.challenge", ChallengePayload(nonce, offered))
         with trio.move_on_after(self.settings.handshake_timeout_seconds):
             text = await self._receive(self.settings.max_pre_auth_frame_bytes)
             try:
@@ -422,7 +324,7 @@ class ControlConnection:
                 self.queue(
                     encode_error_response(exc.request_id, code="bad_frame", message=exc.message)
                 )
-                await self._end(1007, "bad_frame")
+                await self._end(protocol.BAD_FRAME)
             if request.method != "connect":
                 self.queue(
                     encode_error_response(
@@ -431,17 +333,17 @@ class ControlConnection:
                         message="The first request must be 'connect'.",
                     )
                 )
-                await self._end(4004, "connect_required")
+                await self._end(protocol.CONNECT_REQUIRED)
             await self._connect(request)
             return
-        await self._end(4002, "handshake_timeout")
+        await self._end(protocol.HANDSHAKE_TIMEOUT)
 
     async def _connect(self, request: RequestFrame) -> None:
         try:
             params = _params(ConnectParams, request.params)
         except _InvalidParams as exc:
             self.queue(_error_frame(request.id, exc))
-            await self._end(4004, "connect_required")
+            await self._end(protocol.CONNECT_REQUIRED)
         if not params.min_protocol <= PROTOCOL_VERSION <= params.max_protocol:
             self.queue(
                 encode_error_response(
@@ -450,7 +352,7 @@ class ControlConnection:
                     message=f"This gateway speaks protocol {PROTOCOL_VERSION} only.",
                 )
             )
-            await self._end(4003, "protocol_mismatch")
+            await self._end(protocol.PROTOCOL_MISMATCH)
         auth = self.runtime.config.gateway.auth
         self.credentials = self.runtime.credentials_generation
 
@@ -472,27 +374,24 @@ class ControlConnection:
             )
         except AuthRateLimitedError as exc:
             self.queue(_error_frame(request.id, exc))
-            await self._end(4001, "auth_failed")
+            await self._end(protocol.AUTH_FAILED)
         except AuthenticationError as exc:
             self.queue(encode_error_response(request.id, code="auth_failed", message=exc.message))
-            await self._end(4001, "auth_failed")
+            await self._end(protocol.AUTH_FAILED)
         self._authenticated()
         logger.info(
             "control.connected client=%r version=%r", params.client.name, params.client.version
         )
-        payload = {
-            "protocol": PROTOCOL_VERSION,
-            "server": {"name": "epiloop-gateway", "version": __version__},
-            "methods": list(RELOAD_ONLY_METHODS if self.reload_only else METHODS),
-            "events": list(EVENTS),
-            "limits": {
-                "maxFrameBytes": self.settings.max_frame_bytes,
-                "tickSeconds": self.settings.tick_seconds,
-            },
-        }
-        self.queue(encode_response(request.id, payload))
+        hello = ConnectResult(
+            protocol=PROTOCOL_VERSION,
+            server=ServerInfo("epiloop-gateway", __version__),
+            methods=list(RELOAD_ONLY_METHODS if self.reload_only else ADVERTISED_METHODS),
+            events=list(protocol.EVENTS),
+            limits=Limits(self.settings.max_frame_bytes, self.settings.tick_seconds),
+        )
+        self.queue(encode_response(request.id, hello))
 
-    def _file_credential(self, given: _Auth) -> bool:
+    def _file_credential(self, given: ClientAuth) -> bool:
         """Whether ``given`` is the credential the config file holds now, not loaded yet, and
         the client is on loopback. Such a client proves it can read the file, whose credential
         any reload would make valid: it may ask for that reload (and nothing else), so a
@@ -527,7 +426,7 @@ class ControlConnection:
                 self.queue(
                     encode_error_response(exc.request_id, code="bad_frame", message=exc.message)
                 )
-                await self._end(1007, "bad_frame")
+                await self._end(protocol.BAD_FRAME)
             nursery.start_soon(self._dispatch, request)
 
     async def _dispatch(self, request: RequestFrame) -> None:
@@ -543,66 +442,13 @@ class ControlConnection:
                 return
             handler = self._handlers.get(request.method)
             if handler is None:
-                raise _NotFound(f"Unknown method {request.method!r}.", code="unknown_method")
-            self.queue(encode_response(request.id, await handler(request.params)))
+                raise NotFoundError(f"Unknown method {request.method!r}.", code="unknown_method")
+            params = _params(METHODS[request.method].params, request.params)
+            self.queue(encode_response(request.id, await handler(params)))
         except GatewayError as exc:
             self.queue(_error_frame(request.id, exc))
 
     # -- methods ----------------------------------------------------------------------------
-
-    async def _health(self, params: Mapping[str, object]) -> object:
-        await trio.lowlevel.checkpoint()
-        return {"ok": True, "uptimeSeconds": round(time.time() - self.runtime.started_at, 3)}
-
-    async def _status(self, params: Mapping[str, object]) -> object:
-        await trio.lowlevel.checkpoint()
-        now = time.time()
-        runs = [
-            {
-                "runId": run.run_id,
-                "agentId": run.agent_id,
-                "sessionKey": run.session_key,
-                "source": run.source,
-                "startedAt": run.started_at,
-                "ageSeconds": round(now - run.started_at, 3),
-                "textChars": run.text_chars,
-                # Text deltas received so far (pieces of text as the upstream sent them; not
-                # tokens): see the status method in docs/control-protocol.md.
-                "deltas": len(run.parts),
-            }
-            for run in self.runtime.active_runs.running()
-        ]
-        stats = self.runtime.admission.statistics()
-        return {
-            "uptimeSeconds": round(now - self.runtime.started_at, 3),
-            "runs": runs,
-            "admission": {
-                "running": stats.running,
-                "queued": stats.queued,
-                "busySessions": stats.busy_sessions,
-                "waitingForSession": stats.waiting_for_session,
-            },
-        }
-
-    async def _agents_list(self, params: Mapping[str, object]) -> object:
-        await trio.lowlevel.checkpoint()
-        config = self.runtime.config
-        default_model = config.agents.defaults.model
-        default = select_agent(config, header_agent_id=None, model="epiloop")
-        agents = [
-            {
-                "id": agent.id,
-                "name": agent.name or agent.id,
-                "model": agent.model or default_model,
-                "default": agent.id == default.id,
-            }
-            for agent in config.agents.entries
-        ]
-        return {"agents": agents}
-
-    async def _models_list(self, params: Mapping[str, object]) -> object:
-        await trio.lowlevel.checkpoint()
-        return {"models": [{"id": f"epiloop:{a.id}"} for a in self.runtime.config.agents.entries]}
 
     async def _agent(self, request: RequestFrame) -> None:
         params = _params(AgentParams, request.params)
@@ -624,12 +470,12 @@ class ControlConnection:
         )
         admitted = await runtime.admit(prepared)
         feed = _RunFeed(self, prepared.run_id)
-        self.queue(encode_response(request.id, {"status": "accepted", "runId": prepared.run_id}))
+        self.queue(encode_response(request.id, AgentAccepted("accepted", prepared.run_id)))
 
         async def run() -> None:
             with admitted:
                 result = await admitted.run(_as_async(feed))
-            self.queue(encode_response(request.id, _result_payload(result, prepared.run_id)))
+            self.queue(encode_response(request.id, result_payload(result, prepared.run_id)))
 
         if params.detached:
             runtime.start_background(partial(_detached, run, prepared.run_id))
@@ -639,7 +485,7 @@ class ControlConnection:
     async def _attach(self, request_id: str, run_id: str) -> None:
         """An idempotent retry: follow the run that the first request started."""
         runtime = self.runtime
-        self.queue(encode_response(request_id, {"status": "accepted", "runId": run_id}))
+        self.queue(encode_response(request_id, AgentAccepted("accepted", run_id)))
         active = runtime.active_runs.get(run_id)
         if active is not None:
             feed = _RunFeed(self, run_id)
@@ -652,11 +498,11 @@ class ControlConnection:
         else:
             result = runtime.active_runs.result(run_id)
         if result is None:
-            raise _NotFound(f"The run {run_id!r} is no longer known.")
-        self.queue(encode_response(request_id, _result_payload(result, run_id)))
+            raise NotFoundError(f"The run {run_id!r} is no longer known.")
+        self.queue(encode_response(request_id, result_payload(result, run_id)))
 
-    async def _agent_wait(self, params: Mapping[str, object]) -> object:
-        run_id = _params(RunIdParams, params).run_id
+    async def _agent_wait(self, params: RunIdParams) -> protocol.RunResult:
+        run_id = params.run_id
         active: ActiveRun | None = self.runtime.active_runs.get(run_id)
         if active is not None:
             await active.done.wait()
@@ -664,86 +510,21 @@ class ControlConnection:
         else:
             result = self.runtime.active_runs.result(run_id)
         if result is None:
-            raise _NotFound(f"No run {run_id!r} is running or finished recently.")
-        return _result_payload(result, run_id)
+            raise NotFoundError(f"No run {run_id!r} is running or finished recently.")
+        return result_payload(result, run_id)
 
-    async def _agent_abort(self, params: Mapping[str, object]) -> object:
+    async def _agent_abort(self, abort: AbortParams) -> AbortResult:
         await trio.lowlevel.checkpoint()
-        abort = _params(AbortParams, params)
         runs = self.runtime.active_runs
         if abort.run_id is not None:
             aborted = [abort.run_id] if runs.abort(abort.run_id) else []
             if not aborted:
-                raise _NotFound(f"No run {abort.run_id!r} is in progress.")
+                raise NotFoundError(f"No run {abort.run_id!r} is in progress.")
         elif abort.session_key is not None:
             aborted = runs.abort_session(abort.session_key)
         else:
             raise _InvalidParams("agent.abort needs 'runId' or 'sessionKey'.")
-        return {"aborted": aborted}
-
-    async def _sessions_list(self, params: Mapping[str, object]) -> object:
-        query = _params(SessionsListParams, params)
-        sessions = await self.runtime.sessions.list_sessions(
-            agent_id=query.agent_id, limit=query.limit
-        )
-        return {"sessions": [_session_info(info) for info in sessions]}
-
-    async def _sessions_get(self, params: Mapping[str, object]) -> object:
-        key = _params(SessionKeyParams, params).key
-        session = await self.runtime.sessions.get(key)
-        if session is None:
-            raise _NotFound(f"No session {key!r}.")
-        payload: dict[str, Any] = _session_info(session)
-        payload["transcript"] = [
-            {
-                "role": entry.role,
-                "content": entry.content,
-                "status": entry.status,
-                "internal": entry.internal,
-                **(
-                    {
-                        "toolCalls": [
-                            {"id": c.id, "name": c.name, "arguments": c.arguments}
-                            for c in entry.tool_calls
-                        ]
-                    }
-                    if entry.tool_calls
-                    else {}
-                ),
-                **({"toolCallId": entry.tool_call_id} if entry.tool_call_id else {}),
-            }
-            for entry in session.transcript
-        ]
-        return payload
-
-    async def _sessions_reset(self, params: Mapping[str, object]) -> object:
-        key = _params(SessionKeyParams, params).key
-        if not await self.runtime.sessions.reset(key):
-            raise _NotFound(f"No session {key!r}.")
-        return {"reset": True}
-
-    async def _sessions_delete(self, params: Mapping[str, object]) -> object:
-        key = _params(SessionKeyParams, params).key
-        if not await self.runtime.sessions.delete(key):
-            raise _NotFound(f"No session {key!r}.")
-        return {"deleted": True}
-
-    async def _config_reload(self, params: Mapping[str, object]) -> object:
-        await trio.lowlevel.checkpoint()
-        try:
-            result = self.runtime.reload_from_file()
-        except ConfigError as exc:
-            raise _InvalidConfig(f"config not reloaded, the running config stays: {exc}") from exc
-        return {
-            "reloaded": True,
-            "source": str(self.runtime.config_path),
-            "warnings": result.warnings,
-            "restartRequired": result.restart_required,
-        }
-
-    async def _config_get(self, params: Mapping[str, object]) -> object:
-        await trio.lowlevel.checkpoint()
-        return redacted(self.runtime.config)
+        return AbortResult(aborted)
 
 
 async def _detached(run: Callable[[], Awaitable[None]], run_id: str) -> None:
