@@ -12,6 +12,7 @@ import trio
 from gateway_harness import make_config
 
 from benchmarks.mock_upstream import MockUpstream, Scenario
+from benchmarks.scripted_provider import Fail, Hang, Say, ScriptedProvider
 from trio_gateway.agent import (
     AgentRuntime,
     PreparedRun,
@@ -30,7 +31,6 @@ from trio_gateway.errors import (
 )
 from trio_gateway.messages import ToolCall
 from trio_gateway.providers import Completion, Emit, ModelRequest, TextDelta, ToolCallDelta
-from trio_gateway.providers.scripted import Fail, Hang, Say, ScriptedProvider
 from trio_gateway.wire.chat import ChatRequest
 
 BOUND = 10

@@ -13,7 +13,7 @@ import openai
 import trio
 from gateway_harness import TOKEN, RunningGateway, start_gateway
 
-from trio_gateway.providers.scripted import Hang, Say, ScriptedProvider
+from benchmarks.scripted_provider import Hang, Say, ScriptedProvider
 
 BOUND = 5  # seconds: a generous upper bound; the benchmarks measure the real latency
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -18,10 +18,10 @@ import pytest
 import trio
 from gateway_harness import TOKEN, make_config, start_gateway
 
+from benchmarks.scripted_provider import Hang, Pause, Say, ScriptedProvider
 from trio_gateway.agent import AgentRuntime
 from trio_gateway.auth import check_exposure
 from trio_gateway.errors import ConfigError
-from trio_gateway.providers.scripted import Hang, Pause, Say, ScriptedProvider
 from trio_gateway.server import serve_gateway
 from trio_gateway.sessions import MemorySessionStore, open_sqlite_store
 

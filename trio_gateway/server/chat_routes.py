@@ -1,4 +1,5 @@
-"""HTTP routes. Thin: check, parse, hand over to the agent runtime, encode.
+"""The chat routes: chat completions and the models list. Thin: check, parse, hand over to the
+agent runtime, encode.
 
 ``POST /v1/chat/completions`` and ``GET /v1/models[/<model>]`` exist only while
 ``gateway.http.endpoints.chatCompletions.enabled`` is true; both need the bearer credential.
@@ -28,7 +29,7 @@ from ..wire.chunks import (
 from .app_state import authorize, request_cleanups
 from .streaming import ChatStreamBody, KeepAliveClock
 
-__all__ = ["register_routes"]
+__all__ = ["register_chat_routes"]
 
 _ENABLE_KEY = "gateway.http.endpoints.chatCompletions.enabled"
 _SSE_HEADERS = {
@@ -64,7 +65,7 @@ async def _discard(event: RunEvent) -> None:
     """A non-streaming answer needs only the run's result, not its events."""
 
 
-def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
+def register_chat_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
     started = int(time.time())
     clock = KeepAliveClock()
 
