@@ -43,6 +43,7 @@ from .config import (
     starter_config,
     state_dir,
 )
+from .config.credentials import with_mode_secret
 from .config.edit import Edit, Segment, parse_key_path, parse_value, set_key, unset_key
 from .control_client import (
     GATEWAY_UNREACHABLE,
@@ -136,7 +137,7 @@ def gateway(
     generated = None
     if needs_secret(config.gateway.auth) and is_loopback_host(host):
         generated = secrets.token_urlsafe(32)
-        config = _with_secret(config, generated)
+        config = with_mode_secret(config, generated)
     try:
         check_exposure(host, config.gateway.auth)
     except ConfigError as exc:
@@ -188,13 +189,6 @@ def gateway(
         if verbose:
             traceback.print_exception(exc)
         raise click.ClickException(startup_failure(exc)) from exc
-
-
-def _with_secret(config: Config, secret: str) -> Config:
-    auth = config.gateway.auth
-    auth = msgspec.structs.replace(auth, **{auth.mode: secret})
-    gateway = msgspec.structs.replace(config.gateway, auth=auth)
-    return msgspec.structs.replace(config, gateway=gateway)
 
 
 #: ``--workers``: how long after the grace period a worker may take to clean up before it is

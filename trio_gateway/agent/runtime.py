@@ -36,12 +36,12 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import msgspec
 import trio
 
 from .. import metrics
 from ..auth import check_exposure, needs_secret
 from ..config import AgentConfig, AuthConfig, Config
+from ..config.credentials import with_mode_secret
 from ..config.loader import load_config
 from ..config.loader import state_dir as default_state_dir
 from ..config.schema import EchoProviderConfig
@@ -391,9 +391,7 @@ class AgentRuntime:
                     f"no {auth.mode} is set; the running gateway would refuse every request",
                     path=f"gateway.auth.{auth.mode}",
                 )
-            kept = msgspec.structs.replace(auth, **{auth.mode: current.gateway.auth.secret})
-            gateway = msgspec.structs.replace(config.gateway, auth=kept)
-            config = msgspec.structs.replace(config, gateway=gateway)
+            config = with_mode_secret(config, current.gateway.auth.secret)
         for host in self._hosts:
             check_exposure(host, config.gateway.auth)
         providers = build_providers(config)

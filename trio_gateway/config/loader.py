@@ -24,6 +24,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from ..errors import ConfigError
+from .credentials import SECRET_ENV, SecretField, with_auth_secrets
 from .schema import Config, check_config
 from .syntax import find_syntax_error
 
@@ -37,8 +38,6 @@ __all__ = [
 ]
 
 EMBEDDED_SOURCE = "<embedded default>"
-
-_SECRET_ENV = {"token": "EPILOOP_GATEWAY_TOKEN", "password": "EPILOOP_GATEWAY_PASSWORD"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,17 +113,14 @@ def _apply_env(config: Config, source: str, env: Mapping[str, str]) -> LoadedCon
     """Fill unset secrets from the environment (a secret in the config file wins)."""
     auth = config.gateway.auth
     sources: dict[str, str] = {}
-    updates: dict[str, str] = {}
-    for field, variable in _SECRET_ENV.items():
+    updates: dict[SecretField, str] = {}
+    for field, variable in SECRET_ENV.items():
         if getattr(auth, field):
             sources[field] = "config"
         elif env.get(variable):
             updates[field] = env[variable]
             sources[field] = variable
-    if updates:
-        new_auth = msgspec.structs.replace(auth, **updates)
-        gateway = msgspec.structs.replace(config.gateway, auth=new_auth)
-        config = msgspec.structs.replace(config, gateway=gateway)
+    config = with_auth_secrets(config, updates)
     return LoadedConfig(config=config, source=source, secret_sources=sources)
 
 
