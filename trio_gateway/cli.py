@@ -32,6 +32,7 @@ from .agent import AgentRuntime, RunEvent, open_runtime
 from .agent.events import ToolFinished, ToolStarted
 from .agent.routing import select_agent
 from .auth import is_loopback_host, needs_secret
+from .cancellation import INTERRUPTED
 from .config import (
     EMBEDDED_SOURCE,
     Config,
@@ -689,7 +690,7 @@ class _Interrupt:
     async def watch(self, signals: AsyncIterator[int]) -> None:
         async for _ in signals:
             self.happened = True
-            self.scope.cancel(reason="SIGINT: the user interrupted the run")
+            self.scope.cancel(reason=INTERRUPTED)
             return
 
 

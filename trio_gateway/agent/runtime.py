@@ -598,8 +598,8 @@ class AgentRuntime:
         try:
             result = await self._run(prepared, publishing_emit, active)
             return result
-        except BaseException:
-            metrics.DISCONNECT_CANCELLED_RUNS.inc()  # cancelled from outside: the client left
+        except BaseException as exc:
+            metrics.count_cancelled_run(exc, draining=self.draining)
             raise
         finally:
             if result is None:  # made only now: a run's frame stays alive as long as it does

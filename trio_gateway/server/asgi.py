@@ -37,6 +37,7 @@ from hypercorn.typing import (
 
 from ..agent import open_runtime
 from ..auth import needs_secret
+from ..cancellation import WORKER_SHUTTING_DOWN
 from ..config import EMBEDDED_SOURCE, LoadedConfig, load_config, state_dir
 from ..errors import ConfigError
 from ..logs import configure_logging
@@ -129,7 +130,7 @@ class EnvironmentGateway:
             finally:
                 self._app = None
                 runtime.background = None
-                background.cancel_scope.cancel(reason="the worker is shutting down")
+                background.cancel_scope.cancel(reason=WORKER_SHUTTING_DOWN)
 
 
 def _exit_worker(line: str) -> NoReturn:

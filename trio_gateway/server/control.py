@@ -30,6 +30,7 @@ from ..agent.active import ActiveRun
 from ..agent.events import RunResult, ToolFinished, ToolStarted
 from ..agent.routing import select_agent
 from ..auth import check_secret, client_address, is_loopback_host
+from ..cancellation import CONTROL_CLOSING
 from ..config import redacted
 from ..errors import (
     AuthenticationError,
@@ -330,7 +331,7 @@ class ControlConnection:
         if self.closing is None:
             self.closing = _Closing(code, reason)
         if self._nursery is not None:
-            self._nursery.cancel_scope.cancel(reason=f"control connection closing: {reason}")
+            self._nursery.cancel_scope.cancel(reason=CONTROL_CLOSING + reason)
 
     async def _writer(self) -> None:
         async with self._outgoing_receive:

@@ -33,6 +33,7 @@ from quart.wrappers.response import ResponseBody
 from .. import metrics
 from ..agent import AgentRuntime, PreparedRun, RunEvent, RunFailed, RunFinished
 from ..agent.lanes import Ticket
+from ..cancellation import STREAM_ABANDONED, STREAM_STALLED
 from ..errors import RunError
 from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
 from ..wire.chunks import ChunkEncoder, Usage, timing_extension
@@ -187,7 +188,7 @@ class ChatStreamBody(ResponseBody):
             # The send loop failed or was cancelled (typically: the client went away). Cancel
             # before closing the channel, so a producer blocked on a full channel sees
             # Cancelled (an aborted run), not a broken channel.
-            self._nursery.cancel_scope.cancel(reason="the response stream was abandoned")
+            self._nursery.cancel_scope.cancel(reason=STREAM_ABANDONED)
         self._receive.close()
         try:
             await self._nursery_manager.__aexit__(exc_type, exc_value, tb)
@@ -217,7 +218,7 @@ class ChatStreamBody(ResponseBody):
                 logger.info(
                     "stream.stalled run_id=%s seconds=%g", self._prepared.run_id, stall_seconds
                 )
-                nursery.cancel_scope.cancel(reason="the client stopped reading the stream")
+                nursery.cancel_scope.cancel(reason=STREAM_STALLED)
                 await trio.lowlevel.checkpoint()
 
         with send, self._ticket:
