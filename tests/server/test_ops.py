@@ -56,7 +56,9 @@ async def test_ops_readyz_reports_each_check(nursery: trio.Nursery) -> None:
     async with httpx.AsyncClient() as http:
         ready = await http.get(f"{gateway.url}/readyz")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"config": True, "sessionStore": True, "notDraining": True}
+        # Only checks that can fail: a config that failed to reload leaves the previous one in
+        # force, and the gateway serves it, so no "config" check.
+        assert ready.json()["checks"] == {"sessionStore": True, "notDraining": True}
         gateway.runtime.draining = True
         draining = await http.get(f"{gateway.url}/readyz")
         assert draining.status_code == 503
