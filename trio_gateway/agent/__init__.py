@@ -1,6 +1,6 @@
 """The agent runtime: routing a request to an agent and a session, and running it.
 
-Every transport (the HTTP chat completions route, later the WebSocket control plane and the
+Every transport (the HTTP chat completions route, the WebSocket control plane and the
 ``epiloop agent`` CLI) calls the same two steps of :class:`AgentRuntime`: ``prepare`` (pure
 routing and validation, so errors come before the first byte) and ``run`` (the agent run, which
 emits :mod:`events <trio_gateway.agent.events>` and stops promptly when cancelled).

@@ -4,8 +4,10 @@ Quart sends a response body as ``async with body: async for chunk in body: await
 :class:`ChatStreamBody` opens the per-request nursery in ``__aenter__`` and closes it in
 ``__aexit__``, so the agent run (the producer) lives exactly as long as the send loop: when the
 client disconnects, quart-trio cancels the send loop, ``__aexit__`` sees the exception and
-cancels the run. (A nursery held across a ``yield`` of a response generator is unsound under
-middleware; this shape is the one measured to be clean, see the stack notes.)
+cancels the run. (A nursery held across a ``yield`` of a response generator works only by luck:
+with ``quart.stream_with_context`` and a middleware that awaits in ``send`` it fails with
+"Nursery stack corrupted" on every disconnect. A body object that owns the nursery stayed clean
+on disconnect, timeout, producer crash and such a middleware alike.)
 
 Between the two, a bounded trio memory channel carries the run's events: a client that reads
 slowly makes the run wait instead of growing a buffer. Text deltas that are already queued when
