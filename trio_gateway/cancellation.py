@@ -12,7 +12,8 @@ a run into one label of :data:`CAUSES` for ``epiloop_cancelled_runs_total``:
 - ``stall``: the client stopped reading a stream for ``gateway.http.streamStallSeconds``.
 - ``shutdown``: the gateway is shutting down: a reason of :data:`SHUTDOWN_REASONS`, or a deadline
   (the end of the shutdown grace period) while the gateway drains.
-- ``interrupt``: Ctrl-C (``KeyboardInterrupt``), or SIGINT in ``epiloop agent --local``.
+- ``interrupt``: a ``KeyboardInterrupt`` reached the run, or SIGINT in ``epiloop agent --local``
+  (on ``epiloop gateway``, SIGINT and SIGTERM start a shutdown).
 - ``connection_closed``: the gateway closed the control connection the run belonged to.
 - ``other``: any other cancellation (an outer deadline while serving, a failing sibling task).
 
