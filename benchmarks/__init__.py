@@ -10,6 +10,8 @@ The modules (benchmarks/README.md has the details):
   the scenarios, what they measured;
 - ``loadgen`` over ``http_client`` (the one HTTP/1.1 client of the suite): the load generator;
 - ``mock_upstream`` (with ``mock_answers``) and ``upstream_server``: the mock LLM upstream;
+- ``scripted_provider``: a provider that plays a script, for tests that drive the runtime
+  without HTTP;
 - ``floor_relay``: the bare and quart-trio relays of the ``floor`` scenario;
 - ``processes``, ``procstats``, ``profiling``: child processes, ``/proc``, py-spy;
 - ``summary``, ``targets``, ``report``, ``tables``, ``plots``: numbers, the result document,

@@ -9,6 +9,7 @@ import trio
 from gateway_harness import TOKEN, RunningGateway, start_gateway
 from trio_websocket import CloseReason
 
+from benchmarks.scripted_provider import Fail, Hang, Say, ScriptedProvider
 from trio_gateway.control_client import (
     AUTH_FAILED,
     GATEWAY_UNREACHABLE,
@@ -22,7 +23,6 @@ from trio_gateway.control_client import (
     parse_frame,
 )
 from trio_gateway.errors import ControlPlaneError, GatewayError, UpstreamError
-from trio_gateway.providers.scripted import Fail, Hang, Say, ScriptedProvider
 
 BOUND = 10  # seconds: every test step is bounded
 

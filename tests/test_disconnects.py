@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import pytest
+import trio
 
 from trio_gateway import disconnects
 
 
 def test_outside_a_request_registering_does_nothing() -> None:
     called: list[str] = []
-    unregister = disconnects.register(lambda: called.append("x"))
-    unregister()
+    unregister = disconnects.register(lambda: called.append("outside"))
+    hooks, token = disconnects.open_request_hooks()
+    try:
+        assert hooks == []  # the hook went to no list, not to the next request's
+        disconnects.run_hooks(hooks)
+    finally:
+        disconnects.reset_request_hooks(token)
+    unregister()  # harmless
     assert called == []
 
 
@@ -30,11 +37,31 @@ def test_hooks_run_once_in_order_and_a_failing_one_does_not_stop_the_rest(
         gone = disconnects.register(lambda: called.append("unregistered"))
         gone()
         gone()  # idempotent
+        assert len(hooks) == 3
         disconnects.run_hooks(hooks)
+        assert hooks == []
         disconnects.run_hooks(hooks)  # nothing left to run
         unregister_third()  # after running: harmless
     finally:
         disconnects.reset_request_hooks(token)
     assert called == ["first", "third"]
     assert "disconnect.hook.failed" in caplog.text
-    assert disconnects.register(lambda: None) is not None  # outside again: a no-op
+    disconnects.register(lambda: called.append("after"))  # outside again: a no-op
+    assert hooks == []
+    assert called == ["first", "third"]
+
+
+async def test_hooks_registered_by_a_task_the_request_started_join_its_list() -> None:
+    hooks, token = disconnects.open_request_hooks()
+    try:
+        called: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _register(lambda: called.append("child")))
+        disconnects.run_hooks(hooks)
+    finally:
+        disconnects.reset_request_hooks(token)
+    assert called == ["child"]
+
+
+async def _register(hook: disconnects.Hook) -> None:
+    disconnects.register(hook)

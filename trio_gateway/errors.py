@@ -2,7 +2,7 @@
 
 Every error the gateway raises on purpose is a :class:`GatewayError`. Each class knows the HTTP
 status it maps to and the OpenAI error ``type`` and ``code`` it is reported with, so the HTTP
-edge, the streaming edge and (later) the WebSocket control plane render errors the same way.
+edge, the streaming edge and the WebSocket control plane render errors the same way.
 Foreign exceptions (json5, OSError, msgspec, ``trio.TooSlowError``, httpx) are translated into
 this tree once, at the boundary where they are caught, with ``raise X(...) from exc``.
 

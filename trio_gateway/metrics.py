@@ -24,10 +24,13 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
+from .cancellation import cancel_cause
+
 __all__ = [
     "ACTIVE_RUNS",
     "ACTIVE_STREAMS",
     "AUTH_FAILURES",
+    "CANCELLED_RUNS",
     "CONTENT_TYPE",
     "DISCONNECT_CANCELLED_RUNS",
     "HTTP_REQUESTS",
@@ -38,6 +41,7 @@ __all__ = [
     "TOOL_CALLS",
     "TTFT",
     "UPSTREAM_ERRORS",
+    "count_cancelled_run",
     "render",
 ]
 
@@ -99,6 +103,11 @@ DISCONNECT_CANCELLED_RUNS = Counter(
     "epiloop_disconnect_cancelled_runs",
     "Runs cancelled because their client went away.",
 )
+CANCELLED_RUNS = Counter(
+    "epiloop_cancelled_runs",
+    "Runs cancelled from outside, by cause (see trio_gateway.cancellation).",
+    ["reason"],
+)
 SESSION_RECORD_FAILURES = Counter(
     "epiloop_session_record_failures",
     "Turns the session store could not store, by reason (error, timeout).",
@@ -118,3 +127,13 @@ def render() -> bytes:
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # the library's own API
         return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+def count_cancelled_run(exc: BaseException, *, draining: bool) -> None:
+    """Count a run that ``exc`` ended, if it was a cancellation, under its cause."""
+    cause = cancel_cause(exc, draining=draining)
+    if cause is None:
+        return
+    CANCELLED_RUNS.labels(cause).inc()
+    if cause == "client_disconnect":
+        DISCONNECT_CANCELLED_RUNS.inc()

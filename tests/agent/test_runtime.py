@@ -13,6 +13,7 @@ import trio.testing
 from gateway_harness import make_config, open_test_runtime
 
 from benchmarks.mock_upstream import MockUpstream, Scenario
+from benchmarks.scripted_provider import Fail, Hang, Say, ScriptedProvider
 from trio_gateway.agent import (
     AgentRuntime,
     PreparedRun,
@@ -33,8 +34,7 @@ from trio_gateway.errors import (
 )
 from trio_gateway.messages import ToolCall
 from trio_gateway.providers import Completion, Emit, ModelRequest, TextDelta, ToolCallDelta
-from trio_gateway.providers.scripted import Fail, Hang, Say, ScriptedProvider
-from trio_gateway.server.routes import run_request
+from trio_gateway.server.chat_routes import run_request
 from trio_gateway.wire.chat import ChatRequest
 
 BOUND = 10

@@ -12,16 +12,35 @@ import httpx
 import openai
 import trio
 from gateway_harness import TOKEN, RunningGateway, start_gateway
+from prometheus_client import REGISTRY
 
-from trio_gateway.providers.scripted import Hang, Say, ScriptedProvider
+from benchmarks.scripted_provider import Hang, Say, ScriptedProvider
 
 BOUND = 5  # seconds: a generous upper bound; the benchmarks measure the real latency
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
+def _cancelled_runs(reason: str) -> float:
+    """``epiloop_cancelled_runs_total`` for ``reason`` (metrics are per process: compare)."""
+    return REGISTRY.get_sample_value("epiloop_cancelled_runs_total", {"reason": reason}) or 0.0
+
+
+def _disconnect_cancelled_runs() -> float:
+    return REGISTRY.get_sample_value("epiloop_disconnect_cancelled_runs_total") or 0.0
+
+
+async def _wait_until_counted(reason: str, before: float) -> None:
+    """Until a run cancelled for ``reason`` is counted (the count follows the call's end)."""
+    with trio.fail_after(BOUND):
+        while _cancelled_runs(reason) == before:
+            await trio.sleep(0.01)
+
+
 async def test_disconnect_during_stream_cancels_the_run(nursery: trio.Nursery) -> None:
     provider = ScriptedProvider([Say("first"), Hang()])
     gateway = await start_gateway(nursery, providers={"local": provider})
+    disconnects, stalls = _cancelled_runs("client_disconnect"), _cancelled_runs("stall")
+    legacy = _disconnect_cancelled_runs()
     async with (
         httpx.AsyncClient() as client,
         client.stream(
@@ -38,6 +57,10 @@ async def test_disconnect_during_stream_cancels_the_run(nursery: trio.Nursery) -
     with trio.fail_after(BOUND):
         await provider.call_ended.wait()
     assert provider.calls[0].outcome == "cancelled"
+    await _wait_until_counted("client_disconnect", disconnects)
+    assert _cancelled_runs("client_disconnect") == disconnects + 1
+    assert _disconnect_cancelled_runs() == legacy + 1
+    assert _cancelled_runs("stall") == stalls
 
 
 async def test_sdk_stream_close_cancels_the_run(nursery: trio.Nursery) -> None:
@@ -160,6 +183,7 @@ async def test_client_that_stops_reading_frees_the_run_after_the_stall_deadline(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-epiloop-session-key: stalled\r\n"
         f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+    stalls, legacy = _cancelled_runs("stall"), _disconnect_cancelled_runs()
     stream = await trio.open_tcp_stream(host, int(port))
     async with stream:
         await stream.send_all(request)
@@ -167,6 +191,8 @@ async def test_client_that_stops_reading_frees_the_run_after_the_stall_deadline(
         with trio.fail_after(BOUND * 2):
             await provider.call_ended.wait()
         assert provider.calls[0].outcome == "cancelled"
+        await _wait_until_counted("stall", stalls)
+        assert _disconnect_cancelled_runs() == legacy  # a stall is not a disconnect
         with trio.fail_after(BOUND):  # the run records its turn, then lets go of its ticket
             while gateway.runtime.admission.statistics().running:
                 await trio.sleep(0.01)
@@ -251,6 +277,7 @@ async def test_shutdown_ends_within_the_grace_period_despite_a_client_that_stopp
         providers={"local": provider},
         shutdown_trigger=stop.wait,
     )
+    shutdowns, legacy = _cancelled_runs("shutdown"), _disconnect_cancelled_runs()
     stream = await _open_non_reading_client(gateway, "shutdown")
     async with stream:
         with trio.fail_after(BOUND * 2):
@@ -260,3 +287,5 @@ async def test_shutdown_ends_within_the_grace_period_despite_a_client_that_stopp
         with trio.move_on_after(BOUND):
             await gateway.stopped.wait()
         assert gateway.stopped.is_set()
+    assert _cancelled_runs("shutdown") == shutdowns + 1
+    assert _disconnect_cancelled_runs() == legacy

@@ -9,8 +9,8 @@ import pytest
 import trio
 from gateway_harness import TOKEN, RunningGateway, start_gateway
 
+from benchmarks.scripted_provider import Fail, Hang, ScriptedProvider
 from trio_gateway.errors import ProviderError
-from trio_gateway.providers.scripted import Fail, Hang, ScriptedProvider
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -7,8 +7,8 @@ import pytest
 import trio
 from gateway_harness import TOKEN, RunningGateway, start_gateway
 
+from benchmarks.scripted_provider import Fail, Say, ScriptedProvider
 from trio_gateway.errors import ProviderError
-from trio_gateway.providers.scripted import Fail, Say, ScriptedProvider
 
 
 def async_client(gateway: RunningGateway, api_key: str = TOKEN) -> openai.AsyncOpenAI:

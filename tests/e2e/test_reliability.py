@@ -18,8 +18,8 @@ import trio
 from gateway_harness import TOKEN, RunningGateway, merge, start_gateway
 
 from benchmarks.mock_upstream import MockUpstream, Scenario
+from benchmarks.scripted_provider import Pause, Say, ScriptedProvider
 from trio_gateway.auth import FailedAuthLimiter, client_address, limiter_exempt
-from trio_gateway.providers.scripted import Pause, Say, ScriptedProvider
 
 BOUND = 20
 

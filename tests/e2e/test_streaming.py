@@ -8,8 +8,8 @@ import httpx
 import trio
 from gateway_harness import TOKEN, RunningGateway, start_gateway
 
+from benchmarks.scripted_provider import Fail, Hang, Pause, Say, ScriptedProvider
 from trio_gateway.errors import ProviderError
-from trio_gateway.providers.scripted import Fail, Hang, Pause, Say, ScriptedProvider
 from trio_gateway.wire.sse import SSEDecoder
 
 STREAM_BODY = {"stream": True, "messages": [{"role": "user", "content": "alpha beta gamma"}]}

@@ -22,7 +22,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request
 from wsproto.extensions import Extension, PerMessageDeflate
 
-from trio_gateway.providers.scripted import Hang, Pause, Say, ScriptedProvider
+from benchmarks.scripted_provider import Hang, Pause, Say, ScriptedProvider
 
 BOUND = 10
 

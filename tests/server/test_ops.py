@@ -18,9 +18,9 @@ import pytest
 import trio
 from gateway_harness import TOKEN, make_config, open_test_runtime, start_gateway
 
+from benchmarks.scripted_provider import Hang, Pause, Say, ScriptedProvider
 from trio_gateway.auth import check_exposure
 from trio_gateway.errors import ConfigError
-from trio_gateway.providers.scripted import Hang, Pause, Say, ScriptedProvider
 from trio_gateway.server import serve_gateway
 from trio_gateway.sessions import MemorySessionStore, open_sqlite_store
 
@@ -55,7 +55,9 @@ async def test_ops_readyz_reports_each_check(nursery: trio.Nursery) -> None:
     async with httpx.AsyncClient() as http:
         ready = await http.get(f"{gateway.url}/readyz")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"config": True, "sessionStore": True, "notDraining": True}
+        # Only checks that can fail: a config that failed to reload leaves the previous one in
+        # force, and the gateway serves it, so no "config" check.
+        assert ready.json()["checks"] == {"sessionStore": True, "notDraining": True}
         gateway.runtime.begin_draining()
         draining = await http.get(f"{gateway.url}/readyz")
         assert draining.status_code == 503

@@ -5,7 +5,15 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from trio_gateway.wire.decoding import DECODE_ERRORS, DecodeFault, decode_fault, is_utf8
+from trio_gateway.wire.decoding import (
+    DECODE_ERRORS,
+    DecodeFault,
+    SchemaViolation,
+    decode_fault,
+    is_utf8,
+    lower_first,
+    schema_violation,
+)
 
 
 class _Frame(msgspec.Struct):
@@ -56,3 +64,36 @@ def test_is_utf8() -> None:
     assert is_utf8(b"caf\xc3\xa9")
     assert not is_utf8(b"\xc3")
     assert not is_utf8(bytearray(b"\xff"))
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[_Frame]
+
+
+@pytest.mark.parametrize(
+    ("data", "violation"),
+    [
+        (
+            b'{"items": [{"id": 1}]}',
+            SchemaViolation("Expected `str`, got `int`", ".items[0].id", None, None),
+        ),
+        (
+            b'{"items": [{}]}',
+            SchemaViolation("Object missing required field `id`", ".items[0]", "id", None),
+        ),
+        (
+            b'{"items": [], "extra": 1}',
+            SchemaViolation("Object contains unknown field `extra`", "", None, "extra"),
+        ),
+        (b"[]", SchemaViolation("Expected `object`, got `array`", "", None, None)),
+    ],
+)
+def test_schema_violation_takes_the_message_apart(data: bytes, violation: SchemaViolation) -> None:
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.json.decode(data, type=_Strict)
+    assert schema_violation(caught.value) == violation
+
+
+def test_lower_first_lowers_only_the_first_letter() -> None:
+    assert lower_first("Expected `URL`") == "expected `URL`"
+    assert lower_first("") == ""

@@ -28,7 +28,15 @@ class AdmittedRun:
     ``with admitted: result = await admitted.run(emit)``. Leaving the ``with`` (or
     :meth:`release`, idempotent, from any task) hands the lane and the slot to the next run."""
 
-    __slots__ = ("_active_runs", "_loop", "_retention", "_started", "_ticket", "prepared")
+    __slots__ = (
+        "_active_runs",
+        "_draining",
+        "_loop",
+        "_retention",
+        "_started",
+        "_ticket",
+        "prepared",
+    )
 
     def __init__(
         self,
@@ -38,6 +46,7 @@ class AdmittedRun:
         loop: RunLoop,
         active_runs: ActiveRuns,
         retention: Callable[[], Retention],
+        draining: Callable[[], bool],
     ) -> None:
         self.prepared = prepared
         self._ticket = ticket
@@ -45,6 +54,8 @@ class AdmittedRun:
         self._loop = loop
         self._active_runs = active_runs
         self._retention = retention
+        #: Whether the gateway is shutting down (a cancellation then counts as a shutdown).
+        self._draining = draining
         self._started = False
 
     @property
@@ -91,8 +102,8 @@ class AdmittedRun:
         try:
             result = await self._loop.run(prepared, publishing_emit, active)
             return result
-        except BaseException:
-            metrics.DISCONNECT_CANCELLED_RUNS.inc()  # cancelled from outside: the client left
+        except BaseException as exc:
+            metrics.count_cancelled_run(exc, draining=self._draining())
             raise
         finally:
             if result is None:  # made only now: a run's frame stays alive as long as it does

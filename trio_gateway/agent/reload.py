@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import msgspec
-
 from ..auth import needs_secret
 from ..config import Config
+from ..config.credentials import with_mode_secret
 from ..errors import ConfigError
 
 __all__ = [
@@ -58,9 +57,7 @@ def keep_running_secret(current: Config, config: Config) -> Config:
             f"no {auth.mode} is set; the running gateway would refuse every request",
             path=f"gateway.auth.{auth.mode}",
         )
-    kept = msgspec.structs.replace(auth, **{auth.mode: current.gateway.auth.secret})
-    gateway = msgspec.structs.replace(config.gateway, auth=kept)
-    return msgspec.structs.replace(config, gateway=gateway)
+    return with_mode_secret(config, current.gateway.auth.secret)
 
 
 def reload_warnings(current: Config, config: Config) -> list[str]:

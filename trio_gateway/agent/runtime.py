@@ -420,6 +420,7 @@ class AgentRuntime:
             loop=RunLoop(self.sessions, self.config, self.state_dir),
             active_runs=self.active_runs,
             retention=lambda: finished_runs_retention(self.config),
+            draining=lambda: self.draining,
         )
 
 

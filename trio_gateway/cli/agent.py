@@ -17,6 +17,7 @@ import trio
 from ..agent import RunEvent, RunRequest, open_runtime
 from ..agent.events import ToolFinished, ToolStarted
 from ..agent.routing import resolve_target
+from ..cancellation import INTERRUPTED
 from ..config import Config, load_config, state_dir
 from ..control_client import ControlClient, open_control_client
 from ..errors import (
@@ -80,7 +81,7 @@ class _Interrupt:
     async def watch(self, signals: AsyncIterator[int]) -> None:
         async for _ in signals:
             self.happened = True
-            self.scope.cancel(reason="SIGINT: the user interrupted the run")
+            self.scope.cancel(reason=INTERRUPTED)
             return
 
 

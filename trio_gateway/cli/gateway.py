@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Literal
 
 import click
-import msgspec
 import trio
 
 from .._version import __version__
 from ..agent import AgentRuntime, open_runtime
 from ..auth import is_loopback_host, needs_secret
 from ..config import EMBEDDED_SOURCE, Config, state_dir
+from ..config.credentials import with_mode_secret
 from ..errors import ConfigError, GatewayError, SessionStoreError
 from ..logs import configure_logging
 from ..server import (
@@ -82,7 +82,7 @@ def gateway(
     generated = None
     if needs_secret(config.gateway.auth) and is_loopback_host(host):
         generated = secrets.token_urlsafe(32)
-        config = _with_secret(config, generated)
+        config = with_mode_secret(config, generated)
     try:
         check_exposure(host, config.gateway.auth)
     except ConfigError as exc:
@@ -134,13 +134,6 @@ def gateway(
         if verbose:
             traceback.print_exception(exc)
         raise click.ClickException(startup_failure(exc)) from exc
-
-
-def _with_secret(config: Config, secret: str) -> Config:
-    auth = config.gateway.auth
-    auth = msgspec.structs.replace(auth, **{auth.mode: secret})
-    gateway = msgspec.structs.replace(config.gateway, auth=auth)
-    return msgspec.structs.replace(config, gateway=gateway)
 
 
 #: ``--workers``: how long after the grace period a worker may take to clean up before it is

@@ -1,6 +1,7 @@
 """Configuration: the typed schema, JSON5 loading with dotted-path errors, env overrides.
 
-Imports only ``errors`` from the package; everything that needs settings takes a :class:`Config`.
+Imports only ``errors`` and ``wire.decoding`` (msgspec's faults taken apart) from the package;
+everything that needs settings takes a :class:`Config`.
 """
 
 from .loader import EMBEDDED_SOURCE as EMBEDDED_SOURCE

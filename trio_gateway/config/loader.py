@@ -24,6 +24,8 @@ import msgspec
 import msgspec.inspect as mi
 
 from ..errors import ConfigError
+from ..wire.decoding import SchemaViolation, lower_first, schema_violation
+from .credentials import SECRET_ENV, SecretField, with_auth_secrets
 from .schema import Config, check_config
 from .syntax import find_syntax_error
 
@@ -37,8 +39,6 @@ __all__ = [
 ]
 
 EMBEDDED_SOURCE = "<embedded default>"
-
-_SECRET_ENV = {"token": "EPILOOP_GATEWAY_TOKEN", "password": "EPILOOP_GATEWAY_PASSWORD"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        raise _translate(str(exc), raw, source) from exc
+        raise _translate(schema_violation(exc), raw, source) from exc
     try:
         check_config(config)
     except ConfigError as exc:
@@ -114,44 +114,34 @@ def _apply_env(config: Config, source: str, env: Mapping[str, str]) -> LoadedCon
     """Fill unset secrets from the environment (a secret in the config file wins)."""
     auth = config.gateway.auth
     sources: dict[str, str] = {}
-    updates: dict[str, str] = {}
-    for field, variable in _SECRET_ENV.items():
+    updates: dict[SecretField, str] = {}
+    for field, variable in SECRET_ENV.items():
         if getattr(auth, field):
             sources[field] = "config"
         elif env.get(variable):
             updates[field] = env[variable]
             sources[field] = variable
-    if updates:
-        new_auth = msgspec.structs.replace(auth, **updates)
-        gateway = msgspec.structs.replace(config.gateway, auth=new_auth)
-        config = msgspec.structs.replace(config, gateway=gateway)
+    config = with_auth_secrets(config, updates)
     return LoadedConfig(config=config, source=source, secret_sources=sources)
 
 
-_LOCATION = re.compile(r"^(?P<detail>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
-_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
 _TYPE = re.compile(r"^Expected `(?P<expected>[^`]+)`, got `[^`]+`$")
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 _ANY_KEY = "[...]"
 
 
-def _translate(text: str, raw: object, source: str) -> ConfigError:
-    match = _LOCATION.match(text)
-    assert match is not None  # the pattern matches any string
-    detail, path = match["detail"], (match["path"] or "")
-    segments = _resolve_dict_keys(_segments(path), raw)
+def _translate(violation: SchemaViolation, raw: object, source: str) -> ConfigError:
+    detail = violation.detail
+    segments = _resolve_dict_keys(_segments(violation.path), raw)
     dotted = _dotted(segments)
-    if unknown := _UNKNOWN.match(detail):
-        name = unknown["field"]
+    if (name := violation.unknown_field) is not None:
         key = f"{dotted}.{name}" if dotted else name
         message = "unknown key"
         close = difflib.get_close_matches(name, _keys_at(segments, raw), n=1)
         if close:
             message += f"; did you mean {close[0]!r}?"
         return ConfigError(message, source=source, path=key)
-    if missing := _MISSING.match(detail):
-        name = missing["field"]
+    if (name := violation.missing_field) is not None:
         return ConfigError(
             "required key is missing", source=source, path=f"{dotted}.{name}" if dotted else name
         )
@@ -180,7 +170,7 @@ def _translate(text: str, raw: object, source: str) -> ConfigError:
         return ConfigError(
             f"expected one of {allowed}, got {_render(got)}", source=source, path=dotted
         )
-    return ConfigError(f"{_lower_first(detail)} (got {_render(got)})", source=source, path=dotted)
+    return ConfigError(f"{lower_first(detail)} (got {_render(got)})", source=source, path=dotted)
 
 
 def _segments(path: str) -> list[str | int]:
@@ -332,7 +322,3 @@ def _json_type(value: object) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
         type(value), "a number"
     )
-
-
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]

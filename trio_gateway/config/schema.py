@@ -225,6 +225,7 @@ class AnthropicProviderConfig(
 
 
 ProviderConfig = EchoProviderConfig | OpenAIChatProviderConfig | AnthropicProviderConfig
+#: The config of either HTTP provider (they share every connection setting).
 UpstreamProviderConfig = OpenAIChatProviderConfig | AnthropicProviderConfig
 
 

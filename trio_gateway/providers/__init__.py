@@ -21,4 +21,3 @@ from .echo import EchoProvider as EchoProvider
 from .openai_chat import OpenAIChatProvider as OpenAIChatProvider
 from .registry import build_providers as build_providers
 from .registry import close_providers as close_providers
-from .scripted import ScriptedProvider as ScriptedProvider

@@ -59,22 +59,18 @@ import msgspec
 import trio
 
 from .._version import __version__
-from ..config.schema import AnthropicProviderConfig, OpenAIChatProviderConfig
+from ..config.schema import UpstreamProviderConfig
 from ..errors import ConfigError, UpstreamError
 from ..wire.decoding import DECODE_ERRORS, decode_fault
 from ..wire.sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEError, SSEEvent
 from .base import Completion, Emit, ModelEvent
 from .http11 import Http11Transport
 
-#: The config of either HTTP provider (they share every connection setting).
-UpstreamSettings = OpenAIChatProviderConfig | AnthropicProviderConfig
-
 __all__ = [
     "USER_AGENT",
     "HttpProvider",
     "StreamParser",
     "UpstreamClient",
-    "UpstreamSettings",
     "bad_event",
     "bad_response",
     "environment_proxy",
@@ -524,7 +520,7 @@ class HttpProvider:
 
     def __init__(
         self,
-        config: UpstreamSettings,
+        config: UpstreamProviderConfig,
         *,
         name: str,
         environ: Mapping[str, str] | None,

@@ -42,9 +42,9 @@ from ..errors import (
 from ..logs import accepted_request_id, bind_request_id
 from ..wire.error_body import encode_error
 from .app_state import CLEANUPS_KEY
+from .chat_routes import register_chat_routes
 from .control import register_control_plane
 from .ops import register_ops_routes
-from .routes import register_routes
 from .wslimits import MESSAGE_LIMIT_KEY, install_message_limit
 
 __all__ = ["GatewayApp", "create_app", "error_response"]
@@ -329,7 +329,7 @@ def create_app(runtime: AgentRuntime) -> GatewayApp:
         logger.error("request.crashed", exc_info=error)
         return error_response(GatewayError("The gateway failed to handle this request."))
 
-    register_routes(app, runtime)
+    register_chat_routes(app, runtime)
     register_ops_routes(app, runtime)
     register_control_plane(app, runtime)
 

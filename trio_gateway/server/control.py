@@ -34,6 +34,7 @@ from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunRequest, 
 from ..agent.active import ActiveRun
 from ..agent.events import RunResult, ToolFinished, ToolStarted
 from ..auth import check_secret, limiter_exempt
+from ..cancellation import CONTROL_CLOSING
 from ..errors import (
     AuthenticationError,
     AuthRateLimitedError,
@@ -230,9 +231,7 @@ class ControlConnection:
         if self.closing is None:
             self.closing = closing
         if self._nursery is not None:
-            self._nursery.cancel_scope.cancel(
-                reason=f"control connection closing: {closing.sent_reason}"
-            )
+            self._nursery.cancel_scope.cancel(reason=CONTROL_CLOSING + closing.sent_reason)
 
     async def _writer(self) -> None:
         async with self._outgoing_receive:

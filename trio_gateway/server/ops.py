@@ -1,12 +1,14 @@
 """Operator endpoints: liveness, readiness and Prometheus metrics.
 
 - ``GET /healthz``: the process serves requests. No auth; creates no session, runs no agent.
-- ``GET /readyz``: ready for traffic: the config is loaded, the session store answers a real
-  read and write, and the gateway is not draining for shutdown. 503 with the failing checks
-  otherwise. No auth. The store is probed (:meth:`SessionStore.probe`) at most every
-  ``session.probeIntervalSeconds``, one probe at a time; in between the last probe's outcome
-  stands, unless a real request found the store failing since (``SessionStore.health``), which
-  turns readiness red at once until a read or write succeeds again.
+- ``GET /readyz``: ready for traffic: the session store answers a real read and write, and the
+  gateway is not draining for shutdown. 503 with the failing checks otherwise. No auth. There is
+  no config check: a gateway runs only with a valid config, and a reload that fails leaves the
+  previous one in force (the failure goes to whoever asked for the reload). The store is probed
+  (:meth:`SessionStore.probe`) at most every ``session.probeIntervalSeconds``, one probe at a
+  time; in between the last probe's outcome stands, unless a real request found the store
+  failing since (``SessionStore.health``), which turns readiness red at once until a read or
+  write succeeds again.
 - ``GET /metrics``: Prometheus text format (see :mod:`trio_gateway.metrics`); behind the
   gateway's bearer auth unless ``gateway.http.endpoints.metrics.requireAuth`` is false, and
   absent (404) when ``gateway.http.endpoints.metrics.enabled`` is false.
@@ -84,7 +86,6 @@ def register_ops_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
     @app.route("/readyz", methods=["GET"], provide_automatic_options=False)
     async def readyz() -> Response:
         checks = {
-            "config": True,
             "sessionStore": await store_readiness.check(),
             "notDraining": not runtime.draining,
         }

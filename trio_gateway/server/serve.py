@@ -30,6 +30,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from ..agent import AgentRuntime
 from ..auth import check_exposure
+from ..cancellation import GATEWAY_SHUTTING_DOWN
 from ..errors import ConfigError, GatewayError
 from .app import GatewayApp, create_app
 from .connections import BoundedListener, WriteLimits
@@ -207,7 +208,7 @@ async def serve_gateway(
                         task_status=task_status,
                     )
                 finally:
-                    background.cancel_scope.cancel(reason="the gateway is shutting down")
+                    background.cancel_scope.cancel(reason=GATEWAY_SHUTTING_DOWN)
     finally:
         if sockets is None:
             for sock in listening:
@@ -257,7 +258,7 @@ async def _serve_app(
                     )
                     task_status.started(binds)
                     await shutdown_trigger()
-                    accepting.cancel_scope.cancel(reason="the gateway is shutting down")
+                    accepting.cancel_scope.cancel(reason=GATEWAY_SHUTTING_DOWN)
             finally:
                 # Idle keep-alive connections close now; the others get the grace period, and
                 # every write, one under way too, ends by its end.

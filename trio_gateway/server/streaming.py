@@ -4,8 +4,10 @@ Quart sends a response body as ``async with body: async for chunk in body: await
 :class:`ChatStreamBody` opens the per-request nursery in ``__aenter__`` and closes it in
 ``__aexit__``, so the agent run (the producer) lives exactly as long as the send loop: when the
 client disconnects, quart-trio cancels the send loop, ``__aexit__`` sees the exception and
-cancels the run. (A nursery held across a ``yield`` of a response generator is unsound under
-middleware; this shape is the one measured to be clean, see the stack notes.)
+cancels the run. (A nursery held across a ``yield`` of a response generator works only by luck:
+with ``quart.stream_with_context`` and a middleware that awaits in ``send`` it fails with
+"Nursery stack corrupted" on every disconnect. A body object that owns the nursery stayed clean
+on disconnect, timeout, producer crash and such a middleware alike.)
 
 Between the two, a bounded trio memory channel carries the run's events: a client that reads
 slowly makes the run wait instead of growing a buffer. Text deltas that are already queued when
@@ -32,6 +34,7 @@ from quart.wrappers.response import ResponseBody
 
 from .. import metrics
 from ..agent import AdmittedRun, RunEvent, RunFailed, RunFinished
+from ..cancellation import STREAM_ABANDONED, STREAM_STALLED
 from ..errors import RunError
 from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
 from ..wire.chunks import ChunkEncoder, Usage, timing_extension
@@ -183,7 +186,7 @@ class ChatStreamBody(ResponseBody):
             # The send loop failed or was cancelled (typically: the client went away). Cancel
             # before closing the channel, so a producer blocked on a full channel sees
             # Cancelled (an aborted run), not a broken channel.
-            self._nursery.cancel_scope.cancel(reason="the response stream was abandoned")
+            self._nursery.cancel_scope.cancel(reason=STREAM_ABANDONED)
         self._receive.close()
         try:
             await self._nursery_manager.__aexit__(exc_type, exc_value, tb)
@@ -213,7 +216,7 @@ class ChatStreamBody(ResponseBody):
                 logger.info(
                     "stream.stalled run_id=%s seconds=%g", self._admitted.run_id, stall_seconds
                 )
-                nursery.cancel_scope.cancel(reason="the client stopped reading the stream")
+                nursery.cancel_scope.cancel(reason=STREAM_STALLED)
                 await trio.lowlevel.checkpoint()
 
         with send, self._admitted:

@@ -11,7 +11,6 @@ of :mod:`trio_gateway.messages`, which is what the runtime takes.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -19,7 +18,14 @@ import msgspec
 from .. import messages as neutral
 from ..errors import InvalidRequestError
 from ..messages import Role as Role
-from .decoding import DECODE_ERRORS, DecodeFault, decode_fault
+from .decoding import (
+    DECODE_ERRORS,
+    DecodeFault,
+    SchemaViolation,
+    decode_fault,
+    lower_first,
+    schema_violation,
+)
 
 __all__ = [
     "AssistantMessage",
@@ -149,8 +155,6 @@ class ChatRequest(msgspec.Struct, frozen=True):
 
 
 _decoder = msgspec.json.Decoder(ChatRequest)
-_LOCATION = re.compile(r"^(?P<detail>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
@@ -170,7 +174,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
 def _translate_decode_error(exc: Exception, body: bytes) -> InvalidRequestError:
     fault = decode_fault(exc, body)
     if fault is DecodeFault.SCHEMA:
-        return _translate_validation_error(str(exc))
+        return _translate_validation_error(schema_violation(exc))
     if fault is DecodeFault.ENCODING:
         message = "The request body is not valid JSON (invalid UTF-8 in a string)."
     elif fault is DecodeFault.DEPTH:
@@ -180,26 +184,20 @@ def _translate_decode_error(exc: Exception, body: bytes) -> InvalidRequestError:
     return InvalidRequestError(message, code="invalid_json")
 
 
-def _translate_validation_error(text: str) -> InvalidRequestError:
-    match = _LOCATION.match(text)
-    assert match is not None  # the pattern matches any string
-    detail, path = match["detail"], (match["path"] or "").lstrip(".")
-    missing = _MISSING.match(detail)
-    if missing:
-        param = f"{path}.{missing['field']}" if path else missing["field"]
+def _translate_validation_error(violation: SchemaViolation) -> InvalidRequestError:
+    detail, path = violation.detail, violation.path.lstrip(".")
+    if violation.missing_field is not None:
+        field = violation.missing_field
+        param = f"{path}.{field}" if path else field
         return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param)
     if path == "":
         # The whole body is of the wrong shape (an array, a string, ...).
         return InvalidRequestError(
-            f"The request body must be a JSON object: {_lower_first(detail)}.", param=None
+            f"The request body must be a JSON object: {lower_first(detail)}.", param=None
         )
     if path.endswith(".role") and detail.startswith("Invalid value"):
         detail += "; expected one of 'system', 'developer', 'user', 'assistant', 'tool'"
-    return InvalidRequestError(f"Invalid value for '{path}': {_lower_first(detail)}.", param=path)
-
-
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]
+    return InvalidRequestError(f"Invalid value for '{path}': {lower_first(detail)}.", param=path)
 
 
 def _check_rules(request: ChatRequest) -> None:

@@ -6,8 +6,8 @@ outside the workspace and are off unless a tool policy allows them.
 """
 
 from .clock import CurrentTimeTool as CurrentTimeTool
+from .exec import ExecTool as ExecTool
 from .fetch import HttpFetchTool as HttpFetchTool
 from .files import ListFilesTool as ListFilesTool
 from .files import ReadFileTool as ReadFileTool
 from .files import WriteFileTool as WriteFileTool
-from .shell import ExecTool as ExecTool

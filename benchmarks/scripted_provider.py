@@ -1,5 +1,8 @@
 """A provider that plays a script: the fake for tests and benchmarks.
 
+It lives here, beside the mock upstream, because it is test tooling: ``trio_gateway`` neither
+imports nor exports it. Tests import it as ``benchmarks.scripted_provider``.
+
 It is a real implementation of the provider protocol, not a mock: each call plays the same steps
 (say some text, pause, fail, hang) and records what happened to it, including when and whether
 it was cancelled, so tests can assert that a client disconnect really stopped the work.
@@ -12,8 +15,15 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..errors import GatewayError
-from .base import Completion, Emit, FinishReason, ModelRequest, TextDelta, TokenUsage
+from trio_gateway.errors import GatewayError
+from trio_gateway.providers.base import (
+    Completion,
+    Emit,
+    FinishReason,
+    ModelRequest,
+    TextDelta,
+    TokenUsage,
+)
 
 __all__ = ["Fail", "Hang", "Pause", "Say", "ScriptedProvider"]
 

@@ -1,4 +1,5 @@
-"""HTTP routes. Thin: check, parse, hand over to the agent runtime, encode.
+"""The chat routes: chat completions and the models list. Thin: check, parse, hand over to the
+agent runtime, encode.
 
 ``POST /v1/chat/completions`` and ``GET /v1/models[/<model>]`` exist only while
 ``gateway.http.endpoints.chatCompletions.enabled`` is true; both need the bearer credential.
@@ -34,7 +35,7 @@ from ..wire.chunks import (
 from .app_state import authorize, request_cleanups
 from .streaming import ChatStreamBody, KeepAliveClock
 
-__all__ = ["register_routes"]
+__all__ = ["register_chat_routes"]
 
 _ENABLE_KEY = "gateway.http.endpoints.chatCompletions.enabled"
 _SSE_HEADERS = {
@@ -91,7 +92,7 @@ def run_request(
     )
 
 
-def register_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
+def register_chat_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
     started = int(time.time())
     clock = KeepAliveClock()
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`trio_gateway.tools.builtin.shell`: the ``exec`` tool.
+"""Tests for :mod:`trio_gateway.tools.builtin.exec`: the ``exec`` tool.
 
 Process-group tests have the shell report the pids of its children (in its output or in a file
 of the workspace), then check that every one of them is gone once the call is over.

@@ -1,0 +1,48 @@
+"""The gateway's own credentials in a config: where they may come from, and setting one.
+
+A :class:`~.schema.Config` is frozen, so "the same config with another token" is a copy of three
+nested structs. Every place that swaps a secret in (the environment overrides at load time, the
+secret generated for a loopback gateway, a reload that keeps the running secret) goes through
+:func:`with_auth_secrets`. Imports only the schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+from .schema import Config
+
+__all__ = ["SECRET_ENV", "SecretField", "with_auth_secrets", "with_mode_secret"]
+
+#: A field of ``gateway.auth`` that holds a secret.
+SecretField = Literal["token", "password"]
+
+#: The environment variable that supplies each secret when the config file sets none.
+SECRET_ENV: Mapping[SecretField, str] = {
+    "token": "EPILOOP_GATEWAY_TOKEN",
+    "password": "EPILOOP_GATEWAY_PASSWORD",
+}
+
+
+def with_auth_secrets(config: Config, secrets: Mapping[SecretField, str]) -> Config:
+    """``config`` with the given ``gateway.auth`` secrets replaced (the others kept)."""
+    if not secrets:
+        return config
+    fields: dict[str, str] = {str(field): value for field, value in secrets.items()}
+    auth = msgspec.structs.replace(config.gateway.auth, **fields)
+    gateway = msgspec.structs.replace(config.gateway, auth=auth)
+    return msgspec.structs.replace(config, gateway=gateway)
+
+
+def with_mode_secret(config: Config, secret: str) -> Config:
+    """``config`` with ``secret`` as the credential its auth mode checks (token or password).
+
+    Raises ``ValueError`` in auth mode ``none``, which checks no credential.
+    """
+    mode = config.gateway.auth.mode
+    if mode == "none":
+        raise ValueError("auth mode 'none' has no secret to set")
+    return with_auth_secrets(config, {mode: secret})
