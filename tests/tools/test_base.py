@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import pytest
@@ -223,3 +223,15 @@ async def test_call_tool_truncates_a_result_over_max_result_chars(
     assert result.startswith("0123456789" * 409 + "012345\n[truncated by the gateway:")
     assert "the first 4096 of 10000 characters" in result
     assert len(result) < 4096 + 200
+
+
+class _AnyValue(Arguments, frozen=True):
+    value: Any = None
+
+
+def test_parse_arguments_nested_too_deeply_is_a_tool_error() -> None:
+    # A field that takes any JSON lets a model's arguments nest deeper than the interpreter's
+    # stack: the model is told so, instead of the run failing.
+    deep = '{"value": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(ToolError, match="not valid JSON \\(nested too deeply\\)"):
+        parse_arguments(_AnyValue, deep, tool="d")

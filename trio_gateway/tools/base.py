@@ -22,6 +22,7 @@ import trio
 from ..config.schema import ToolsConfig
 from ..errors import ToolError
 from ..messages import ToolSpec
+from ..wire.decoding import DECODE_ERRORS, DecodeFault, decode_fault
 
 __all__ = [
     "Arguments",
@@ -136,13 +137,14 @@ def parse_arguments(arguments: type[A], text: str, *, tool: str) -> A:
         text = "{}"
     try:
         return msgspec.json.decode(text, type=arguments)
-    except msgspec.ValidationError as exc:
+    except DECODE_ERRORS as exc:
         usage = _usage(tool, arguments_schema(arguments))
-        raise ToolError(f"invalid arguments for {tool}: {exc}; expected {usage}") from exc
-    except msgspec.DecodeError as exc:
-        usage = _usage(tool, arguments_schema(arguments))
+        fault = decode_fault(exc, text)
+        if fault is DecodeFault.SCHEMA:
+            raise ToolError(f"invalid arguments for {tool}: {exc}; expected {usage}") from exc
+        detail = fault.value if fault is not DecodeFault.SYNTAX else str(exc)
         raise ToolError(
-            f"the arguments of {tool} are not valid JSON ({exc}); send one JSON object, "
+            f"the arguments of {tool} are not valid JSON ({detail}); send one JSON object, "
             f"expected {usage}"
         ) from exc
 
