@@ -174,29 +174,11 @@ class RunLoop:
             duration_ms = (time.monotonic() - started) * 1000
             if error is not None:
                 await self._record(prepared, state, "failed")
-                logger.info(
-                    "run.failed run_id=%s agent=%s error=%s duration_ms=%.1f",
-                    prepared.run_id,
-                    target.agent.id,
-                    error.code,
-                    duration_ms,
-                )
-                await emit(RunFailed(error))
-                timings = state.timings(started)
-                return RunResult("failed", state.text(), None, state.usage, error, timings=timings)
+                return await self._failed(prepared, state, emit, error, started, duration_ms)
             assert finish is not None
             lost = await self._record(prepared, state, "completed")
-            if lost is not None:
-                logger.info(
-                    "run.failed run_id=%s agent=%s error=%s duration_ms=%.1f",
-                    prepared.run_id,
-                    target.agent.id,
-                    lost.code,
-                    duration_ms,
-                )
-                await emit(RunFailed(lost))
-                timings = state.timings(started)
-                return RunResult("failed", state.text(), None, state.usage, lost, timings=timings)
+            if lost is not None:  # the answer is complete but its turn could not be stored
+                return await self._failed(prepared, state, emit, lost, started, duration_ms)
             logger.info(
                 "run.complete run_id=%s agent=%s finish_reason=%s tokens=%d duration_ms=%.1f",
                 prepared.run_id,
@@ -225,6 +207,27 @@ class RunLoop:
         await emit(RunFailed(error))
         timings = state.timings(started)
         return RunResult("aborted", state.text(), None, state.usage, error, timings=timings)
+
+    async def _failed(
+        self,
+        prepared: PreparedRun,
+        state: _RunState,
+        emit: EmitEvent,
+        error: GatewayError,
+        started: float,
+        duration_ms: float,
+    ) -> RunResult:
+        """End a run that failed (its turn already recorded, or found unrecordable)."""
+        logger.info(
+            "run.failed run_id=%s agent=%s error=%s duration_ms=%.1f",
+            prepared.run_id,
+            prepared.target.agent.id,
+            error.code,
+            duration_ms,
+        )
+        await emit(RunFailed(error))
+        timings = state.timings(started)
+        return RunResult("failed", state.text(), None, state.usage, error, timings=timings)
 
     async def _loop(self, prepared: PreparedRun, emit: EmitEvent, state: _RunState) -> FinishReason:
         history, new = await self._conversation(prepared, state)
