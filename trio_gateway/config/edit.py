@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import json5
 
 from ..errors import ConfigError
+from .loader import dotted_path as _dotted
 from .syntax import Member, Node, parse_tree
 
 __all__ = ["Edit", "Segment", "parse_key_path", "parse_value", "set_key", "unset_key"]
@@ -295,13 +296,3 @@ def _checked(edited: str, expected: object) -> Edit:
     if same:
         return Edit(edited)
     return Edit(json.dumps(expected, indent=2, ensure_ascii=False) + "\n", rewritten=True)
-
-
-def _dotted(path: list[Segment]) -> str:
-    out = ""
-    for segment in path:
-        if isinstance(segment, int):
-            out += f"[{segment}]"
-        else:
-            out += f".{segment}" if out else segment
-    return out

@@ -15,7 +15,7 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +133,7 @@ _ANY_KEY = "[...]"
 def _translate(violation: SchemaViolation, raw: object, source: str) -> ConfigError:
     detail = violation.detail
     segments = _resolve_dict_keys(_segments(violation.path), raw)
-    dotted = _dotted(segments)
+    dotted = dotted_path(segments)
     if (name := violation.unknown_field) is not None:
         key = f"{dotted}.{name}" if dotted else name
         message = "unknown key"
@@ -214,7 +214,8 @@ def _replaced(raw: object, segments: list[str | int], value: object) -> object:
     return raw
 
 
-def _dotted(segments: list[str | int]) -> str:
+def dotted_path(segments: Sequence[str | int]) -> str:
+    """``['agents', 'list', 0, 'model']`` as ``agents.list[0].model``."""
     out = ""
     for segment in segments:
         if isinstance(segment, int):
