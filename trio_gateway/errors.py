@@ -26,6 +26,8 @@ this tree once, at the boundary where they are caught, with ``raise X(...) from 
     │   ├── DrainingError             503  gateway_draining: shutting down, no new runs
     │   └── UnprotectedError          503  auth_required: mode none on a non-loopback address
     ├── SessionStoreError             500 session_store_error: the session store failed
+    │   ├── SessionStoreUnavailableError 503 session_store_unavailable: database unreachable
+    │   └── LeaseLostError            500  lease_lost: a turn written under a lost lease
     ├── RunError                      500  an agent run failed
     │   ├── ProviderError             502 upstream_error: the model provider failed
     │   │   └── UpstreamError         502  the upstream answered with an error or broke off
@@ -52,6 +54,7 @@ __all__ = [
     "GatewayError",
     "HeadersTooLargeError",
     "InvalidRequestError",
+    "LeaseLostError",
     "MethodNotAllowedError",
     "ModelNotFoundError",
     "NotFoundError",
@@ -65,6 +68,7 @@ __all__ = [
     "ServiceUnavailableError",
     "SessionBusyError",
     "SessionStoreError",
+    "SessionStoreUnavailableError",
     "ToolError",
     "UnprotectedError",
     "UpstreamError",
@@ -230,6 +234,23 @@ class SessionStoreError(GatewayError):
     """The session store could not read or write (a damaged file, a full disk, ...)."""
 
     code = "session_store_error"
+
+
+class SessionStoreUnavailableError(SessionStoreError):
+    """The session database cannot be reached (PostgreSQL down, the network cut): a stateful
+    request is refused before its first byte; stateless ones keep working."""
+
+    http_status = 503
+    code = "session_store_unavailable"
+    retry_after = 1
+
+
+class LeaseLostError(SessionStoreError):
+    """A turn was written under a session lease this instance no longer holds (it was paused
+    or cut off past the lease period and another run took the session): the write is refused,
+    so the transcript stays whole."""
+
+    code = "lease_lost"
 
 
 class RunError(GatewayError):

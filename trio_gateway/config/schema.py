@@ -34,6 +34,7 @@ __all__ = [
     "LoggingConfig",
     "ModelsConfig",
     "OpenAIChatProviderConfig",
+    "PostgresConfig",
     "ProviderConfig",
     "SessionConfig",
     "ToolPolicy",
@@ -164,6 +165,9 @@ class GatewayConfig(_Section, frozen=True):
     #: How long ``SIGTERM``/Ctrl-C lets in-flight requests finish before cancelling them.
     shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
     finished_runs: FinishedRunsConfig = msgspec.field(default_factory=FinishedRunsConfig)
+    #: This process's name in status, logs and the shared run registry; default
+    #: ``<host name>-<pid>``.
+    instance_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 
 class EchoProviderConfig(_Section, frozen=True, tag="echo", tag_field="api"):
@@ -264,6 +268,9 @@ class AgentDefaults(_Section, frozen=True):
     #: Runs at once across the gateway; more wait in a queue of ``maxQueued``.
     max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 64
     max_queued: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 256
+    #: Runs at once across every instance sharing the PostgreSQL store (``session.store:
+    #: "postgres"``); ``None``: no cluster-wide cap, only each process's ``maxConcurrent``.
+    cluster_max_concurrent: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
     #: Where file and exec tools work; default: ``<state dir>/workspaces/<agent id>``.
     workspace: str | None = None
 
@@ -291,9 +298,23 @@ class AgentsConfig(_Section, frozen=True):
     entries: list[AgentConfig] = msgspec.field(default_factory=_default_agents, name="list")
 
 
+class PostgresConfig(_Section, frozen=True):
+    """``session.postgres``: the shared database of the scale-out mode."""
+
+    #: A libpq connection string or ``postgresql://`` URL; unset: ``$EPILOOP_POSTGRES_DSN``.
+    dsn: str | None = None
+    #: Connections each gateway process keeps to the database (at most).
+    pool_size: Annotated[int, msgspec.Meta(ge=2, le=1000)] = 10
+    #: How long a session's lane stays held by an instance that stopped renewing it (it died,
+    #: or lost the database): the next run of the session waits at most this long.
+    lease_seconds: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 10.0
+
+
 class SessionConfig(_Section, frozen=True):
-    #: ``"sqlite"`` (durable, in the state directory) or ``"memory"`` (lost on exit).
-    store: Literal["sqlite", "memory"] = "sqlite"
+    #: ``"sqlite"`` (durable, in the state directory), ``"memory"`` (lost on exit) or
+    #: ``"postgres"`` (shared by every gateway instance: the scale-out mode).
+    store: Literal["sqlite", "memory", "postgres"] = "sqlite"
+    postgres: PostgresConfig = msgspec.field(default_factory=PostgresConfig)
     #: The SQLite file; default ``<state dir>/sessions.sqlite``.
     path: str | None = None
     #: Record stateless requests too (off: one-off calls leave no sessions behind).
