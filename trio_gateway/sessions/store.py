@@ -8,7 +8,15 @@ from typing import Literal, Protocol
 
 from ..messages import Message, Role, ToolCall
 
-__all__ = ["RunStatus", "Session", "SessionInfo", "SessionStore", "TranscriptEntry", "Turn"]
+__all__ = [
+    "Fence",
+    "RunStatus",
+    "Session",
+    "SessionInfo",
+    "SessionStore",
+    "TranscriptEntry",
+    "Turn",
+]
 
 RunStatus = Literal["completed", "failed", "aborted"]
 
@@ -55,6 +63,20 @@ class TranscriptEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Fence:
+    """The session lease a turn is written under (the shared PostgreSQL store only).
+
+    ``epoch`` grows each time the session's lane changes hands; a turn whose fence is not the
+    lane's current holder and epoch is refused (:class:`~trio_gateway.errors.LeaseLostError`),
+    so a run that lost its lease (its instance paused or cut off past the lease period) can
+    never write into a transcript another run has moved on. The single-process stores (memory,
+    SQLite) keep their lanes in the process and ignore it."""
+
+    holder: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     """What one run adds to a session, written atomically.
 
@@ -73,6 +95,8 @@ class Turn:
     completion_tokens: int
     at: float
     keep: int | None = None
+    #: The lease the turn is written under (see :class:`Fence`); ``None``: no lease.
+    fence: Fence | None = None
 
 
 @dataclass
