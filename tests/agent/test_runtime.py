@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import itertools
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from trio_gateway.agent import (
     open_runtime,
 )
 from trio_gateway.agent.events import ToolStarted
+from trio_gateway.config import AuthConfig
 from trio_gateway.errors import (
     DrainingError,
     InvalidRequestError,
@@ -432,3 +437,54 @@ async def test_runtime_background_tasks_end_with_the_runtime() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert not ended.is_set()
     assert ended.is_set()
+
+
+async def test_runtime_file_auth_reads_the_file_off_the_event_loop(tmp_path: Path) -> None:
+    """The config file is read in a worker thread: while its read blocks (a named pipe whose
+    writer is late), the event loop goes on running."""
+    path = tmp_path / "epiloop.json5"
+    os.mkfifo(path)
+    late = 0.5
+    text = b'{ gateway: { auth: { token: "from-the-file-0123" } } }'
+
+    def write_late() -> None:
+        time.sleep(late)
+        deadline = time.monotonic() + 5
+        while True:  # the pipe opens for writing once a reader has it open
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        with os.fdopen(fd, "wb") as pipe:
+            pipe.write(text)
+
+    writer = threading.Thread(target=write_late)
+    writer.start()
+    try:
+        with trio.fail_after(10):
+            async with open_test_runtime(make_config(), config_path=path) as runtime:
+                ticks: list[float] = []
+                read: list[object] = []
+
+                async def tick() -> None:
+                    while True:
+                        ticks.append(trio.current_time())
+                        await trio.sleep(0.01)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(tick)
+                    await trio.sleep(0.02)
+                    read.append(await runtime.file_auth())
+                    await trio.sleep(0.05)  # a tick after the read shows any stall
+                    nursery.cancel_scope.cancel(reason="the file was read")
+    finally:
+        writer.join(10)
+    auth = read[0]
+    assert isinstance(auth, AuthConfig)
+    assert auth.token == "from-the-file-0123"
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+    assert max(gaps) < late / 2, "the event loop stalled while the config file was read"
+    assert ticks[-1] - ticks[0] >= late * 0.8  # the read took about as long as the writer

@@ -226,23 +226,28 @@ class AgentRuntime:
         while self.credentials_generation == since:
             await self._credentials_changed.wait()
 
-    def file_auth(self) -> AuthConfig | None:
+    async def file_auth(self) -> AuthConfig | None:
         """The auth settings the config file holds now (what a reload would apply; ``None``
-        without a file or when it is invalid). Read again only when the file changed."""
+        without a file or when it is invalid). Read again only when the file changed; the file
+        is looked at (and parsed: JSON5 is slow) in a worker thread, never on the event loop."""
         if self.config_path is None:
             return None
+        return await trio.to_thread.run_sync(self._read_file_auth, self.config_path)
+
+    def _read_file_auth(self, path: Path) -> AuthConfig | None:
         try:
-            status = self.config_path.stat()
+            status = path.stat()
         except OSError:
             return None
         key = (status.st_ino, status.st_mtime_ns, status.st_size)
-        if self._file_auth is None or self._file_auth[0] != key:
+        cached = self._file_auth
+        if cached is None or cached[0] != key:
             try:
-                auth: AuthConfig | None = load_config(self.config_path).config.gateway.auth
+                auth: AuthConfig | None = load_config(path).config.gateway.auth
             except ConfigError:
                 auth = None
-            self._file_auth = (key, auth)
-        return self._file_auth[1]
+            cached = self._file_auth = (key, auth)
+        return cached[1]
 
     def reload(self, config: Config) -> ReloadResult:
         """Apply a new, validated config to new runs; runs in progress keep what they started

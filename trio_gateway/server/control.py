@@ -30,6 +30,7 @@ from .._version import __version__
 from ..agent import AgentRuntime
 from ..auth import check_secret, limiter_exempt
 from ..cancellation import CONTROL_CLOSING
+from ..config import AuthConfig
 from ..errors import (
     AuthenticationError,
     AuthRateLimitedError,
@@ -258,6 +259,7 @@ class ControlConnection:
                 )
             )
             await self._end(protocol.PROTOCOL_MISMATCH)
+        file_auth = await self._file_auth_for(params.auth)
         auth = self.runtime.config.gateway.auth
         self.credentials = self.runtime.credentials_generation
 
@@ -265,7 +267,7 @@ class ControlConnection:
             try:
                 check_secret(auth, params.auth.token, params.auth.password)
             except AuthenticationError:
-                if not self._file_credential(params.auth):
+                if not self._file_credential(params.auth, file_auth):
                     raise
                 self.reload_only = True
 
@@ -296,27 +298,37 @@ class ControlConnection:
         )
         self.queue(encode_response(request.id, hello))
 
-    def _file_credential(self, given: ClientAuth) -> bool:
-        """Whether ``given`` is the credential the config file holds now, not loaded yet, and
-        the client is on loopback. Such a client proves it can read the file, whose credential
-        any reload would make valid: it may ask for that reload (and nothing else), so a
-        changed token can be reloaded by whoever changed it."""
-        config = self.runtime.config.gateway
-        client = websocket.scope.get("client")
-        peer = client[0] if isinstance(client, list | tuple) and client else None
-        trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
-        # A direct loopback peer only: a forwarded address proves nothing (see limiter_exempt).
-        if not limiter_exempt(
-            peer if isinstance(peer, str) else None,
-            websocket.headers.get("X-Forwarded-For"),
-            trusted,
-        ):
-            return False
-        pending = self.runtime.file_auth()
-        if pending is None or pending.secret is None:
+    async def _file_auth_for(self, given: ClientAuth) -> AuthConfig | None:
+        """The auth settings the config file holds now, for a client on loopback whose
+        credential the running config refuses (``None`` for any other: only such a client may
+        use the file's credential, see :meth:`_file_credential`). The file is read off the
+        event loop, and only then."""
+        try:
+            check_secret(self.runtime.config.gateway.auth, given.token, given.password)
+        except AuthenticationError:
+            config = self.runtime.config.gateway
+            client = websocket.scope.get("client")
+            peer = client[0] if isinstance(client, list | tuple) and client else None
+            trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
+            # A direct loopback peer only: a forwarded address proves nothing (see
+            # limiter_exempt).
+            if limiter_exempt(
+                peer if isinstance(peer, str) else None,
+                websocket.headers.get("X-Forwarded-For"),
+                trusted,
+            ):
+                return await self.runtime.file_auth()
+        return None
+
+    def _file_credential(self, given: ClientAuth, file_auth: AuthConfig | None) -> bool:
+        """Whether ``given`` is the credential the config file holds now (``file_auth``, read
+        only for a client on loopback), not loaded yet. Such a client proves it can read the
+        file, whose credential any reload would make valid: it may ask for that reload (and
+        nothing else), so a changed token can be reloaded by whoever changed it."""
+        if file_auth is None or file_auth.secret is None:
             return False
         try:
-            check_secret(pending, given.token, given.password)
+            check_secret(file_auth, given.token, given.password)
         except AuthenticationError:
             return False
         logger.info("control.connected_for_reload reason=file_credential")
