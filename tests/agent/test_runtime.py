@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import threading
 import time
@@ -14,7 +15,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from gateway_harness import make_config, open_test_runtime
+from gateway_harness import THIRD_PROVIDER_FAILS, make_config, open_test_runtime
 
 from benchmarks.mock_upstream import MockUpstream, Scenario
 from benchmarks.scripted_provider import Fail, Hang, Say, ScriptedProvider
@@ -32,6 +33,7 @@ from trio_gateway.agent import (
 from trio_gateway.agent.events import ToolStarted
 from trio_gateway.config import AuthConfig
 from trio_gateway.errors import (
+    ConfigError,
     DrainingError,
     InvalidRequestError,
     ProviderError,
@@ -488,3 +490,36 @@ async def test_runtime_file_auth_reads_the_file_off_the_event_loop(tmp_path: Pat
     gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
     assert max(gaps) < late / 2, "the event loop stalled while the config file was read"
     assert ticks[-1] - ticks[0] >= late * 0.8  # the read took about as long as the writer
+
+
+def closed_providers(caplog: pytest.LogCaptureFixture) -> set[str]:
+    prefix = "provider.close.complete provider="
+    return {
+        record.getMessage().removeprefix(prefix)
+        for record in caplog.records
+        if record.getMessage().startswith(prefix)
+    }
+
+
+async def test_open_runtime_closes_the_providers_built_before_one_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trio_gateway.providers.registry")
+    with trio.fail_after(10), pytest.raises(ConfigError, match="provider 'c'"):
+        async with open_test_runtime(make_config(THIRD_PROVIDER_FAILS)):
+            raise AssertionError("the runtime opened")
+    assert closed_providers(caplog) == {"a", "b"}
+
+
+async def test_runtime_reload_closes_the_providers_it_built_when_one_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trio_gateway.providers.registry")
+    async with open_test_runtime(make_config()) as runtime:
+        running = runtime.config
+        with pytest.raises(ConfigError, match="provider 'c'"):
+            runtime.reload(make_config(THIRD_PROVIDER_FAILS))
+        assert runtime.config is running
+        with trio.fail_after(10):
+            while closed_providers(caplog) != {"a", "b"}:
+                await trio.sleep(0.01)
