@@ -38,6 +38,18 @@ BASE_CONFIG: dict[str, Any] = {
 }
 
 
+#: Three providers; the third passes the config check but cannot be built (no host).
+THIRD_PROVIDER_FAILS: dict[str, Any] = {
+    "models": {
+        "providers": {
+            "a": {"api": "openai-chat", "baseUrl": "http://127.0.0.1:9/v1"},
+            "b": {"api": "anthropic-messages", "baseUrl": "http://127.0.0.1:9"},
+            "c": {"api": "openai-chat", "baseUrl": "http:///v1"},
+        }
+    }
+}
+
+
 def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of ``base`` with ``override`` merged in (dicts merge, the rest replaces)."""
     result = copy.deepcopy(base)

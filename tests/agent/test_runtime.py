@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import itertools
+import logging
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +15,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from gateway_harness import make_config, open_test_runtime
+from gateway_harness import THIRD_PROVIDER_FAILS, make_config, open_test_runtime
 
 from benchmarks.mock_upstream import MockUpstream, Scenario
 from benchmarks.scripted_provider import Fail, Hang, Say, ScriptedProvider
@@ -26,7 +31,9 @@ from trio_gateway.agent import (
     open_runtime,
 )
 from trio_gateway.agent.events import ToolStarted
+from trio_gateway.config import AuthConfig
 from trio_gateway.errors import (
+    ConfigError,
     DrainingError,
     InvalidRequestError,
     ProviderError,
@@ -432,3 +439,87 @@ async def test_runtime_background_tasks_end_with_the_runtime() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert not ended.is_set()
     assert ended.is_set()
+
+
+async def test_runtime_file_auth_reads_the_file_off_the_event_loop(tmp_path: Path) -> None:
+    """The config file is read in a worker thread: while its read blocks (a named pipe whose
+    writer is late), the event loop goes on running."""
+    path = tmp_path / "epiloop.json5"
+    os.mkfifo(path)
+    late = 0.5
+    text = b'{ gateway: { auth: { token: "from-the-file-0123" } } }'
+
+    def write_late() -> None:
+        time.sleep(late)
+        deadline = time.monotonic() + 5
+        while True:  # the pipe opens for writing once a reader has it open
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        with os.fdopen(fd, "wb") as pipe:
+            pipe.write(text)
+
+    writer = threading.Thread(target=write_late)
+    writer.start()
+    try:
+        with trio.fail_after(10):
+            async with open_test_runtime(make_config(), config_path=path) as runtime:
+                ticks: list[float] = []
+                read: list[object] = []
+
+                async def tick() -> None:
+                    while True:
+                        ticks.append(trio.current_time())
+                        await trio.sleep(0.01)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(tick)
+                    await trio.sleep(0.02)
+                    read.append(await runtime.file_auth())
+                    await trio.sleep(0.05)  # a tick after the read shows any stall
+                    nursery.cancel_scope.cancel(reason="the file was read")
+    finally:
+        writer.join(10)
+    auth = read[0]
+    assert isinstance(auth, AuthConfig)
+    assert auth.token == "from-the-file-0123"
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+    assert max(gaps) < late / 2, "the event loop stalled while the config file was read"
+    assert ticks[-1] - ticks[0] >= late * 0.8  # the read took about as long as the writer
+
+
+def closed_providers(caplog: pytest.LogCaptureFixture) -> set[str]:
+    prefix = "provider.close.complete provider="
+    return {
+        record.getMessage().removeprefix(prefix)
+        for record in caplog.records
+        if record.getMessage().startswith(prefix)
+    }
+
+
+async def test_open_runtime_closes_the_providers_built_before_one_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trio_gateway.providers.registry")
+    with trio.fail_after(10), pytest.raises(ConfigError, match="provider 'c'"):
+        async with open_test_runtime(make_config(THIRD_PROVIDER_FAILS)):
+            raise AssertionError("the runtime opened")
+    assert closed_providers(caplog) == {"a", "b"}
+
+
+async def test_runtime_reload_closes_the_providers_it_built_when_one_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trio_gateway.providers.registry")
+    async with open_test_runtime(make_config()) as runtime:
+        running = runtime.config
+        with pytest.raises(ConfigError, match="provider 'c'"):
+            runtime.reload(make_config(THIRD_PROVIDER_FAILS))
+        assert runtime.config is running
+        with trio.fail_after(10):
+            while closed_providers(caplog) != {"a", "b"}:
+                await trio.sleep(0.01)

@@ -30,16 +30,15 @@ from trio_gateway.providers.base import (
     ToolCallDelta,
 )
 from trio_gateway.providers.echo import EchoProvider
+from trio_gateway.providers.http_provider import USER_AGENT, resolve_api_key
 from trio_gateway.providers.openai_chat import (
     ChatStreamParser,
     OpenAIChatProvider,
     encode_chat_request,
 )
 from trio_gateway.providers.registry import build_providers, close_providers
-from trio_gateway.providers.upstream import (
-    USER_AGENT,
+from trio_gateway.providers.upstream_errors import (
     error_message_from_body,
-    resolve_api_key,
     retry_after_from_headers,
 )
 from trio_gateway.wire.sse import SSEEvent

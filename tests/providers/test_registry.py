@@ -1,11 +1,15 @@
-"""Provider sets: who uses them, and when a replaced one must be closed."""
+"""Building providers, and provider sets: who uses them, and when a replaced one must be
+closed."""
 
 from __future__ import annotations
 
 import pytest
+import trio
+from gateway_harness import THIRD_PROVIDER_FAILS, make_config
 
-from trio_gateway.providers import EchoProvider
-from trio_gateway.providers.registry import ProviderSet
+from trio_gateway.errors import ConfigError
+from trio_gateway.providers import EchoProvider, Provider
+from trio_gateway.providers.registry import ProviderSet, build_providers, close_providers
 
 
 def test_registry_retired_set_is_reported_idle_once_after_its_last_lease() -> None:
@@ -33,3 +37,12 @@ def test_registry_unused_set_is_closed_when_retired_unless_someone_else_owns_it(
     assert borrowed.retire() is False
     lease.release()
     assert not borrowed.closed
+
+
+async def test_registry_build_providers_hands_back_those_built_before_a_failure() -> None:
+    built: dict[str, Provider] = {}
+    with pytest.raises(ConfigError, match="provider 'c'"):
+        build_providers(make_config(THIRD_PROVIDER_FAILS), built=built)
+    assert list(built) == ["local", "a", "b"]  # "local" is the harness's echo provider
+    with trio.fail_after(5):
+        await close_providers(built)

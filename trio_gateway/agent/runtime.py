@@ -96,16 +96,15 @@ class AgentRuntime:
         config: Config,
         *,
         background: trio.Nursery,
-        providers: Mapping[str, Provider] | None,
+        providers: Mapping[str, Provider],
+        owns_providers: bool,
         sessions: SessionStore,
         tools: ToolRegistry | None,
         state_dir: Path,
         config_path: Path | None,
     ) -> None:
         self.config = config
-        self.providers: Mapping[str, Provider] = (
-            providers if providers is not None else build_providers(config)
-        )
+        self.providers: Mapping[str, Provider] = providers
         self.sessions: SessionStore = sessions
         self.tools = tools if tools is not None else default_registry()
         self.state_dir = state_dir
@@ -126,9 +125,10 @@ class AgentRuntime:
         self._config_path = config_path
         #: The config the runtime started with (what restart-only settings still follow).
         self._startup_config = config
-        #: The providers new runs use. Given ones belong to the caller; built ones to the
-        #: runtime, which closes them (see :meth:`aclose_providers`).
-        self._provider_set = ProviderSet(self.providers, owned=providers is None)
+        #: The providers new runs use. Those open_runtime built (``owns_providers``) belong to
+        #: the runtime, which closes them (see :meth:`aclose_providers`); given ones to the
+        #: caller.
+        self._provider_set = ProviderSet(self.providers, owned=owns_providers)
         #: Sets a reload built and replaced, unused now, waiting for :meth:`serve_retirement`.
         self._idle_sets: list[ProviderSet] = []
         self._idle_sets_changed = trio.Event()
@@ -190,6 +190,16 @@ class AgentRuntime:
         finally:
             self._hosts.remove(host)
 
+    def _discard(self, providers: Mapping[str, Provider]) -> None:
+        """Providers a failed reload built and will never use: :meth:`serve_retirement` closes
+        them (shielded and bounded)."""
+        if not providers:
+            return
+        provider_set = ProviderSet(providers, owned=True)
+        self._owned_sets.append(provider_set)
+        if provider_set.retire():
+            self._set_idle(provider_set)
+
     def _set_idle(self, provider_set: ProviderSet) -> None:
         """A replaced set's last user is done: hand it to :meth:`serve_retirement`."""
         self._idle_sets.append(provider_set)
@@ -226,23 +236,28 @@ class AgentRuntime:
         while self.credentials_generation == since:
             await self._credentials_changed.wait()
 
-    def file_auth(self) -> AuthConfig | None:
+    async def file_auth(self) -> AuthConfig | None:
         """The auth settings the config file holds now (what a reload would apply; ``None``
-        without a file or when it is invalid). Read again only when the file changed."""
+        without a file or when it is invalid). Read again only when the file changed; the file
+        is looked at (and parsed: JSON5 is slow) in a worker thread, never on the event loop."""
         if self.config_path is None:
             return None
+        return await trio.to_thread.run_sync(self._read_file_auth, self.config_path)
+
+    def _read_file_auth(self, path: Path) -> AuthConfig | None:
         try:
-            status = self.config_path.stat()
+            status = path.stat()
         except OSError:
             return None
         key = (status.st_ino, status.st_mtime_ns, status.st_size)
-        if self._file_auth is None or self._file_auth[0] != key:
+        cached = self._file_auth
+        if cached is None or cached[0] != key:
             try:
-                auth: AuthConfig | None = load_config(self.config_path).config.gateway.auth
+                auth: AuthConfig | None = load_config(path).config.gateway.auth
             except ConfigError:
                 auth = None
-            self._file_auth = (key, auth)
-        return self._file_auth[1]
+            cached = self._file_auth = (key, auth)
+        return cached[1]
 
     def reload(self, config: Config) -> ReloadResult:
         """Apply a new, validated config to new runs; runs in progress keep what they started
@@ -253,8 +268,13 @@ class AgentRuntime:
         config = keep_running_secret(current, config)
         for host in self._hosts:
             check_exposure(host, config.gateway.auth)
-        providers = build_providers(config)
-        chains, tools = self._derive(config, providers)
+        built: dict[str, Provider] = {}
+        try:
+            providers = build_providers(config, built=built)
+            chains, tools = self._derive(config, providers)
+        except BaseException:
+            self._discard(built)
+            raise
         replaced = self._provider_set
         self.providers = providers
         self._provider_set = ProviderSet(providers, owned=True)
@@ -454,12 +474,17 @@ async def open_runtime(
                 open_session_store(config.session, state_dir)
             )
         runtime: AgentRuntime | None = None
+        owns_providers = providers is None
+        built: dict[str, Provider] = {}
         try:
+            if providers is None:
+                providers = build_providers(config, built=built)
             async with trio.open_nursery() as nursery:
                 runtime = AgentRuntime(
                     config,
                     background=nursery,
                     providers=providers,
+                    owns_providers=owns_providers,
                     sessions=sessions,
                     tools=tools,
                     state_dir=state_dir,
@@ -473,3 +498,5 @@ async def open_runtime(
         finally:
             if runtime is not None:
                 await runtime.aclose_providers()  # shielded and bounded
+            else:  # building failed part way, or the runtime did: close what was built
+                await close_providers(built)  # shielded and bounded

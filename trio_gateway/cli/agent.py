@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..messages import Message
 from ..providers.base import ReasoningDelta, TextDelta
-from ..server.control import result_payload
+from ..server.control_runs import result_payload
 from ..wire.control import AgentsListResult, ErrorInfo, RunOutcome, read_payload
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Exit
 from .remote import Target, client_options, control_failure, gateway_target

@@ -47,7 +47,8 @@ from .base import (
     TokenUsage,
     ToolCallDelta,
 )
-from .upstream import HttpProvider, bad_event, bad_response
+from .http_provider import HttpProvider
+from .upstream_errors import bad_event, bad_response
 
 __all__ = ["AnthropicProvider", "MessagesStreamParser", "encode_messages_request"]
 

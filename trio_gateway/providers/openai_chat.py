@@ -39,7 +39,8 @@ from .base import (
     TokenUsage,
     ToolCallDelta,
 )
-from .upstream import HttpProvider, bad_event
+from .http_provider import HttpProvider
+from .upstream_errors import bad_event
 
 __all__ = ["ChatStreamParser", "OpenAIChatProvider", "encode_chat_request"]
 

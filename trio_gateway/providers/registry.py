@@ -67,14 +67,21 @@ def build_provider(
 
 
 def build_providers(
-    config: Config, *, environ: Mapping[str, str] | None = None
+    config: Config,
+    *,
+    environ: Mapping[str, str] | None = None,
+    built: dict[str, Provider] | None = None,
 ) -> dict[str, Provider]:
     """Every provider under ``models.providers``, by name. Close them with
-    :func:`close_providers`."""
-    return {
-        name: build_provider(entry, name=name, environ=environ)
-        for name, entry in config.models.providers.items()
-    }
+    :func:`close_providers`.
+
+    Building one can fail (an invalid ``baseUrl``, say) after others were built: ``built``, when
+    given, receives each provider as it is built (and is returned), so that when this raises
+    the caller still has the ones built before the failure, to close them."""
+    providers: dict[str, Provider] = {} if built is None else built
+    for name, entry in config.models.providers.items():
+        providers[name] = build_provider(entry, name=name, environ=environ)
+    return providers
 
 
 async def close_providers(providers: Mapping[str, Provider]) -> None:
@@ -88,6 +95,8 @@ async def close_providers(providers: Mapping[str, Provider]) -> None:
                 await provider.aclose()
             except Exception:
                 logger.exception("provider.close.failed provider=%s", name)
+            else:
+                logger.debug("provider.close.complete provider=%s", name)
     if scope.cancelled_caught:
         logger.warning("provider.close.failed reason=timeout bound_seconds=%g", _CLOSE_BOUND)
 

@@ -1,4 +1,4 @@
-"""The HTTP plumbing every upstream provider shares.
+"""One provider's connection pool and its streamed model calls.
 
 :class:`UpstreamClient` owns one provider's connection pool (an httpx transport, by default the
 lean :class:`~.http11.Http11Transport`) and runs one streamed model call: it POSTs the body,
@@ -14,19 +14,15 @@ started (connect, request, headers and everything up to the first model event), 
 forward to ``idleTimeoutSeconds`` after each batch of events; while ``emit`` waits for a slow
 consumer it is switched off, so only the upstream's silence counts.
 
-Every failure leaves as an :class:`~trio_gateway.errors.UpstreamError`, translated here, once:
+Every failure leaves as an :class:`~trio_gateway.errors.UpstreamError`, translated once, by the
+functions of :mod:`.upstream_errors` (statuses, error bodies, httpx's exceptions); the client
+itself adds two:
 
-* HTTP status >= 400: ``status`` set, the upstream's own error message, ``retryable`` for
-  408/409/425/429/5xx, ``retry_after`` from ``Retry-After`` (seconds or HTTP date) or
-  ``retry-after-ms``; ``code`` ``upstream_auth_failed`` (401/403), ``upstream_rate_limited``
-  (429) or ``upstream_http_error``.
-* connection faults (refused, reset, closed early): ``status=None``, ``retryable``; ``code``
-  ``upstream_unreachable`` (before a connection existed) or ``upstream_disconnected``.
 * a deadline: ``code="upstream_timeout"``, ``retryable``.
-* a 200 that is not an event stream, an event that is not what the protocol says (JSON that
-  does not decode, nested too deeply, not UTF-8), or a line or event longer than
-  ``maxEventBytes``: ``code="bad_upstream_response"``, not retryable.
-* an in-band error event: ``code="upstream_stream_error"`` (raised by the parsers).
+* a line or event longer than ``maxEventBytes``: ``code="bad_upstream_response"``, not
+  retryable.
+
+An in-band error event is ``code="upstream_stream_error"`` (raised by the parsers).
 
 The client does not retry: the agent layer does, when ``retryable`` and nothing was emitted.
 Messages name the provider and host, never a key. Cancelling the caller closes the upstream
@@ -45,47 +41,26 @@ This module must not import the agent, server or tools layers.
 from __future__ import annotations
 
 import base64
-import email.utils
 import logging
 import math
-import os
 import time
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol, Self
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import httpx
-import msgspec
 import trio
 
-from .._version import __version__
-from ..config.schema import UpstreamProviderConfig
 from ..errors import ConfigError, UpstreamError
-from ..wire.decoding import DECODE_ERRORS, decode_fault
 from ..wire.sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEError, SSEEvent
 from .base import Completion, Emit, ModelEvent
 from .http11 import Http11Transport
+from .upstream_errors import bad_response, status_error, transport_error
 
-__all__ = [
-    "USER_AGENT",
-    "HttpProvider",
-    "StreamParser",
-    "UpstreamClient",
-    "bad_event",
-    "bad_response",
-    "environment_proxy",
-    "error_message_from_body",
-    "resolve_api_key",
-    "retry_after_from_headers",
-    "status_error",
-]
+__all__ = ["StreamParser", "UpstreamClient", "environment_proxy"]
 
 logger = logging.getLogger(__name__)
 
-USER_AGENT = f"epiloop-gateway/{__version__}"
-
-#: Retryable HTTP statuses below 500 (every 5xx is retryable).
-_RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 #: How much of an error body is read to find the upstream's message.
 _ERROR_BODY_LIMIT = 64 * 1024
 #: How long the tail of a finished stream (the chunked-encoding end) may take before the
@@ -95,8 +70,6 @@ _DRAIN_SECONDS = 1.0
 _CLOSE_BOUND = 2.0
 #: Idle connections kept per provider (a new stream opens a new connection when none is idle).
 _KEEPALIVE_CONNECTIONS = 64
-#: Longest upstream error message passed on.
-_MESSAGE_LIMIT = 500
 #: Events parsed before the read loop yields to the scheduler, if nothing else did.
 _YIELD_EVERY_EVENTS = 64
 
@@ -114,112 +87,6 @@ class StreamParser(Protocol):
     def feed(self, event: SSEEvent) -> Sequence[ModelEvent]: ...
 
     def completion(self) -> Completion: ...
-
-
-def resolve_api_key(
-    api_key: str | None, api_key_env: str | None, environ: Mapping[str, str] | None = None
-) -> tuple[str | None, str | None]:
-    """``(key, missing_env)``: the configured key, else the named variable's value (read now);
-    ``missing_env`` names the variable when it is configured but unset or empty."""
-    if api_key:
-        return api_key, None
-    if not api_key_env:
-        return None, None
-    value = (os.environ if environ is None else environ).get(api_key_env, "")
-    if value:
-        return value, None
-    return None, api_key_env
-
-
-def retry_after_from_headers(headers: Mapping[str, str], *, now: float) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (delay or HTTP date);
-    ``now`` is the wall clock (``time.time()``) an HTTP date is measured from."""
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds is not None:
-        seconds = _parse_seconds(milliseconds)
-        if seconds is not None:
-            return seconds / 1000
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    seconds = _parse_seconds(value)
-    if seconds is not None:
-        return seconds
-    try:
-        when = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-def _parse_seconds(value: str) -> float | None:
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def error_message_from_body(body: bytes) -> str | None:
-    """The message of a JSON error body: OpenAI and Anthropic ``error.message``, or the
-    ``error`` / ``message`` / ``detail`` string other OpenAI-compatible servers send."""
-    try:
-        document = msgspec.json.decode(body)
-    except DECODE_ERRORS:  # too deep or not UTF-8 too: the status alone is the answer
-        return None
-    if not isinstance(document, dict):
-        return None
-    error = document.get("error")
-    if isinstance(error, dict):
-        error = error.get("message")
-    for candidate in (error, document.get("message"), document.get("detail")):
-        if isinstance(candidate, str) and candidate.strip():
-            return _clip(candidate)
-    return None
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) > _MESSAGE_LIMIT:
-        text = text[: _MESSAGE_LIMIT - 1] + "…"
-    return text
-
-
-def status_error(
-    provider: str, status: int, body: bytes, headers: Mapping[str, str], *, now: float
-) -> UpstreamError:
-    """The error for an upstream answer with HTTP status >= 400."""
-    detail = error_message_from_body(body)
-    message = f"The upstream {provider!r} answered HTTP {status}"
-    message += f": {detail}" if detail else "."
-    if status in (401, 403):
-        code = "upstream_auth_failed"
-    elif status == 429:
-        code = "upstream_rate_limited"
-    else:
-        code = "upstream_http_error"
-    return UpstreamError(
-        message,
-        status=status,
-        retryable=status in _RETRYABLE_STATUSES or status >= 500,
-        retry_after=retry_after_from_headers(headers, now=now),
-        code=code,
-    )
-
-
-def bad_response(provider: str, what: str) -> UpstreamError:
-    """The upstream answered something its protocol does not allow."""
-    return UpstreamError(
-        f"The upstream {provider!r} sent {what}.", retryable=False, code="bad_upstream_response"
-    )
-
-
-def bad_event(provider: str, exc: Exception, data: str | bytes) -> UpstreamError:
-    """A stream event whose JSON could not be decoded (``exc``, one of ``DECODE_ERRORS``): a
-    bad answer, whatever msgspec raised (a recursion error for deep nesting included)."""
-    return bad_response(provider, f"a malformed stream event ({decode_fault(exc, data).value})")
 
 
 def environment_proxy(url: httpx.URL) -> str | None:
@@ -405,7 +272,9 @@ class UpstreamClient:
                     with trio.move_on_after(_CLOSE_BOUND, shield=True):
                         await body_stream.aclose()
         except httpx.HTTPError as exc:
-            error = self._transport_error(exc)
+            error = transport_error(
+                exc, provider=self.provider, host=self.host, connect_timeout=self.connect_timeout
+            )
             self._log_failure(error, started)
             raise error from exc
         except UpstreamError as exc:
@@ -461,46 +330,6 @@ class UpstreamClient:
             shown = content_type.partition(";")[0].strip() or "no content type"
             raise bad_response(self.provider, f"{shown} instead of an event stream")
 
-    def _transport_error(self, exc: httpx.HTTPError) -> UpstreamError:
-        where = f"the upstream {self.provider!r} at {self.host}"
-        reason = str(exc) or type(exc).__name__
-        if isinstance(exc, httpx.ConnectTimeout):
-            return UpstreamError(
-                f"Could not connect to {where} within {self.connect_timeout:g} seconds "
-                "(connectTimeoutSeconds).",
-                retryable=True,
-                code="upstream_timeout",
-            )
-        if isinstance(exc, httpx.TimeoutException):
-            return UpstreamError(
-                f"Timed out talking to {where}: {reason}", retryable=True, code="upstream_timeout"
-            )
-        if isinstance(exc, httpx.ConnectError):
-            return UpstreamError(
-                f"Could not connect to {where}: {reason}",
-                retryable=True,
-                code="upstream_unreachable",
-            )
-        if isinstance(exc, httpx.DecodingError):
-            return bad_response(self.provider, f"a body that could not be decoded ({reason})")
-        if isinstance(exc, httpx.UnsupportedProtocol):
-            return UpstreamError(
-                f"Cannot reach {where}: {reason}", retryable=False, code="upstream_unreachable"
-            )
-        if isinstance(exc, httpx.LocalProtocolError):
-            # Our request could not be put on the wire (an invalid configured header, say):
-            # sending it again would fail the same way.
-            return UpstreamError(
-                f"The request to {where} could not be sent: {reason}", retryable=False
-            )
-        if isinstance(exc, httpx.TransportError):
-            return UpstreamError(
-                f"The connection to {where} broke off: {reason}",
-                retryable=True,
-                code="upstream_disconnected",
-            )
-        return UpstreamError(f"The call to {where} failed: {reason}", retryable=False)
-
     def _log_failure(self, error: UpstreamError, started: float) -> None:
         logger.info(
             "upstream.stream.failed provider=%s status=%s code=%s retryable=%s duration_ms=%.1f",
@@ -510,54 +339,3 @@ class UpstreamClient:
             error.retryable,
             (trio.current_time() - started) * 1000,
         )
-
-
-class HttpProvider:
-    """What the HTTP providers share: the pooled :class:`UpstreamClient` built from their
-    config (API key from ``apiKey`` or the variable ``apiKeyEnv`` names, read now; ``environ``
-    defaults to ``os.environ``), and closing it. Subclasses say how the key is sent and which
-    fixed headers the API wants, and implement ``stream``."""
-
-    def __init__(
-        self,
-        config: UpstreamProviderConfig,
-        *,
-        name: str,
-        environ: Mapping[str, str] | None,
-        transport: httpx.AsyncBaseTransport | None,
-        fixed_headers: Mapping[str, str],
-        key_header: Callable[[str], tuple[str, str]],
-    ) -> None:
-        self.name = name
-        api_key, missing_env = resolve_api_key(config.api_key, config.api_key_env, environ)
-        headers = {
-            "user-agent": USER_AGENT,
-            "accept": "text/event-stream",
-            "accept-encoding": "identity",
-            "content-type": "application/json",
-            **fixed_headers,
-        }
-        if api_key:
-            header, value = key_header(api_key)
-            headers[header] = value
-        headers.update({key.lower(): value for key, value in config.headers.items()})
-        self._upstream = UpstreamClient(
-            provider=name,
-            base_url=config.base_url,
-            headers=headers,
-            connect_timeout=config.connect_timeout_seconds,
-            first_token_timeout=config.first_token_timeout_seconds,
-            idle_timeout=config.idle_timeout_seconds,
-            missing_key_env=missing_env,
-            transport=transport,
-            max_event_bytes=config.max_event_bytes,
-        )
-
-    async def aclose(self) -> None:
-        await self._upstream.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()

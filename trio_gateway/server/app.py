@@ -29,6 +29,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from .. import disconnects, metrics
 from ..agent import AgentRuntime
 from ..auth import is_loopback_host
+from ..config import Config
 from ..errors import (
     GatewayError,
     HeadersTooLargeError,
@@ -158,6 +159,22 @@ class GatewayApp:
         self.runtime = runtime
         #: Requests and WebSocket connections being served.
         self.in_flight = 0
+        #: The runtime config whose body limits quart's config holds.
+        self._limits_from: Config | None = None
+        self._apply_body_limits()
+
+    def _apply_body_limits(self) -> None:
+        """quart reads the body limits from its config as each request starts: write the
+        runtime's values there, at start and again only when a reload replaced the config
+        (so a reload applies to the next request)."""
+        config = self.runtime.config
+        if config is self._limits_from:
+            return
+        http = config.gateway.http
+        self.quart_app.config["MAX_CONTENT_LENGTH"] = http.max_body_bytes
+        # A request body must arrive in time (slowloris senders get 408).
+        self.quart_app.config["BODY_TIMEOUT"] = http.body_timeout_seconds
+        self._limits_from = config
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -254,11 +271,7 @@ class GatewayApp:
     ) -> None:
         cleanups: list[Callable[[], None]] = []
         scope[CLEANUPS_KEY] = cleanups  # type: ignore[literal-required]  # our own scope key
-        # quart reads the body limits per request from its config: the runtime's live values
-        # (a reload applies to the next request).
-        http = self.runtime.config.gateway.http
-        self.quart_app.config["MAX_CONTENT_LENGTH"] = http.max_body_bytes
-        self.quart_app.config["BODY_TIMEOUT"] = http.body_timeout_seconds
+        self._apply_body_limits()
         hooks, token = disconnects.open_request_hooks()
         try:
             await self.quart_app(scope, _DisconnectWatch(receive, hooks), send)
@@ -306,13 +319,9 @@ def create_app(runtime: AgentRuntime) -> GatewayApp:
     app = QuartTrio("trio_gateway")
     # "/v1//models" is not "/v1/models": answer 404, not a redirect clients may not follow.
     app.url_map.merge_slashes = False
-    http = runtime.config.gateway.http
     app.config.update(
         # Streams own their deadlines (the run's timeoutSeconds); quart's 60 s cut is off.
         RESPONSE_TIMEOUT=None,
-        # A request body must arrive in time (slowloris senders get 408).
-        BODY_TIMEOUT=http.body_timeout_seconds,
-        MAX_CONTENT_LENGTH=http.max_body_bytes,
         JSON_SORT_KEYS=False,
     )
 

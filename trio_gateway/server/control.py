@@ -9,8 +9,9 @@ client: frames are queued without blocking, and a client whose queue overflows i
 and recorded as aborted.
 
 The protocol (frames, close codes, each method's params and result) is ``wire.control``; this
-module does the connection's I/O, the handshake, the dispatch and the methods that start and
-follow runs. The methods that answer from the gateway's state are ``control_methods``.
+module does the connection's I/O, the handshake and the dispatch. The methods that start and
+follow runs are ``control_runs``; those that answer from the gateway's state,
+``control_methods``.
 """
 
 from __future__ import annotations
@@ -19,22 +20,17 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from functools import partial
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
-import msgspec
 import trio
 from quart import websocket
 from quart_trio import QuartTrio
 
 from .._version import __version__
-from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunRequest, RunStarted
-from ..agent.active import ActiveRun
-from ..agent.events import RunResult, ToolFinished, ToolStarted
+from ..agent import AgentRuntime
 from ..auth import check_secret, limiter_exempt
 from ..cancellation import CONTROL_CLOSING
+from ..config import AuthConfig
 from ..errors import (
     AuthenticationError,
     AuthRateLimitedError,
@@ -45,50 +41,35 @@ from ..errors import (
     SessionBusyError,
     UpstreamError,
 )
-from ..messages import Message
-from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
 from ..wire import control as protocol
 from ..wire.control import (
     ADVERTISED_METHODS,
     METHODS,
     PROTOCOL_VERSION,
     RELOAD_ONLY_METHODS,
-    AbortParams,
-    AbortResult,
-    AgentAccepted,
-    AgentEvent,
     AgentParams,
     ChallengePayload,
     ClientAuth,
     Closing,
     ConnectParams,
     ConnectResult,
-    DeltaData,
-    ErrorInfo,
     FrameError,
-    LifecycleEndData,
-    LifecycleErrorData,
-    LifecycleStartData,
     Limits,
     ProtocolRange,
     RequestFrame,
-    RunIdParams,
     ServerInfo,
     TickPayload,
-    ToolCallInfo,
-    ToolResultData,
-    ToolStartData,
-    Usage,
     encode_error_response,
     encode_event,
     encode_response,
     parse_request,
 )
 from .app_state import guard_credentials
-from .control_methods import Handler, state_handlers
+from .control_methods import Handler, InvalidParams, method_params, state_handlers
+from .control_runs import agent, run_handlers
 from .wslimits import HandshakeSlot, PendingHandshakes, scope_message_limit
 
-__all__ = ["register_control_plane", "result_payload"]
+__all__ = ["register_control_plane"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,24 +77,10 @@ logger = logging.getLogger(__name__)
 CLOSE_BOUND_SECONDS = 2.0
 
 
-class _InvalidParams(GatewayError):
-    code = "invalid_params"
-
-
 class _ReloadOnly(GatewayError):
     http_status = 403
     error_type = "permission_error"
     code = "reload_only"
-
-
-_P = TypeVar("_P", bound=msgspec.Struct)
-
-
-def _params(kind: type[_P], params: Mapping[str, object]) -> _P:
-    try:
-        return msgspec.convert(params, kind)
-    except msgspec.ValidationError as exc:
-        raise _InvalidParams(f"invalid params: {exc}") from exc
 
 
 def _error_frame(request_id: str | None, error: GatewayError) -> str:
@@ -128,62 +95,6 @@ def _error_frame(request_id: str | None, error: GatewayError) -> str:
         retryable=retryable,
         retry_after_ms=retry_after_ms,
     )
-
-
-def result_payload(result: RunResult, run_id: str) -> protocol.RunResult:
-    """A run's result as the control protocol reports it (``agent``, ``agent.wait``)."""
-    error = result.error
-    return protocol.RunResult(
-        run_id=run_id,
-        status=result.status,
-        text=result.text,
-        stop_reason=result.finish_reason,
-        usage=Usage(result.usage.prompt_tokens, result.usage.completion_tokens),
-        text_dropped=result.text_dropped,
-        error=None if error is None else ErrorInfo(error.code, error.message),
-        tool_calls=[ToolCallInfo(c.id, c.name, c.arguments) for c in result.tool_calls],
-    )
-
-
-def _event_data(event: RunEvent) -> tuple[str, msgspec.Struct] | None:
-    """An agent event as the protocol's ``(stream, data)``."""
-    if type(event) is TextDelta:
-        return "assistant", DeltaData(event.text)
-    if type(event) is ReasoningDelta:
-        return "reasoning", DeltaData(event.text)
-    if isinstance(event, ToolStarted):
-        return "tool", ToolStartData(event.call_id, event.name, event.arguments)
-    if isinstance(event, ToolFinished):
-        return "tool", ToolResultData(event.call_id, event.name, event.ok, event.result)
-    if isinstance(event, RunStarted):
-        return "lifecycle", LifecycleStartData(event.agent_id, event.session_key, event.model)
-    if isinstance(event, RunFinished):
-        usage = Usage(event.usage.prompt_tokens, event.usage.completion_tokens)
-        return "lifecycle", LifecycleEndData(event.finish_reason, usage)
-    if isinstance(event, RunFailed):
-        return "lifecycle", LifecycleErrorData(ErrorInfo(event.error.code, event.error.message))
-    if isinstance(event, ToolCallDelta):
-        return None  # client tool calls are an OpenAI-API notion; the result lists them
-    return None
-
-
-@dataclass
-class _RunFeed:
-    """Turns one run's events into ``agent`` events on a connection."""
-
-    connection: ControlConnection
-    run_id: str
-    seq: int = 0
-
-    def __call__(self, event: RunEvent) -> None:
-        mapped = _event_data(event)
-        if mapped is None:
-            return
-        stream, data = mapped
-        self.seq += 1
-        self.connection.queue_event(
-            "agent", AgentEvent(run_id=self.run_id, seq=self.seq, stream=stream, data=data)
-        )
 
 
 class ControlConnection:
@@ -203,11 +114,7 @@ class ControlConnection:
         )
         self._nursery: trio.Nursery | None = None
         # Each takes its method's params struct (wire.control.METHODS) and returns its result.
-        self._handlers: dict[str, Handler] = {
-            **state_handlers(runtime),
-            "agent.wait": self._agent_wait,
-            "agent.abort": self._agent_abort,
-        }
+        self._handlers: dict[str, Handler] = {**state_handlers(runtime), **run_handlers(runtime)}
 
     # -- outgoing ---------------------------------------------------------------------------
 
@@ -339,8 +246,8 @@ class ControlConnection:
 
     async def _connect(self, request: RequestFrame) -> None:
         try:
-            params = _params(ConnectParams, request.params)
-        except _InvalidParams as exc:
+            params = method_params(ConnectParams, request.params)
+        except InvalidParams as exc:
             self.queue(_error_frame(request.id, exc))
             await self._end(protocol.CONNECT_REQUIRED)
         if not params.min_protocol <= PROTOCOL_VERSION <= params.max_protocol:
@@ -352,6 +259,7 @@ class ControlConnection:
                 )
             )
             await self._end(protocol.PROTOCOL_MISMATCH)
+        file_auth = await self._file_auth_for(params.auth)
         auth = self.runtime.config.gateway.auth
         self.credentials = self.runtime.credentials_generation
 
@@ -359,7 +267,7 @@ class ControlConnection:
             try:
                 check_secret(auth, params.auth.token, params.auth.password)
             except AuthenticationError:
-                if not self._file_credential(params.auth):
+                if not self._file_credential(params.auth, file_auth):
                     raise
                 self.reload_only = True
 
@@ -390,27 +298,37 @@ class ControlConnection:
         )
         self.queue(encode_response(request.id, hello))
 
-    def _file_credential(self, given: ClientAuth) -> bool:
-        """Whether ``given`` is the credential the config file holds now, not loaded yet, and
-        the client is on loopback. Such a client proves it can read the file, whose credential
-        any reload would make valid: it may ask for that reload (and nothing else), so a
-        changed token can be reloaded by whoever changed it."""
-        config = self.runtime.config.gateway
-        client = websocket.scope.get("client")
-        peer = client[0] if isinstance(client, list | tuple) and client else None
-        trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
-        # A direct loopback peer only: a forwarded address proves nothing (see limiter_exempt).
-        if not limiter_exempt(
-            peer if isinstance(peer, str) else None,
-            websocket.headers.get("X-Forwarded-For"),
-            trusted,
-        ):
-            return False
-        pending = self.runtime.file_auth()
-        if pending is None or pending.secret is None:
+    async def _file_auth_for(self, given: ClientAuth) -> AuthConfig | None:
+        """The auth settings the config file holds now, for a client on loopback whose
+        credential the running config refuses (``None`` for any other: only such a client may
+        use the file's credential, see :meth:`_file_credential`). The file is read off the
+        event loop, and only then."""
+        try:
+            check_secret(self.runtime.config.gateway.auth, given.token, given.password)
+        except AuthenticationError:
+            config = self.runtime.config.gateway
+            client = websocket.scope.get("client")
+            peer = client[0] if isinstance(client, list | tuple) and client else None
+            trusted = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
+            # A direct loopback peer only: a forwarded address proves nothing (see
+            # limiter_exempt).
+            if limiter_exempt(
+                peer if isinstance(peer, str) else None,
+                websocket.headers.get("X-Forwarded-For"),
+                trusted,
+            ):
+                return await self.runtime.file_auth()
+        return None
+
+    def _file_credential(self, given: ClientAuth, file_auth: AuthConfig | None) -> bool:
+        """Whether ``given`` is the credential the config file holds now (``file_auth``, read
+        only for a client on loopback), not loaded yet. Such a client proves it can read the
+        file, whose credential any reload would make valid: it may ask for that reload (and
+        nothing else), so a changed token can be reloaded by whoever changed it."""
+        if file_auth is None or file_auth.secret is None:
             return False
         try:
-            check_secret(pending, given.token, given.password)
+            check_secret(file_auth, given.token, given.password)
         except AuthenticationError:
             return False
         logger.info("control.connected_for_reload reason=file_credential")
@@ -437,109 +355,16 @@ class ControlConnection:
                     "config.reload. Reload first, or use the credential the gateway runs with."
                 )
             if request.method == "agent":
-                await self._agent(request)
+                agent_params = method_params(AgentParams, request.params)
+                await agent(self.runtime, self, request.id, agent_params)
                 return
             handler = self._handlers.get(request.method)
             if handler is None:
                 raise NotFoundError(f"Unknown method {request.method!r}.", code="unknown_method")
-            params = _params(METHODS[request.method].params, request.params)
+            params = method_params(METHODS[request.method].params, request.params)
             self.queue(encode_response(request.id, await handler(params)))
         except GatewayError as exc:
             self.queue(_error_frame(request.id, exc))
-
-    # -- methods ----------------------------------------------------------------------------
-
-    async def _agent(self, request: RequestFrame) -> None:
-        params = _params(AgentParams, request.params)
-        runtime = self.runtime
-        if params.idempotency_key is not None:
-            run_id = runtime.active_runs.run_for_idempotency_key(params.idempotency_key)
-            if run_id is not None:
-                await self._attach(request.id, run_id)
-                return
-        prepared = await runtime.prepare(
-            RunRequest(
-                messages=(Message("user", params.message),),
-                agent_id=None if params.agent_id is None else params.agent_id.strip(),
-                session_key=params.session_key or None,
-                default_session="main",
-                idempotency_key=params.idempotency_key,
-                source="ws",
-            )
-        )
-        admitted = await runtime.admit(prepared)
-        feed = _RunFeed(self, prepared.run_id)
-        self.queue(encode_response(request.id, AgentAccepted("accepted", prepared.run_id)))
-
-        async def run() -> None:
-            with admitted:
-                result = await admitted.run(_as_async(feed))
-            self.queue(encode_response(request.id, result_payload(result, prepared.run_id)))
-
-        if params.detached:
-            runtime.start_background(partial(_detached, run, prepared.run_id))
-        else:
-            await run()
-
-    async def _attach(self, request_id: str, run_id: str) -> None:
-        """An idempotent retry: follow the run that the first request started."""
-        runtime = self.runtime
-        self.queue(encode_response(request_id, AgentAccepted("accepted", run_id)))
-        active = runtime.active_runs.get(run_id)
-        if active is not None:
-            feed = _RunFeed(self, run_id)
-            active.subscribers.append(feed)
-            try:
-                await active.done.wait()
-            finally:
-                active.subscribers.remove(feed)
-            result = active.result
-        else:
-            result = runtime.active_runs.result(run_id)
-        if result is None:
-            raise NotFoundError(f"The run {run_id!r} is no longer known.")
-        self.queue(encode_response(request_id, result_payload(result, run_id)))
-
-    async def _agent_wait(self, params: RunIdParams) -> protocol.RunResult:
-        run_id = params.run_id
-        active: ActiveRun | None = self.runtime.active_runs.get(run_id)
-        if active is not None:
-            await active.done.wait()
-            result = active.result
-        else:
-            result = self.runtime.active_runs.result(run_id)
-        if result is None:
-            raise NotFoundError(f"No run {run_id!r} is running or finished recently.")
-        return result_payload(result, run_id)
-
-    async def _agent_abort(self, abort: AbortParams) -> AbortResult:
-        await trio.lowlevel.checkpoint()
-        runs = self.runtime.active_runs
-        if abort.run_id is not None:
-            aborted = [abort.run_id] if runs.abort(abort.run_id) else []
-            if not aborted:
-                raise NotFoundError(f"No run {abort.run_id!r} is in progress.")
-        elif abort.session_key is not None:
-            aborted = runs.abort_session(abort.session_key)
-        else:
-            raise _InvalidParams("agent.abort needs 'runId' or 'sessionKey'.")
-        return AbortResult(aborted)
-
-
-async def _detached(run: Callable[[], Awaitable[None]], run_id: str) -> None:
-    """A detached run in the gateway's background nursery: a failure there must not take the
-    nursery (and every other detached run) down with it."""
-    try:
-        await run()
-    except Exception:
-        logger.exception("control.detached_run.crashed run_id=%s", run_id)
-
-
-def _as_async(feed: Callable[[RunEvent], None]) -> Callable[[RunEvent], Awaitable[None]]:
-    async def emit(event: RunEvent) -> None:
-        feed(event)
-
-    return emit
 
 
 def register_control_plane(app: QuartTrio, runtime: AgentRuntime) -> None:

@@ -2,15 +2,17 @@
 docs/control-protocol.md): ``health``, ``status``, ``agents.list``, ``models.list``,
 ``sessions.*`` and ``config.*``. Each is a function of the runtime and its method's params
 struct, returning its result struct (both from ``wire.control``). The methods that start and
-follow runs live with the connection, in ``control.py``.
+follow runs are ``control_runs``. Also what every method shares: the :data:`Handler` type and
+:func:`method_params`, which turns a request's params into its struct or an ``invalid_params``
+error.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import trio
@@ -42,14 +44,29 @@ from ..wire.control import (
     TranscriptEntry,
 )
 
-__all__ = ["Handler", "state_handlers"]
+__all__ = ["Handler", "InvalidParams", "method_params", "state_handlers"]
 
 #: A method's handler: its params struct in, its result out.
 Handler = Callable[[Any], Awaitable[object]]
 
 
+class InvalidParams(GatewayError):
+    code = "invalid_params"
+
+
 class _InvalidConfig(GatewayError):
     code = "invalid_config"
+
+
+_P = TypeVar("_P", bound=msgspec.Struct)
+
+
+def method_params(kind: type[_P], params: Mapping[str, object]) -> _P:
+    """A request's ``params`` as its method's struct; :class:`InvalidParams` if they do not fit."""
+    try:
+        return msgspec.convert(params, kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidParams(f"invalid params: {exc}") from exc
 
 
 def _session_summary(info: SessionInfo) -> SessionSummary:

@@ -9,12 +9,19 @@ by the end of the grace period whatever the clients do.
 The serving loop is hypercorn's trio worker loop, with one change: the connections it hands to
 hypercorn bound every write (see :mod:`trio_gateway.server.connections`), because hypercorn's
 own writes wait for a client that stops reading forever, shielded from the shutdown deadline.
+That loop calls hypercorn internals (``TCPServer``, ``Lifespan``, ``WorkerContext``,
+``wrap_app``...), which pyproject.toml bounds below 0.19: :func:`check_hypercorn` checks the
+signatures and attributes it relies on before serving, so a hypercorn whose internals changed
+is a clear :class:`~trio_gateway.errors.ConfigError` naming its version, not a ``TypeError``
+deep inside the first connection.
 """
 
 from __future__ import annotations
 
 import errno
 import gc
+import importlib.metadata
+import inspect
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +44,7 @@ from .connections import BoundedListener, WriteLimits
 
 __all__ = [
     "check_exposure",
+    "check_hypercorn",
     "freeze_startup_heap",
     "listen_sockets",
     "resolve_host",
@@ -115,6 +123,80 @@ def _bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def _hypercorn_calls() -> tuple[tuple[str, Callable[..., object], tuple[str, ...]], ...]:
+    """What the serving loop calls in hypercorn, with the leading parameters it passes (by
+    position); later parameters are allowed when they have defaults."""
+    return (
+        ("hypercorn.utils.wrap_app", wrap_app, ("app", "wsgi_max_body_size", "mode")),
+        ("hypercorn.trio.lifespan.Lifespan", Lifespan, ("app", "config", "state")),
+        ("hypercorn.trio.worker_context.WorkerContext", WorkerContext, ("max_requests",)),
+        (
+            "hypercorn.trio.tcp_server.TCPServer",
+            TCPServer,
+            ("app", "config", "context", "state", "stream"),
+        ),
+        ("hypercorn.utils.repr_socket_addr", repr_socket_addr, ("family", "address")),
+    )
+
+
+def _hypercorn_attributes() -> tuple[tuple[str, object, tuple[str, ...]], ...]:
+    """Attributes the serving loop uses, by the object that must have them."""
+    return (
+        (
+            "hypercorn.trio.lifespan.Lifespan",
+            Lifespan,
+            ("handle_lifespan", "wait_for_startup", "wait_for_shutdown"),
+        ),
+        ("hypercorn.trio.tcp_server.TCPServer", TCPServer, ("__await__",)),
+        ("hypercorn.config.Config", HypercornConfig, ("wsgi_max_body_size", "graceful_timeout")),
+    )
+
+
+def _call_mismatch(name: str, target: Callable[..., object], expected: tuple[str, ...]) -> str:
+    try:
+        parameters = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return f"{name} has no readable signature"
+    names = tuple(parameter.name for parameter in parameters[: len(expected)])
+    extra = parameters[len(expected) :]
+    if names != expected or any(
+        parameter.default is inspect.Parameter.empty
+        and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        for parameter in extra
+    ):
+        shown = ", ".join(parameter.name for parameter in parameters)
+        return f"{name}({shown}), expected ({', '.join(expected)})"
+    return ""
+
+
+def check_hypercorn() -> None:
+    """Raise :class:`ConfigError` unless hypercorn has the internals the serving loop calls, as
+    they are in hypercorn 0.17 and 0.18: the message names the installed version and what
+    differs."""
+    problems = [
+        problem
+        for name, target, expected in _hypercorn_calls()
+        if (problem := _call_mismatch(name, target, expected))
+    ]
+    problems += [
+        f"{name} has no {attribute!r}"
+        for name, owner, attributes in _hypercorn_attributes()
+        for attribute in attributes
+        if not hasattr(owner, attribute)
+    ]
+    if not problems:
+        return
+    try:
+        version = importlib.metadata.version("hypercorn")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(version unknown)"
+    raise ConfigError(
+        f"hypercorn {version} is installed, but the gateway's serving loop needs hypercorn's "
+        f"trio worker internals as in hypercorn 0.17 and 0.18 ({'; '.join(problems)}): install "
+        "the hypercorn version pyproject.toml allows (>=0.17,<0.19)"
+    )
+
+
 def listen_sockets(host: str, port: int) -> list[socket.socket]:
     """The listening sockets for ``host:port``; a port in use or an address that cannot be bound
     is a :class:`ConfigError` naming the config key."""
@@ -154,6 +236,7 @@ async def serve_gateway(
     whatever the clients do: every write to a client has a deadline (see
     :mod:`trio_gateway.server.connections`)."""
     check_exposure(host, runtime.config.gateway.auth)  # before anything is built
+    check_hypercorn()
     config = _LiveConfig(runtime)
     config.bind = [_bind_address(host, port)]
     config.graceful_timeout = runtime.config.gateway.shutdown_grace_seconds
