@@ -111,9 +111,10 @@ async def start_gateway(
     state_dir: Path | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     config_path: Path | None = None,
+    port: int = 0,
 ) -> RunningGateway:
-    """Serve a gateway on 127.0.0.1 port 0 until ``nursery`` is cancelled (or until
-    ``shutdown_trigger`` returns and the shutdown is over: ``RunningGateway.stopped``).
+    """Serve a gateway on 127.0.0.1 ``port`` (0: any free one) until ``nursery`` is cancelled
+    (or until ``shutdown_trigger`` returns and the shutdown is over: ``RunningGateway.stopped``).
 
     The runtime stays open until ``nursery`` ends; without ``providers``, it builds the
     configured ones and closes them then.
@@ -128,7 +129,7 @@ async def start_gateway(
     )
     runtime = await nursery.start(_hold, opened)
     stopped = trio.Event()
-    urls = await nursery.start(_serve, runtime, stopped, shutdown_trigger)
+    urls = await nursery.start(_serve, runtime, stopped, shutdown_trigger, port)
     return RunningGateway(url=urls[0], runtime=runtime, stopped=stopped)
 
 
@@ -136,6 +137,7 @@ async def _serve(
     runtime: AgentRuntime,
     stopped: trio.Event,
     shutdown_trigger: Callable[[], Awaitable[None]] | None,
+    port: int,
     *,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
@@ -143,7 +145,7 @@ async def _serve(
         await serve_gateway(
             runtime,
             host="127.0.0.1",
-            port=0,
+            port=port,
             shutdown_trigger=shutdown_trigger,
             task_status=task_status,
         )

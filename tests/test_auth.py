@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from trio_gateway.auth import bearer_token, check_authorization, is_loopback_host, needs_secret
+from trio_gateway.auth import (
+    bearer_token,
+    check_authorization,
+    is_loopback_host,
+    needs_secret,
+    origin_allowed,
+)
 from trio_gateway.config import AuthConfig
 from trio_gateway.errors import AuthenticationError
 
@@ -163,3 +169,30 @@ def test_needs_secret(auth: AuthConfig, expected: bool) -> None:
 )
 def test_is_loopback_host(host: str, expected: bool) -> None:
     assert is_loopback_host(host) is expected
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed", "ok"),
+    [
+        (None, None, [], True),  # not a browser
+        (None, "127.0.0.1:18789", [], True),
+        ("http://127.0.0.1:18789", "127.0.0.1:18789", [], True),
+        ("http://LOCALHOST:18789", "localhost:18789", [], True),
+        ("http://localhost", "localhost:80", [], True),
+        ("https://gw.example", "gw.example:443", [], True),
+        ("http://[::1]:18789", "[::1]:18789", [], True),
+        ("http://127.0.0.1:18789", "127.0.0.1:18790", [], False),  # another port
+        ("http://localhost:18789", "127.0.0.1:18789", [], False),  # another host name
+        ("https://evil.example", "127.0.0.1:18789", [], False),
+        ("http://127.0.0.1:18789", None, [], False),
+        ("null", "127.0.0.1:18789", [], False),
+        ("file://", "127.0.0.1:18789", [], False),
+        ("http://a:x", "a:x", [], False),  # not a port
+        ("http://[::1", "[::1", [], False),
+        ("https://ops.example.com", "10.0.0.5:18789", ["https://ops.example.com"], True),
+        ("https://OPS.example.com/", "10.0.0.5:18789", ["https://ops.example.com"], True),
+        ("https://ops.example.com:8443", "10.0.0.5:18789", ["https://ops.example.com"], False),
+    ],
+)
+def test_origin_allowed(origin: str | None, host: str | None, allowed: list[str], ok: bool) -> None:
+    assert origin_allowed(origin, host, allowed) is ok

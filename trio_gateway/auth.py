@@ -1,4 +1,5 @@
-"""Bearer credential checks. Pure: no I/O, no framework.
+"""Bearer credential checks, and the ``Origin`` check of browser connections. Pure: no I/O, no
+framework.
 
 ``gateway.auth.mode`` selects what a request's ``Authorization: Bearer <secret>`` is compared
 with: the token, the password, or nothing at all (mode ``none``, allowed on loopback only). The
@@ -30,6 +31,7 @@ __all__ = [
     "is_loopback_host",
     "limiter_exempt",
     "needs_secret",
+    "origin_allowed",
 ]
 
 
@@ -76,6 +78,50 @@ def _same(given: str, secret: str) -> bool:
         hashlib.sha256(given.encode("utf-8")).digest(),
         hashlib.sha256(secret.encode("utf-8")).digest(),
     )
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _host_port(netloc: str, scheme: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host[:port]`` (IPv6 in brackets), lowercased, the port defaulted;
+    ``None`` if it is not one."""
+    netloc = netloc.lower()
+    if netloc.startswith("["):
+        end = netloc.find("]")
+        if end < 0:
+            return None
+        host, rest = netloc[: end + 1], netloc[end + 1 :]
+    else:
+        host, colon, port = netloc.partition(":")
+        rest = colon + port
+    if rest and not rest.startswith(":"):
+        return None
+    port = rest[1:] or _DEFAULT_PORTS[scheme]
+    if not host or not (port.isascii() and port.isdigit()):
+        return None
+    return host, int(port)
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+    """Whether a WebSocket upgrade with this ``Origin`` header may proceed.
+
+    No ``Origin``: not a browser (the CLI, an SDK), allowed; the credential check decides. A
+    browser sends one, and the page's own origin is the one whose ``host[:port]`` equals the
+    ``Host`` header the connection came with (scheme default ports aside). Any other origin must
+    be listed in ``allowed`` (``gateway.controlUi.allowedOrigins``); ``null`` (a sandboxed or
+    file page) never is.
+    """
+    if origin is None:
+        return True
+    given = origin.strip().rstrip("/").lower()
+    if any(given == entry.strip().rstrip("/").lower() for entry in allowed):
+        return True
+    scheme, sep, netloc = given.partition("://")
+    if not sep or scheme not in _DEFAULT_PORTS or host is None:
+        return False
+    page = _host_port(netloc, scheme)
+    return page is not None and page == _host_port(host.strip(), scheme)
 
 
 def needs_secret(auth: AuthConfig) -> bool:

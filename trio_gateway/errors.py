@@ -14,6 +14,7 @@ this tree once, at the boundary where they are caught, with ``raise X(...) from 
     │   ├── InvalidRequestError       400  a field is wrong; ``param`` names it
     │   ├── AuthenticationError       401  missing or wrong bearer credential
     │   ├── AuthRateLimitedError      429  too_many_auth_failures from this address
+    │   ├── ForbiddenOriginError      403  origin_not_allowed: a browser page of another origin
     │   ├── HeadersTooLargeError      431  headers_too_large
     │   ├── NotFoundError             404  no such route
     │   │   ├── EndpointDisabledError 404  the endpoint is switched off in config
@@ -51,6 +52,7 @@ __all__ = [
     "ControlPlaneError",
     "DrainingError",
     "EndpointDisabledError",
+    "ForbiddenOriginError",
     "GatewayError",
     "HeadersTooLargeError",
     "InvalidRequestError",
@@ -138,6 +140,14 @@ class AuthenticationError(RequestError):
 
     http_status = 401
     code = "invalid_api_key"
+
+
+class ForbiddenOriginError(RequestError):
+    """A browser page of an origin the gateway does not allow opened the control plane."""
+
+    http_status = 403
+    error_type = "permission_error"
+    code = "origin_not_allowed"
 
 
 class NotFoundError(RequestError):

@@ -391,3 +391,77 @@ def test_check_config_error_has_no_source() -> None:
     assert info.value.source is None
     assert info.value.path == "agents.list[1].id"
     assert str(info.value) == "agents.list[1].id: duplicate agent id 'X' (also agents.list[0])"
+
+
+# --- gateway.controlUi ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message"),
+    [
+        pytest.param(
+            '{gateway: {controlUi: {basePath: "control"}}}',
+            "gateway.controlUi.basePath",
+            'expected a path that starts and ends with "/" (like "/" or "/control/"), '
+            "got 'control'",
+            id="relative",
+        ),
+        pytest.param(
+            '{gateway: {controlUi: {basePath: "/control"}}}',
+            "gateway.controlUi.basePath",
+            'expected a path that starts and ends with "/" (like "/" or "/control/"), '
+            "got '/control'",
+            id="no-trailing-slash",
+        ),
+        pytest.param(
+            '{gateway: {controlUi: {basePath: "/a/../v1/"}}}',
+            "gateway.controlUi.basePath",
+            'expected a path that starts and ends with "/" (like "/" or "/control/"), '
+            "got '/a/../v1/'",
+            id="dot-segments",
+        ),
+        pytest.param(
+            '{gateway: {controlUi: {basePath: "/v1/ui/"}}}',
+            "gateway.controlUi.basePath",
+            "'/v1/ui/' is under /v1, which the gateway's own routes hold",
+            id="under-v1",
+        ),
+        pytest.param(
+            '{gateway: {controlUi: {basePath: "/ws/"}}}',
+            "gateway.controlUi.basePath",
+            "'/ws/' is under /ws, which the gateway's own routes hold",
+            id="ws",
+        ),
+        pytest.param(
+            '{gateway: {controlUi: {allowedOrigins: ["https://ok.example", "*"]}}}',
+            "gateway.controlUi.allowedOrigins[1]",
+            "expected an origin like \"https://gateway.example.com\", got '*'",
+            id="wildcard-origin",
+        ),
+        pytest.param(
+            '{gateway: {controlUi: {allowedOrigins: ["https://ops.example.com/path"]}}}',
+            "gateway.controlUi.allowedOrigins[0]",
+            'expected an origin like "https://gateway.example.com", '
+            "got 'https://ops.example.com/path'",
+            id="origin-with-path",
+        ),
+    ],
+)
+def test_parse_config_rejects_bad_control_ui(text: str, path: str, message: str) -> None:
+    error = config_error(text)
+
+    assert error.path == path
+    assert error.message == message
+
+
+def test_parse_config_control_ui_accepts_paths_and_origins() -> None:
+    config = parse_config(
+        '{gateway: {controlUi: {enabled: true, basePath: "/ops/ui/", '
+        'allowedOrigins: ["https://ops.example.com", "http://[::1]:8080", "http://a.b:81"]}}}',
+        source="test.json5",
+    )
+    ui = config.gateway.control_ui
+    assert (ui.enabled, ui.base_path) == (True, "/ops/ui/")
+    assert len(ui.allowed_origins) == 3
+    default = parse_config("{}", source="test.json5").gateway.control_ui
+    assert (default.enabled, default.base_path, default.allowed_origins) == (None, "/", [])

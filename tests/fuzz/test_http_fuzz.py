@@ -46,8 +46,11 @@ CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
 #: The tools every agent has by default: a client tool may not take their names.
 AGENT_TOOLS = ("current_time", "read_file", "list_files", "write_file")
-#: Routes and the methods they accept (``/`` and ``/ws`` are WebSocket routes).
+#: Routes and the methods they accept over plain HTTP (``/`` is also a WebSocket route, the
+#: control page's files over HTTP; ``/ws`` is a WebSocket route only).
 ROUTES: dict[str, tuple[str, ...]] = {
+    "/": ("GET",),
+    "/ui/app.js": ("GET",),
     CHAT: ("POST",),
     "/v1/models": ("GET",),
     "/v1/models/epiloop:main": ("GET",),
@@ -55,7 +58,7 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/readyz": ("GET",),
     "/metrics": ("GET",),
 }
-WEBSOCKET_ROUTES = ("/", "/ws")
+WEBSOCKET_ROUTES = ("/ws",)
 _REQUEST_ID = re.compile(r"\A[!-~]{1,128}\Z")
 _GENERATED_REQUEST_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 _AGENT_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")

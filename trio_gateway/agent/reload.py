@@ -25,6 +25,7 @@ __all__ = [
 RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("gateway.port", lambda c: c.gateway.port),
     ("gateway.bind", lambda c: c.gateway.bind),
+    ("gateway.controlUi.basePath", lambda c: c.gateway.control_ui.base_path),
     ("gateway.logging.level", lambda c: c.gateway.logging.level),
     ("gateway.logging.format", lambda c: c.gateway.logging.format),
     ("session.store", lambda c: c.session.store),

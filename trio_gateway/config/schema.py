@@ -24,6 +24,7 @@ __all__ = [
     "AuthConfig",
     "ChatCompletionsEndpoint",
     "Config",
+    "ControlUiConfig",
     "EchoProviderConfig",
     "EndpointsConfig",
     "ExecToolConfig",
@@ -152,6 +153,23 @@ class LoggingConfig(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+#: Paths the gateway's own routes hold: the control UI's base path may not be one of them.
+RESERVED_PATHS = ("/v1", "/ws", "/healthz", "/readyz", "/metrics")
+
+
+class ControlUiConfig(_Section, frozen=True):
+    """The control page in the browser (docs/control-ui.md)."""
+
+    #: ``true``/``false``; unset: served to requests that reach a loopback address only (so on
+    #: by default for a loopback bind, off for other interfaces).
+    enabled: bool | None = None
+    #: Where the page is served: starts and ends with ``/`` (read at start-up).
+    base_path: str = "/"
+    #: Browser origins (``scheme://host[:port]``) besides the page's own that may open the
+    #: WebSocket control plane, e.g. the origin of a reverse proxy that rewrites ``Host``.
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+
+
 class GatewayConfig(_Section, frozen=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 18789
     #: ``"loopback"``, ``"lan"`` (all interfaces) or an explicit host address.
@@ -168,6 +186,7 @@ class GatewayConfig(_Section, frozen=True):
     #: This process's name in status, logs and the shared run registry; default
     #: ``<host name>-<pid>``.
     instance_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    control_ui: ControlUiConfig = msgspec.field(default_factory=ControlUiConfig)
 
 
 class EchoProviderConfig(_Section, frozen=True, tag="echo", tag_field="api"):
@@ -407,6 +426,35 @@ def check_config(config: Config) -> None:
     auth = config.gateway.auth
     if auth.mode in ("token", "password") and getattr(auth, auth.mode) == "":
         raise ConfigError("must not be empty", path=f"gateway.auth.{auth.mode}")
+    _check_control_ui(config.gateway.control_ui)
+
+
+_BASE_PATH_RE = re.compile(r"\A/(?:[A-Za-z0-9._~-]+/)*\Z")
+_ORIGIN_RE = re.compile(
+    r"\Ahttps?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?\Z|\Ahttps?://\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?\Z"
+)
+
+
+def _check_control_ui(ui: ControlUiConfig) -> None:
+    path = ui.base_path
+    if not _BASE_PATH_RE.match(path) or "/./" in path or "/../" in path:
+        raise ConfigError(
+            f'expected a path that starts and ends with "/" (like "/" or "/control/"), '
+            f"got {path!r}",
+            path="gateway.controlUi.basePath",
+        )
+    taken = next((p for p in RESERVED_PATHS if (path + "/").startswith(p + "/")), None)
+    if taken is not None:
+        raise ConfigError(
+            f"{path!r} is under {taken}, which the gateway's own routes hold",
+            path="gateway.controlUi.basePath",
+        )
+    for index, origin in enumerate(ui.allowed_origins):
+        if not _ORIGIN_RE.match(origin):
+            raise ConfigError(
+                f'expected an origin like "https://gateway.example.com", got {origin!r}',
+                path=f"gateway.controlUi.allowedOrigins[{index}]",
+            )
 
 
 def _check_model_ref(config: Config, ref: str, path: str) -> None:

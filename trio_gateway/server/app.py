@@ -28,7 +28,6 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .. import disconnects, metrics
 from ..agent import AgentRuntime
-from ..auth import is_loopback_host
 from ..config import Config
 from ..errors import (
     GatewayError,
@@ -42,9 +41,10 @@ from ..errors import (
 )
 from ..logs import accepted_request_id, bind_request_id
 from ..wire.error_body import encode_error
-from .app_state import CLEANUPS_KEY
+from .app_state import CLEANUPS_KEY, on_loopback
 from .chat_routes import register_chat_routes
 from .control import register_control_plane
+from .control_ui import register_ui_routes
 from .ops import register_ops_routes
 from .wslimits import MESSAGE_LIMIT_KEY, install_message_limit
 
@@ -133,15 +133,6 @@ class _ResponseSend:
         await self._send(message)
 
 
-def _on_loopback(scope: HTTPScope | WebsocketScope) -> bool:
-    """Whether the connection reached a loopback address (or a UNIX socket, which has no port)."""
-    server = scope.get("server")
-    if server is None:
-        return False
-    host, port = server
-    return port is None or is_loopback_host(host)
-
-
 class GatewayApp:
     """The ASGI application hypercorn serves: the quart-trio app behind a final-send shield.
 
@@ -201,7 +192,7 @@ class GatewayApp:
                 "retry shortly.",
                 retry_after=1,
             )
-        if self.runtime.config.gateway.auth.mode == "none" and not _on_loopback(scope):
+        if self.runtime.config.gateway.auth.mode == "none" and not on_loopback(scope):
             # The start-up and reload checks know the address only under `epiloop gateway`;
             # under hypercorn's own --bind this is where the rule holds.
             return UnprotectedError(
@@ -341,6 +332,7 @@ def create_app(runtime: AgentRuntime) -> GatewayApp:
     register_chat_routes(app, runtime)
     register_ops_routes(app, runtime)
     register_control_plane(app, runtime)
+    register_ui_routes(app, runtime)
 
     @app.after_request
     async def count_request(response: Response) -> Response:

@@ -1,5 +1,5 @@
 """Per-request helpers for routes: the cleanups the ASGI wrapper runs when a request is over,
-and the bearer check.
+the bearer check, and whether a connection reached a loopback address.
 
 A streaming response outlives its route function, and quart may never start sending its body
 (the client can leave first). Resources the route takes for the response (a run's admission
@@ -18,10 +18,16 @@ from quart import request
 
 from .. import metrics
 from ..agent import AgentRuntime
-from ..auth import FailedAuthLimiter, check_authorization, client_address, limiter_exempt
+from ..auth import (
+    FailedAuthLimiter,
+    check_authorization,
+    client_address,
+    is_loopback_host,
+    limiter_exempt,
+)
 from ..errors import AuthenticationError, AuthRateLimitedError
 
-__all__ = ["CLEANUPS_KEY", "authorize", "guard_credentials", "request_cleanups"]
+__all__ = ["CLEANUPS_KEY", "authorize", "guard_credentials", "on_loopback", "request_cleanups"]
 
 #: Each served runtime's failed-auth bookkeeping (the HTTP routes and the control plane share it).
 _limiters: WeakKeyDictionary[AgentRuntime, FailedAuthLimiter] = WeakKeyDictionary()
@@ -35,6 +41,15 @@ def request_cleanups() -> list[Callable[[], None]]:
     cleanups = request.scope.get(CLEANUPS_KEY)
     assert isinstance(cleanups, list), "requests are served through GatewayApp"
     return cleanups
+
+
+def on_loopback(scope: Mapping[str, object]) -> bool:
+    """Whether the connection reached a loopback address (or a UNIX socket, which has no port)."""
+    server = scope.get("server")
+    if not isinstance(server, list | tuple) or len(server) != 2:
+        return False
+    host, port = server
+    return port is None or (isinstance(host, str) and is_loopback_host(host))
 
 
 def authorize(runtime: AgentRuntime) -> None:

@@ -6,7 +6,8 @@ request to a task of its own, and each run the connection starts is a task too (
 runtime's background nursery when started detached). Nothing the gateway does waits for a slow
 client: frames are queued without blocking, and a client whose queue overflows is disconnected
 (close code 4008). Closing the socket cancels the connection's nursery: its runs are cancelled
-and recorded as aborted.
+and recorded as aborted. An upgrade that carries an ``Origin`` (a browser page) is refused with
+403 unless that origin is the gateway's own or listed in ``gateway.controlUi.allowedOrigins``.
 
 The protocol (frames, close codes, each method's params and result) is ``wire.control``; this
 module does the connection's I/O, the handshake and the dispatch. The methods that start and
@@ -28,12 +29,13 @@ from quart_trio import QuartTrio
 
 from .._version import __version__
 from ..agent import AgentRuntime
-from ..auth import check_secret, limiter_exempt
+from ..auth import check_secret, limiter_exempt, origin_allowed
 from ..cancellation import CONTROL_CLOSING
 from ..config import AuthConfig
 from ..errors import (
     AuthenticationError,
     AuthRateLimitedError,
+    ForbiddenOriginError,
     GatewayError,
     NotFoundError,
     OverloadedError,
@@ -371,6 +373,16 @@ def register_control_plane(app: QuartTrio, runtime: AgentRuntime) -> None:
     pending = PendingHandshakes()
 
     async def control() -> None:
+        origin = websocket.headers.get("Origin")
+        allowed = runtime.config.gateway.control_ui.allowed_origins
+        if not origin_allowed(origin, websocket.headers.get("Host"), allowed):
+            # A page of another site is driving the visitor's browser (cross-site WebSocket
+            # hijacking): refused before the upgrade, whatever credential it may hold.
+            logger.info("control.refused reason=origin_not_allowed origin=%r", (origin or "")[:200])
+            raise ForbiddenOriginError(
+                "This page's origin may not open the control plane (allowed: the gateway's "
+                "own pages and gateway.controlUi.allowedOrigins)."
+            )
         cap = runtime.config.gateway.ws.max_unauthenticated_connections
         slot = pending.try_hold(cap)
         if slot is None:

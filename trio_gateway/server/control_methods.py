@@ -43,6 +43,7 @@ from ..wire.control import (
     ToolCallInfo,
     TranscriptEntry,
 )
+from .readiness import readiness_checks
 
 __all__ = ["Handler", "InvalidParams", "method_params", "state_handlers"]
 
@@ -85,8 +86,13 @@ def _session_summary(info: SessionInfo) -> SessionSummary:
 
 
 async def health(runtime: AgentRuntime, params: NoParams) -> HealthResult:
-    await trio.lowlevel.checkpoint()
-    return HealthResult(ok=True, uptime_seconds=round(time.time() - runtime.started_at, 3))
+    checks = await readiness_checks(runtime)
+    return HealthResult(
+        ok=True,
+        uptime_seconds=round(time.time() - runtime.started_at, 3),
+        ready=all(checks.values()),
+        checks=checks,
+    )
 
 
 async def status(runtime: AgentRuntime, params: NoParams) -> StatusResult:

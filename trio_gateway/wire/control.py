@@ -451,8 +451,13 @@ class ConnectResult(_Result, frozen=True):
 
 
 class HealthResult(_Result, frozen=True):
+    """``ok``: the gateway answers. ``ready`` and ``checks``: the readiness ``GET /readyz``
+    reports (each check by name); absent from gateways older than them."""
+
     ok: bool
     uptime_seconds: float
+    ready: bool | None = None
+    checks: dict[str, bool] = msgspec.field(default_factory=dict)
 
 
 class RunInfo(_Result, frozen=True):
