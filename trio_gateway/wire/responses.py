@@ -148,8 +148,8 @@ class _RawRequest(msgspec.Struct, frozen=True):
     user: str | None = None
     previous_response_id: str | None = None
     background: bool | None = None
-    conversation: msgspec.Raw | None = None
-    prompt: msgspec.Raw | None = None
+    conversation: object = None
+    prompt: object = None
     text: _TextConfig | None = None
 
 
@@ -373,7 +373,8 @@ def _translate_decode_error(exc: Exception, body: bytes, *, prefix: str) -> Inva
 
 def _translate_validation_error(violation: SchemaViolation, prefix: str) -> InvalidRequestError:
     detail, path = violation.detail, prefix + violation.path
-    path = path.lstrip(".")
+    # msgspec names a dict's entry "[...]": the param is the dict (``metadata``).
+    path = path.partition("[...]")[0].lstrip(".")
     if violation.missing_field is not None:
         field = violation.missing_field
         param = f"{path}.{field}" if path else field
