@@ -286,25 +286,44 @@ async def test_responses_failed_run_ends_the_stream_with_error_and_failed(
     assert failed["output"][0]["content"][0]["text"] == "partial"
 
 
+class ToolThenHangProvider:
+    """Calls the agent's own ``current_time`` tool (a whole model call, with usage), then says
+    a little and hangs."""
+
+    def __init__(self) -> None:
+        self.hanging = trio.Event()
+
+    async def stream(self, request: ModelRequest, emit: Emit) -> Completion:
+        if request.messages[-1].role != "tool":
+            await emit(ToolCallDelta(0, "t1", "current_time", "{}"))
+            call = ToolCall("t1", "current_time", "{}")
+            return Completion("tool_calls", TokenUsage(8, 5), tool_calls=(call,))
+        await emit(TextDelta("partial"))
+        self.hanging.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
 async def test_responses_aborted_run_reports_cancelled_with_its_usage(
     nursery: trio.Nursery,
 ) -> None:
-    provider = ScriptedProvider([Say("first"), Hang()])
+    provider = ToolThenHangProvider()
     gateway = await start_gateway(nursery, ENABLED, providers={"local": provider})
+    results: list[Response] = []
     async with client_for(gateway) as client, trio.open_nursery() as inner:
-        results: list[Any] = []
 
         async def create() -> None:
             results.append(await client.responses.create(model="epiloop", input="hi"))
 
         inner.start_soon(create)
         with trio.fail_after(BOUND):
-            await provider.call_started.wait()
+            await provider.hanging.wait()
         assert gateway.runtime.active_runs.abort_all("stopped by the operator")
     (response,) = results
     assert response.status == "cancelled"
-    assert response.output_text == "first"
+    assert response.output_text == "partial"
     assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (8, 5)
 
 
 async def test_responses_disabled_endpoint_answers_404(nursery: trio.Nursery) -> None:
