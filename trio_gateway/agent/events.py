@@ -10,7 +10,7 @@ event: its consumer is gone or is the one that cancelled it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import GatewayError
 from ..messages import ToolCall
@@ -82,6 +82,8 @@ class RunFinished:
 @dataclass(frozen=True, slots=True)
 class RunFailed:
     error: GatewayError
+    #: The tokens the run used before it failed or was aborted (partial output is not free).
+    usage: TokenUsage = field(default_factory=TokenUsage)
 
 
 RunEvent = (

@@ -204,7 +204,7 @@ class RunLoop:
         # recorded as aborted on the way out).
         error = RunAbortedError(f"The run was aborted ({active.abort_reason}).")
         logger.info("run.aborted run_id=%s agent=%s", prepared.run_id, target.agent.id)
-        await emit(RunFailed(error))
+        await emit(RunFailed(error, state.usage))
         timings = state.timings(started)
         return RunResult("aborted", state.text(), None, state.usage, error, timings=timings)
 
@@ -225,7 +225,7 @@ class RunLoop:
             error.code,
             duration_ms,
         )
-        await emit(RunFailed(error))
+        await emit(RunFailed(error, state.usage))
         timings = state.timings(started)
         return RunResult("failed", state.text(), None, state.usage, error, timings=timings)
 

@@ -57,6 +57,10 @@ class ChatCompletionsEndpoint(_Section, frozen=True):
     enabled: bool = False
 
 
+class ResponsesEndpoint(_Section, frozen=True):
+    enabled: bool = False
+
+
 class MetricsEndpoint(_Section, frozen=True):
     enabled: bool = True
     #: Ask for the gateway's bearer credential (turn off for a scraper on a private network).
@@ -67,6 +71,7 @@ class EndpointsConfig(_Section, frozen=True):
     chat_completions: ChatCompletionsEndpoint = msgspec.field(
         default_factory=ChatCompletionsEndpoint
     )
+    responses: ResponsesEndpoint = msgspec.field(default_factory=ResponsesEndpoint)
     metrics: MetricsEndpoint = msgspec.field(default_factory=MetricsEndpoint)
 
 

@@ -46,6 +46,8 @@ from .chat_routes import register_chat_routes
 from .control import register_control_plane
 from .control_ui import register_ui_routes
 from .ops import register_ops_routes
+from .responses_routes import register_responses_routes
+from .streaming import KeepAliveClock
 from .wslimits import MESSAGE_LIMIT_KEY, install_message_limit
 
 __all__ = ["GatewayApp", "create_app", "error_response"]
@@ -329,7 +331,20 @@ def create_app(runtime: AgentRuntime) -> GatewayApp:
         logger.error("request.crashed", exc_info=error)
         return error_response(GatewayError("The gateway failed to handle this request."))
 
-    register_chat_routes(app, runtime)
+    # One keep-alive clock for every stream the app serves (see the streaming module).
+    clock = KeepAliveClock()
+
+    @app.before_serving
+    async def start_keep_alive_clock() -> None:
+        # The app's lifespan nursery owns it; it ends when the app stops serving.
+        await app.nursery.start(clock.run)
+
+    @app.after_serving
+    async def stop_keep_alive_clock() -> None:
+        clock.stop()
+
+    register_chat_routes(app, runtime, clock)
+    register_responses_routes(app, runtime, clock)
     register_ops_routes(app, runtime)
     register_control_plane(app, runtime)
     register_ui_routes(app, runtime)

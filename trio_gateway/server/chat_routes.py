@@ -92,18 +92,9 @@ def run_request(
     )
 
 
-def register_chat_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
+def register_chat_routes(app: QuartTrio, runtime: AgentRuntime, clock: KeepAliveClock) -> None:
+    """The chat routes; ``clock`` sends the keep-alives of their streams (the app runs it)."""
     started = int(time.time())
-    clock = KeepAliveClock()
-
-    @app.before_serving
-    async def start_keep_alive_clock() -> None:
-        # The app's lifespan nursery owns it; it ends when the app stops serving.
-        await app.nursery.start(clock.run)
-
-    @app.after_serving
-    async def stop_keep_alive_clock() -> None:
-        clock.stop()
 
     # The config is read per request: a reload applies to the next one.
     def check_enabled_and_authorized(disabled_message: str) -> None:

@@ -1,7 +1,7 @@
-"""The SSE response body of a streaming chat completion.
+"""The SSE response body of a streamed agent run: chat completions and Responses alike.
 
 Quart sends a response body as ``async with body: async for chunk in body: await send(chunk)``.
-:class:`ChatStreamBody` opens the per-request nursery in ``__aenter__`` and closes it in
+:class:`RunStreamBody` opens the per-request nursery in ``__aenter__`` and closes it in
 ``__aexit__``, so the agent run (the producer) lives exactly as long as the send loop: when the
 client disconnects, quart-trio cancels the send loop, ``__aexit__`` sees the exception and
 cancels the run. (A nursery held across a ``yield`` of a response generator works only by luck:
@@ -13,8 +13,10 @@ Between the two, a bounded trio memory channel carries the run's events: a clien
 slowly makes the run wait instead of growing a buffer. Text deltas that are already queued when
 the writer comes round are coalesced into one chunk, so a client that falls behind costs fewer
 writes, not more. While the run is silent a ``: keep-alive`` comment goes out every
-``keep_alive_seconds``. ``[DONE]`` is sent only after a run really finished; a failure becomes
-an in-band ``data: {"error": ...}`` event and the stream then ends.
+``keep_alive_seconds``. What the events look like on the wire is a :class:`StreamRenderer`'s
+business: :class:`ChatRenderer` sends chat completion chunks (``[DONE]`` only after a run really
+finished; a failure is an in-band ``data: {"error": ...}`` event and the stream then ends), the
+Responses route its typed events.
 
 The keep-alives come from one :class:`KeepAliveClock` task per app, which looks at every open
 stream a few times per interval and puts a tick into the channel of each one that has been
@@ -28,6 +30,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, suppress
 from types import TracebackType
+from typing import Protocol
 
 import trio
 from quart.wrappers.response import ResponseBody
@@ -41,7 +44,7 @@ from ..wire.chunks import ChunkEncoder, Usage, timing_extension
 from ..wire.error_body import encode_error_event
 from ..wire.sse import DONE, KEEP_ALIVE
 
-__all__ = ["ChatStreamBody", "KeepAliveClock"]
+__all__ = ["ChatRenderer", "ChatStreamBody", "KeepAliveClock", "RunStreamBody", "StreamRenderer"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +70,13 @@ class KeepAliveClock:
     it for its ``keep_alive_seconds``; the clock then puts a tick into its channel."""
 
     def __init__(self) -> None:
-        self._streams: set[ChatStreamBody] = set()
+        self._streams: set[RunStreamBody] = set()
         self._wake = trio.Event()
         self._scope = trio.CancelScope()
         self.running = False
         self._warned = False
 
-    def register(self, stream: ChatStreamBody) -> None:
+    def register(self, stream: RunStreamBody) -> None:
         self._streams.add(stream)
         self._wake.set()
         if not self.running and not self._warned:
@@ -84,7 +87,7 @@ class KeepAliveClock:
                 "its ASGI lifespan on)"
             )
 
-    def unregister(self, stream: ChatStreamBody) -> None:
+    def unregister(self, stream: RunStreamBody) -> None:
         self._streams.discard(stream)
 
     def stop(self) -> None:
@@ -120,30 +123,83 @@ class KeepAliveClock:
         return period
 
 
-class ChatStreamBody(ResponseBody):
+class StreamRenderer(Protocol):
+    """What a stream's events look like on the wire: each method returns the bytes to send."""
+
+    def opening(self) -> bytes: ...
+
+    def text(self, text: str) -> bytes: ...
+
+    def reasoning(self, text: str) -> bytes: ...
+
+    def tool_call(
+        self, index: int, call_id: str | None, name: str | None, arguments: str
+    ) -> bytes: ...
+
+    def finished(self, finished: RunFinished) -> bytes: ...
+
+    def failed(self, failed: RunFailed) -> bytes: ...
+
+
+class ChatRenderer:
+    """Chat completion chunks (``chat.completion.chunk``), then ``[DONE]``."""
+
+    def __init__(self, encoder: ChunkEncoder, *, include_usage: bool, queue_seconds: float) -> None:
+        self._encoder = encoder
+        self._include_usage = include_usage
+        self._queue_seconds = queue_seconds
+
+    def opening(self) -> bytes:
+        return self._encoder.role()
+
+    def text(self, text: str) -> bytes:
+        return self._encoder.content(text)
+
+    def reasoning(self, text: str) -> bytes:
+        return self._encoder.reasoning(text)
+
+    def tool_call(self, index: int, call_id: str | None, name: str | None, arguments: str) -> bytes:
+        return self._encoder.tool_call(index, call_id, name, arguments)
+
+    def failed(self, failed: RunFailed) -> bytes:
+        return encode_error_event(failed.error)
+
+    def finished(self, finished: RunFinished) -> bytes:
+        ending = self._encoder.finish(finished.finish_reason)
+        if self._include_usage:
+            usage, timings = finished.usage, finished.timings
+            extension = timing_extension(
+                queue=self._queue_seconds,
+                upstream=timings.upstream,
+                tools=timings.tools,
+                gateway=timings.gateway,
+            )
+            ending += self._encoder.usage(
+                Usage.of(usage.prompt_tokens, usage.completion_tokens), extension
+            )
+        return ending + DONE
+
+
+class RunStreamBody(ResponseBody):
+    """The body of a streamed run: the run in a per-request nursery, its events through a
+    bounded channel, rendered by ``renderer`` (see the module doc)."""
+
     def __init__(
         self,
         admitted: AdmittedRun,
+        renderer: StreamRenderer,
         *,
         clock: KeepAliveClock,
-        model: str,
-        include_usage: bool,
         keep_alive_seconds: float,
         buffer_events: int,
         stall_seconds: float,
-        queue_seconds: float = 0.0,
     ) -> None:
         self._admitted = admitted
-        prepared = admitted.prepared
-        self._encoder = ChunkEncoder(
-            completion_id=prepared.run_id, created=prepared.created, model=model
-        )
-        self._include_usage = include_usage
+        self._renderer = renderer
         self.keep_alive_seconds = keep_alive_seconds
         self._clock = clock
         self._buffer_events = buffer_events
         self._stall_seconds = stall_seconds
-        self._queue_seconds = queue_seconds
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
         self._send: trio.MemorySendChannel[_StreamItem] | None = None
@@ -151,7 +207,7 @@ class ChatStreamBody(ResponseBody):
         #: When the writer last handed quart a chunk (trio time); the clock reads it.
         self._written_at = 0.0
 
-    async def __aenter__(self) -> ChatStreamBody:
+    async def __aenter__(self) -> RunStreamBody:
         manager = trio.open_nursery()
         nursery = await manager.__aenter__()
         metrics.ACTIVE_STREAMS.inc()
@@ -236,9 +292,9 @@ class ChatStreamBody(ResponseBody):
     async def _chunks(self) -> AsyncIterator[bytes]:
         assert self._receive is not None
         receive = self._receive
-        encoder = self._encoder
+        renderer = self._renderer
         current_time = trio.current_time
-        yield encoder.role()
+        yield renderer.opening()
         self._written_at = current_time()
         while True:
             event: _StreamItem | None
@@ -268,7 +324,7 @@ class ChatStreamBody(ResponseBody):
                     else:
                         pending = queued
                         break
-                yield encoder.content(texts[0] if len(texts) == 1 else "".join(texts))
+                yield renderer.text(texts[0] if len(texts) == 1 else "".join(texts))
                 self._written_at = current_time()
                 if pending is None:
                     continue
@@ -276,14 +332,14 @@ class ChatStreamBody(ResponseBody):
             if event is _TICK:
                 yield KEEP_ALIVE
             elif type(event) is ReasoningDelta:
-                yield encoder.reasoning(event.text)
+                yield renderer.reasoning(event.text)
             elif type(event) is ToolCallDelta:
-                yield encoder.tool_call(event.index, event.id, event.name, event.arguments)
+                yield renderer.tool_call(event.index, event.id, event.name, event.arguments)
             elif isinstance(event, RunFinished):
-                yield self._ending(event)
+                yield renderer.finished(event)
                 return
             elif isinstance(event, RunFailed):
-                yield encode_error_event(event.error)
+                yield renderer.failed(event)
                 return
             else:
                 # RunStarted and the agent's own tool activity have no place in an OpenAI
@@ -291,17 +347,29 @@ class ChatStreamBody(ResponseBody):
                 continue
             self._written_at = current_time()
 
-    def _ending(self, finished: RunFinished) -> bytes:
-        ending = self._encoder.finish(finished.finish_reason)
-        if self._include_usage:
-            usage, timings = finished.usage, finished.timings
-            extension = timing_extension(
-                queue=self._queue_seconds,
-                upstream=timings.upstream,
-                tools=timings.tools,
-                gateway=timings.gateway,
-            )
-            ending += self._encoder.usage(
-                Usage.of(usage.prompt_tokens, usage.completion_tokens), extension
-            )
-        return ending + DONE
+
+class ChatStreamBody(RunStreamBody):
+    """A streamed chat completion."""
+
+    def __init__(
+        self,
+        admitted: AdmittedRun,
+        *,
+        clock: KeepAliveClock,
+        model: str,
+        include_usage: bool,
+        keep_alive_seconds: float,
+        buffer_events: int,
+        stall_seconds: float,
+        queue_seconds: float = 0.0,
+    ) -> None:
+        prepared = admitted.prepared
+        encoder = ChunkEncoder(completion_id=prepared.run_id, created=prepared.created, model=model)
+        super().__init__(
+            admitted,
+            ChatRenderer(encoder, include_usage=include_usage, queue_seconds=queue_seconds),
+            clock=clock,
+            keep_alive_seconds=keep_alive_seconds,
+            buffer_events=buffer_events,
+            stall_seconds=stall_seconds,
+        )
