@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from ..messages import ToolCall
-from .store import SessionInfo, TranscriptEntry, Turn
+from .store import Session, SessionInfo, TranscriptEntry, Turn
 
 __all__ = [
     "ENTRY_FIELDS",
@@ -31,6 +31,7 @@ __all__ = [
     "encode_tool_calls",
     "entry_from_row",
     "info_from_row",
+    "session_of",
     "text_or_bytes",
     "text_value",
     "turn_bytes",
@@ -157,6 +158,23 @@ def entry_from_row(row: Sequence[object]) -> TranscriptEntry:
         tool_call_id=_optional_text(tool_call_id),
         name=_optional_text(name),
         internal=bool(internal),
+    )
+
+
+def session_of(info: SessionInfo, transcript: list[TranscriptEntry]) -> Session:
+    """The whole session: ``info`` and its transcript."""
+    return Session(
+        key=info.key,
+        agent_id=info.agent_id,
+        created_at=info.created_at,
+        updated_at=info.updated_at,
+        model=info.model,
+        last_status=info.last_status,
+        last_run_id=info.last_run_id,
+        prompt_tokens=info.prompt_tokens,
+        completion_tokens=info.completion_tokens,
+        message_count=info.message_count,
+        transcript=transcript,
     )
 
 

@@ -80,6 +80,7 @@ from .rows import (
     encode_tool_calls,
     entry_from_row,
     info_from_row,
+    session_of,
     text_or_bytes,
     turn_bytes,
 )
@@ -396,19 +397,7 @@ def _get(connection: sqlite3.Connection, *, key: str) -> Session | None:
         f"SELECT {', '.join(ENTRY_FIELDS)} FROM messages WHERE session_key = ? ORDER BY position",
         (text_or_bytes(key),),
     ).fetchall()
-    return Session(
-        key=info.key,
-        agent_id=info.agent_id,
-        created_at=info.created_at,
-        updated_at=info.updated_at,
-        model=info.model,
-        last_status=info.last_status,
-        last_run_id=info.last_run_id,
-        prompt_tokens=info.prompt_tokens,
-        completion_tokens=info.completion_tokens,
-        message_count=info.message_count,
-        transcript=[entry_from_row(row) for row in messages],
-    )
+    return session_of(info, [entry_from_row(row) for row in messages])
 
 
 def _record_turn(connection: sqlite3.Connection, *, key: str, turn: Turn) -> SessionInfo:
