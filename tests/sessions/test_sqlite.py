@@ -32,6 +32,7 @@ from trio_gateway.sessions import (
     open_sqlite_store,
 )
 from trio_gateway.sessions.sqlite import SCHEMA_VERSION
+from trio_gateway.sessions.sqlite_file import MIGRATIONS
 from trio_gateway.sessions.store import SessionInfo, TranscriptEntry, Turn
 
 BOUND = 10.0
@@ -478,3 +479,28 @@ async def test_sqlite_store_completed_turns_survive_kill_9(tmp_path: Path) -> No
                 f"turn {n} entry {i} " + "x" * 1000 for n in range(turns) for i in range(per_turn)
             ]
             assert [entry.content for entry in session.transcript] == expected
+
+
+async def test_sqlite_store_migrates_a_version_1_file_keeping_its_last_runs(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sessions.sqlite"
+    connection = raw(path)
+    for statement in MIGRATIONS[0]:
+        connection.execute(statement)
+    connection.execute(
+        "INSERT INTO sessions (key, agent_id, created_at, updated_at, model, last_status, "
+        "last_run_id) VALUES ('k', 'main', 1, 1, 'm', 'completed', 'run-old')"
+    )
+    connection.execute(
+        "INSERT INTO messages VALUES ('k', 0, 'user', 'a', 'completed', NULL, NULL, NULL, 0)"
+    )
+    connection.execute("PRAGMA user_version = 1")
+    connection.close()
+    async with open_sqlite_store(path) as store:
+        # The last run's turn, recorded again, is known: nothing changes.
+        info = await store.record_turn("k", turn(user("again"), run_id="run-old", at=2.0))
+        assert (info.message_count, info.updated_at) == (1, 1.0)
+        info = await store.record_turn("k", turn(user("b"), run_id="run-new", at=3.0))
+        assert info.message_count == 2
+    assert rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]

@@ -28,6 +28,7 @@ from .rows import text_or_bytes, text_value
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "CHECKPOINT_BUSY_MS",
+    "MIGRATIONS",
     "SCHEMA_VERSION",
     "Checkpoints",
     "connect",
@@ -51,7 +52,7 @@ _MIN_SQLITE = (3, 24, 0)
 
 #: One entry per schema version: the statements that migrate version ``i`` to ``i + 1``. A new
 #: version appends an entry; an existing entry never changes.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """
         CREATE TABLE sessions (
@@ -98,7 +99,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = len(_MIGRATIONS)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def connect(path: Path, *, max_bytes: int | None = None) -> sqlite3.Connection:
@@ -151,7 +152,7 @@ def _migrate(connection: sqlite3.Connection, *, path: Path) -> None:
             f"The session store {str(path)!r} has schema version {version}, newer than this "
             f"gateway's ({SCHEMA_VERSION}); upgrade the gateway or use another session.path.",
         )
-    for statements in _MIGRATIONS[version:]:
+    for statements in MIGRATIONS[version:]:
         for statement in statements:
             connection.execute(statement)
     if version != SCHEMA_VERSION:
