@@ -559,3 +559,19 @@ def test_redacted_hides_credentials_in_a_base_url() -> None:
     data: dict[str, Any] = redacted(config)
     assert data["models"]["providers"]["up"]["baseUrl"] == "https://<redacted>@example.com/v1"
     assert "s3cret" not in repr(data)
+
+
+def test_load_config_postgres_dsn_from_env_only_when_the_file_sets_none(tmp_path: Path) -> None:
+    env = {"EPILOOP_POSTGRES_DSN": "host=env-db dbname=sessions"}
+    path = write(tmp_path / "epiloop.json", "{session: {store: 'postgres'}}")
+    loaded = load_config(path, env=env)
+    assert loaded.config.session.postgres.dsn == "host=env-db dbname=sessions"
+    assert loaded.secret_sources == {"session.postgres.dsn": "EPILOOP_POSTGRES_DSN"}
+
+    path = write(
+        tmp_path / "epiloop.json",
+        "{session: {store: 'postgres', postgres: {dsn: 'host=file-db dbname=sessions'}}}",
+    )
+    loaded = load_config(path, env=env)
+    assert loaded.config.session.postgres.dsn == "host=file-db dbname=sessions"
+    assert loaded.secret_sources == {"session.postgres.dsn": "config"}

@@ -32,6 +32,10 @@ RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("session.path", lambda c: c.session.path),
     ("session.maxBytes", lambda c: c.session.max_bytes),
     ("session.walCheckpointSeconds", lambda c: c.session.wal_checkpoint_seconds),
+    ("session.postgres.dsn", lambda c: c.session.postgres.dsn),
+    ("session.postgres.poolSize", lambda c: c.session.postgres.pool_size),
+    ("session.postgres.leaseSeconds", lambda c: c.session.postgres.lease_seconds),
+    ("gateway.instanceId", lambda c: c.gateway.instance_id),
 )
 
 

@@ -1,7 +1,8 @@
 """The ``epiloop`` command, one module per command group: ``gateway`` serves; ``config``
 manages the config file (and asks a running gateway to reload it); ``doctor`` checks the
-session store; ``agent``, ``sessions``, ``health`` and ``status`` talk to a running gateway
-over its WebSocket control plane (``agent --local`` runs in-process instead).
+session store; ``db`` shows and migrates the shared PostgreSQL database's schema; ``agent``,
+``sessions``, ``health`` and ``status`` talk to a running gateway over its WebSocket control
+plane (``agent --local`` runs in-process instead).
 
 ``remote`` holds what the commands that reach a gateway share, ``render`` the terminal output,
 ``exits`` the exit statuses. The payloads they read are the control protocol's structs
@@ -16,6 +17,7 @@ import click
 from .._version import __version__
 from .agent import agent_command
 from .config import config
+from .db import db
 from .doctor import doctor
 from .gateway import gateway
 from .sessions import sessions
@@ -33,6 +35,7 @@ def main() -> None:
 main.add_command(gateway)
 main.add_command(doctor)
 main.add_command(config)
+main.add_command(db)
 main.add_command(agent_command)
 main.add_command(sessions)
 main.add_command(health)

@@ -1,4 +1,4 @@
-"""``epiloop doctor``: check the session store on disk (the checks live in
+"""``epiloop doctor``: check the session store, on disk or in PostgreSQL (the checks live in
 ``trio_gateway.sessions.check``)."""
 
 from __future__ import annotations
@@ -17,9 +17,18 @@ from .config import load_or_fail
 @click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False))
 def doctor(config_file: Path | None) -> None:
     """Check the session store: it opens, answers a read and a write, passes SQLite's integrity
-    check. Exit 1 if something is wrong."""
+    check (PostgreSQL: is reachable, its schema version is this gateway's). Exit 1 if something
+    is wrong."""
     loaded = load_or_fail(config_file)
     report = trio.run(check_session_store, loaded.config.session, state_dir())
+    if report.store == "postgres":
+        if report.problems:
+            raise click.ClickException(f"session store postgres: {report.problems[0]}")
+        passed = "; reads and writes pass" if report.probed else ""
+        click.echo(
+            f"OK: session store postgres at {report.database} (schema {report.schema}{passed})"
+        )
+        return
     if report.path is None:
         click.echo(f"OK: session store {report.store!r} (nothing on disk to check)")
         return
