@@ -319,3 +319,41 @@ async def _no_runs(runtime: AgentRuntime) -> bool:
 
 async def _ignore(event: RunEvent) -> None:
     await trio.lowlevel.checkpoint()
+
+
+async def test_cluster_database_lost_stateful_503_stateless_runs_then_recovers(
+    pg_dsn: str,
+) -> None:
+    import os
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    from trio_gateway.errors import SessionStoreUnavailableError
+
+    server = os.environ.get("EPILOOP_TEST_POSTGRES", DEFAULT_SERVER)
+    name = conninfo_to_dict(pg_dsn)["dbname"]
+    async with instances(pg_dsn, ScriptedProvider([Say("x")])) as (a,):
+        node = cluster_of(a)
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            try:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+                with trio.fail_after(BOUND):
+                    while node.health() is None:
+                        await trio.sleep(0.01)
+                with trio.fail_after(BOUND):
+                    assert (await run(a, "stateless", None)).status == "completed"
+                with trio.fail_after(BOUND), pytest.raises(SessionStoreUnavailableError):
+                    await run(a, "stateful")
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        with trio.fail_after(BOUND):
+            while node.health() is not None:
+                await trio.sleep(0.05)
+            assert (await run(a, "stateful again")).status == "completed"
+
+
+DEFAULT_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
