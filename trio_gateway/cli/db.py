@@ -83,13 +83,7 @@ def _dsn(config_file: Path | None) -> str:
 
 
 def _run(work: Callable[[Database], Awaitable[T]], dsn: str) -> tuple[str, T]:
-    try:
-        from ..pg import open_database
-    except ImportError as exc:
-        raise click.ClickException(
-            f"epiloop db needs psycopg ({exc.name or exc}): install the 'postgres' extra "
-            "(pip install 'trio-gateway[postgres]')"
-        ) from exc
+    from ..pg import open_database
 
     async def main() -> tuple[str, T]:
         async with open_database(dsn, pool_size=_POOL_SIZE, application_name="epiloop-db") as db:

@@ -70,12 +70,10 @@ def _dsn_without_secrets(dsn: str) -> str:
     """The connection string with its password (and other secret parameters) redacted.
 
     psycopg parses connection strings exactly as libpq does, so its parser finds the secrets
-    (``pg.redact_dsn``); it is imported here only when a DSN is set, so the config works
-    without the ``postgres`` extra. Without psycopg the whole string is redacted."""
-    try:
-        from ..pg.database import redact_dsn
-    except ImportError:
-        return REDACTED
+    (``pg.redact_dsn``); it is imported here, when a DSN is set, so that loading a config does
+    not load the database driver."""
+    from ..pg.database import redact_dsn
+
     return redact_dsn(dsn)
 
 

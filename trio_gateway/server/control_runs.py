@@ -21,6 +21,7 @@ import trio
 from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunRequest, RunStarted
 from ..agent.active import ActiveRun
 from ..agent.events import RunResult, ToolFinished, ToolStarted
+from ..agent.kept import decode_result
 from ..errors import NotFoundError
 from ..messages import Message
 from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
@@ -43,7 +44,7 @@ from ..wire.control import (
     Usage,
     encode_response,
 )
-from .control_methods import Handler, InvalidParams
+from .control_methods import Handler, InvalidParams, abort_session_everywhere
 
 __all__ = ["Outbox", "agent", "result_payload", "run_handlers"]
 
@@ -121,6 +122,8 @@ async def agent(
     a detached run, which then lives in the runtime's background nursery)."""
     if params.idempotency_key is not None:
         run_id = runtime.active_runs.run_for_idempotency_key(params.idempotency_key)
+        if run_id is None and runtime.cluster is not None:
+            run_id = await runtime.cluster.find_idempotent(params.idempotency_key)
         if run_id is not None:
             await _attach(runtime, outbox, request_id, run_id)
             return
@@ -162,7 +165,7 @@ async def _attach(runtime: AgentRuntime, outbox: Outbox, request_id: str, run_id
             active.subscribers.remove(feed)
         result = active.result
     else:
-        result = runtime.active_runs.result(run_id)
+        result = await _finished_result(runtime, run_id)
     if result is None:
         raise NotFoundError(f"The run {run_id!r} is no longer known.")
     outbox.queue(encode_response(request_id, result_payload(result, run_id)))
@@ -175,21 +178,35 @@ async def agent_wait(runtime: AgentRuntime, params: RunIdParams) -> protocol.Run
         await active.done.wait()
         result = active.result
     else:
-        result = runtime.active_runs.result(run_id)
+        result = await _finished_result(runtime, run_id)
     if result is None:
         raise NotFoundError(f"No run {run_id!r} is running or finished recently.")
     return result_payload(result, run_id)
 
 
+async def _finished_result(runtime: AgentRuntime, run_id: str) -> RunResult | None:
+    """A run that is not running here: its kept result here, else (PostgreSQL mode) the one
+    another instance kept, once that run ends."""
+    result = runtime.active_runs.result(run_id)
+    cluster = runtime.cluster
+    if result is None and cluster is not None:
+        kept = await cluster.wait_result(run_id)
+        result = None if kept is None else decode_result(kept)
+    return result
+
+
 async def agent_abort(runtime: AgentRuntime, abort: AbortParams) -> AbortResult:
     await trio.lowlevel.checkpoint()
     runs = runtime.active_runs
+    cluster = runtime.cluster
     if abort.run_id is not None:
         aborted = [abort.run_id] if runs.abort(abort.run_id) else []
+        if not aborted and cluster is not None:
+            aborted = await cluster.request_abort(abort.run_id)  # on another instance
         if not aborted:
             raise NotFoundError(f"No run {abort.run_id!r} is in progress.")
     elif abort.session_key is not None:
-        aborted = runs.abort_session(abort.session_key)
+        aborted = await abort_session_everywhere(runtime, abort.session_key)
     else:
         raise InvalidParams("agent.abort needs 'runId' or 'sessionKey'.")
     return AbortResult(aborted)

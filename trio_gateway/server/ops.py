@@ -2,7 +2,8 @@
 
 - ``GET /healthz``: the process serves requests. No auth; creates no session, runs no agent.
 - ``GET /readyz``: ready for traffic (the checks of :mod:`trio_gateway.server.readiness`: the
-  session store answers, the gateway is not draining); 503 with the failing checks otherwise.
+  session store answers, the gateway is not draining, and in PostgreSQL mode the instance's
+  lease is renewed and its listener connected); 503 with the failing checks otherwise.
   No auth. There is no config check: a gateway runs only with a valid config, and a reload that
   fails leaves the previous one in force (the failure goes to whoever asked for the reload).
 - ``GET /metrics``: Prometheus text format (see :mod:`trio_gateway.metrics`); behind the

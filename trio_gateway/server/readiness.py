@@ -7,6 +7,8 @@
   failing since (``SessionStore.health``), which turns the check red at once until a read or
   write succeeds again.
 - ``notDraining``: the gateway is not shutting down.
+- ``cluster`` (PostgreSQL mode only): the instance's lease is renewed and its listener
+  connected.
 
 One :class:`_StoreReadiness` per served runtime, shared by both callers so a page that polls
 ``health`` and a load balancer that polls ``/readyz`` cause one probe per interval together.
@@ -71,4 +73,10 @@ _readiness: WeakKeyDictionary[AgentRuntime, _StoreReadiness] = WeakKeyDictionary
 async def readiness_checks(runtime: AgentRuntime) -> dict[str, bool]:
     """Each readiness check by name (camelCase, as reported); ready when all are true."""
     store = _readiness.setdefault(runtime, _StoreReadiness(runtime))
-    return {"sessionStore": await store.check(), "notDraining": not runtime.draining}
+    checks = {"sessionStore": await store.check(), "notDraining": not runtime.draining}
+    if runtime.cluster is not None:
+        failure = runtime.cluster.health()
+        if failure is not None:
+            logger.warning("readiness.cluster_failing reason=%s", failure)
+        checks["cluster"] = failure is None
+    return checks

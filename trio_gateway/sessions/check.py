@@ -62,13 +62,9 @@ async def _check_postgres(config: SessionConfig) -> StoreReport:
             "postgres",
             problems=["no database: set session.postgres.dsn or EPILOOP_POSTGRES_DSN"],
         )
-    try:
-        from ..pg import open_database, schema_status
-        from .postgres import PostgresSessionStore
-    except ImportError as exc:
-        return StoreReport(
-            "postgres", problems=[f"psycopg is missing ({exc.name}): install the 'postgres' extra"]
-        )
+    from ..pg import open_database, schema_status
+    from .postgres import PostgresSessionStore
+
     try:
         async with open_database(dsn, pool_size=2, application_name="epiloop-doctor") as db:
             status = await db.run(schema_status)

@@ -14,7 +14,6 @@ from pathlib import Path
 import trio
 
 from ..config.schema import SessionConfig
-from ..errors import SessionStoreError
 from .memory import MemorySessionStore
 from .sqlite import CLOSE_BOUND_SECONDS, open_sqlite_store
 from .store import SessionStore
@@ -47,13 +46,8 @@ async def open_session_store(config: SessionConfig, state_dir: Path) -> AsyncIte
     start-up probe (a real read and write).
     """
     if config.store == "postgres":
-        try:
-            from .postgres import open_postgres_store
-        except ImportError as exc:
-            raise SessionStoreError(
-                f"session.store 'postgres' needs psycopg ({exc.name or exc}): install the "
-                "'postgres' extra (pip install 'trio-gateway[postgres]')."
-            ) from exc
+        from .postgres import open_postgres_store  # the driver, only when it is used
+
         async with open_postgres_store(config.postgres) as postgres:
             yield postgres
         return
