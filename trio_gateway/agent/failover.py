@@ -13,16 +13,18 @@ the client has seen output, so the error is surfaced as it is.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import trio
 
 from .. import metrics
+from ..config import AgentConfig, Config
+from ..config.schema import EchoProviderConfig
 from ..errors import ProviderError, UpstreamError
 from ..providers.base import Completion, Emit, ModelEvent, ModelRequest, Provider
 
-__all__ = ["ModelTarget", "RetryPolicy", "call_with_failover"]
+__all__ = ["ModelTarget", "RetryPolicy", "call_with_failover", "model_chain"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,3 +101,28 @@ async def call_with_failover(
             return completion, target
     assert last_error is not None
     raise last_error
+
+
+def model_chain(
+    agent: AgentConfig, config: Config, providers: Mapping[str, Provider]
+) -> tuple[ModelTarget, ...]:
+    """``agent``'s chain: its model then its fallbacks (or the defaults'), each with its
+    provider from ``providers`` and that provider's retry policy."""
+    defaults = config.agents.defaults
+    fallbacks = agent.fallbacks if agent.fallbacks is not None else defaults.fallbacks
+    chain = []
+    for ref in (agent.model or defaults.model, *fallbacks):
+        provider_name, _, model = ref.partition("/")
+        provider = providers.get(provider_name)
+        if provider is None:
+            raise ProviderError(f"No provider named {provider_name!r} is available.")
+        settings = config.models.providers.get(provider_name)
+        retry = RetryPolicy()
+        if settings is not None and not isinstance(settings, EchoProviderConfig):
+            retry = RetryPolicy(
+                settings.max_retries,
+                settings.retry_delay_seconds,
+                settings.retry_max_delay_seconds,
+            )
+        chain.append(ModelTarget(ref, provider, model, retry))
+    return tuple(chain)

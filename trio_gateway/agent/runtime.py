@@ -24,7 +24,6 @@ last run that uses them is over.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -35,18 +34,14 @@ from pathlib import Path
 import trio
 
 from .. import metrics
-from .._version import __version__
 from ..auth import check_exposure
-from ..cluster import ClusterNode, ClusterSettings, Entry, Finished
-from ..config import AgentConfig, AuthConfig, Config
+from ..cluster import ClusterNode
+from ..config import AuthConfig, Config
 from ..config.loader import load_config
-from ..config.schema import EchoProviderConfig
 from ..errors import (
     ConfigError,
     DrainingError,
     InvalidRequestError,
-    ProviderError,
-    SessionStoreError,
 )
 from ..messages import Message
 from ..pg import Database, migrate, open_database
@@ -56,10 +51,9 @@ from ..providers.base import (
     ModelRequest,
     Provider,
 )
-from ..providers.registry import ProviderSet, close_providers
+from ..providers.registry import close_providers
 from ..sessions import SessionStore, open_session_store
 from ..sessions.postgres import PostgresSessionStore
-from ..sessions.store import Fence
 from ..tools import (
     Tool,
     ToolRegistry,
@@ -71,14 +65,15 @@ from .admitted import AdmittedRun, finished_runs_retention
 from .events import (
     RunResult,
 )
-from .failover import ModelTarget, RetryPolicy
-from .kept import encode_result
+from .failover import ModelTarget, model_chain
 from .loop import HeldLane, RunLoop
 from .prepared import OutputLimits, PreparedRun, session_mismatch
 from .prompt import split_messages
+from .provider_sets import ProviderSets
 from .reload import ReloadResult, keep_running_secret, reload_warnings, restart_required
 from .request import RunRequest
 from .routing import resolve_target
+from .shared_admission import admit_shared, cluster_settings
 
 __all__ = [
     "AdmittedRun",
@@ -139,7 +134,7 @@ class AgentRuntime:
         if database is not None:
             self.cluster = ClusterNode(
                 database,
-                _cluster_settings(config, self.instance_id),
+                cluster_settings(config, self.instance_id),
                 progress=self._progress,
                 abort_local=self._abort_local,
             )
@@ -147,17 +142,10 @@ class AgentRuntime:
         self._config_path = config_path
         #: The config the runtime started with (what restart-only settings still follow).
         self._startup_config = config
-        #: The providers new runs use. Those open_runtime built (``owns_providers``) belong to
-        #: the runtime, which closes them (see :meth:`aclose_providers`); given ones to the
-        #: caller.
-        self._provider_set = ProviderSet(self.providers, owned=owns_providers)
-        #: Sets a reload built and replaced, unused now, waiting for :meth:`serve_retirement`.
-        self._idle_sets: list[ProviderSet] = []
-        self._idle_sets_changed = trio.Event()
-        #: Sets the runtime built and has not closed yet (the current one included).
-        self._owned_sets: list[ProviderSet] = []
-        if self._provider_set.owned:
-            self._owned_sets.append(self._provider_set)
+        #: The providers new runs use, and those a reload replaced until their last run ends.
+        #: Those open_runtime built (``owns_providers``) belong to the runtime, which closes
+        #: them; given ones to the caller.
+        self._provider_sets = ProviderSets(providers, owned=owns_providers)
         #: The hosts the runtime is served on (see :meth:`exposed_on`).
         self._hosts: list[str] = []
         #: Counts the reloads that changed the credential clients must present.
@@ -206,7 +194,7 @@ class AgentRuntime:
         """The per-agent model chains and tools for ``config`` with ``providers``."""
         defaults = config.agents.defaults
         chains = {
-            agent.id: self._chain(agent, config, providers) for agent in config.agents.entries
+            agent.id: model_chain(agent, config, providers) for agent in config.agents.entries
         }
         tools = {
             agent.id: {tool.spec.name: tool for tool in self.tools.tools_for(agent, defaults)}
@@ -225,45 +213,16 @@ class AgentRuntime:
         finally:
             self._hosts.remove(host)
 
-    def _discard(self, providers: Mapping[str, Provider]) -> None:
-        """Providers a failed reload built and will never use: :meth:`serve_retirement` closes
-        them (shielded and bounded)."""
-        if not providers:
-            return
-        provider_set = ProviderSet(providers, owned=True)
-        self._owned_sets.append(provider_set)
-        if provider_set.retire():
-            self._set_idle(provider_set)
-
-    def _set_idle(self, provider_set: ProviderSet) -> None:
-        """A replaced set's last user is done: hand it to :meth:`serve_retirement`."""
-        self._idle_sets.append(provider_set)
-        self._idle_sets_changed.set()
-
     async def serve_retirement(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Close the providers a reload replaced, each once its last run is over; runs until
         cancelled (:func:`open_runtime` runs it)."""
-        task_status.started()
-        while True:
-            await self._idle_sets_changed.wait()
-            self._idle_sets_changed = trio.Event()
-            while self._idle_sets:
-                provider_set = self._idle_sets.pop(0)
-                if provider_set not in self._owned_sets:
-                    continue  # closed on exit already
-                self._owned_sets.remove(provider_set)
-                await close_providers(provider_set.providers)  # shielded and bounded
-                logger.debug("providers.retired providers=%s", ",".join(provider_set.providers))
+        await self._provider_sets.serve_retirement(task_status=task_status)
 
     async def aclose_providers(self) -> None:
         """Close every provider the runtime built that is still open (on exit)."""
-        self._idle_sets.clear()
-        while self._owned_sets:
-            provider_set = self._owned_sets.pop()
-            provider_set.closed = True
-            await close_providers(provider_set.providers)
+        await self._provider_sets.aclose()
 
     async def wait_credentials_changed(self, since: int) -> None:
         """Return once :attr:`credentials_generation` is past ``since``: a reload changed the
@@ -308,15 +267,11 @@ class AgentRuntime:
             providers = build_providers(config, built=built)
             chains, tools = self._derive(config, providers)
         except BaseException:
-            self._discard(built)
+            self._provider_sets.discard(built)
             raise
-        replaced = self._provider_set
         self.providers = providers
-        self._provider_set = ProviderSet(providers, owned=True)
-        self._owned_sets.append(self._provider_set)
+        self._provider_sets.replace(providers)
         self.config, self._chains, self._agent_tools = config, chains, tools
-        if replaced.retire():
-            self._set_idle(replaced)
         defaults = config.agents.defaults
         self.admission.resize(
             max_concurrent=defaults.max_concurrent,
@@ -356,34 +311,12 @@ class AgentRuntime:
             raise ConfigError("this gateway runs on the embedded default: there is no file")
         return self.reload(load_config(self.config_path).config)
 
-    def _chain(
-        self, agent: AgentConfig, config: Config, providers: Mapping[str, Provider]
-    ) -> tuple[ModelTarget, ...]:
-        defaults = config.agents.defaults
-        fallbacks = agent.fallbacks if agent.fallbacks is not None else defaults.fallbacks
-        chain = []
-        for ref in (agent.model or defaults.model, *fallbacks):
-            provider_name, _, model = ref.partition("/")
-            provider = providers.get(provider_name)
-            if provider is None:
-                raise ProviderError(f"No provider named {provider_name!r} is available.")
-            settings = config.models.providers.get(provider_name)
-            retry = RetryPolicy()
-            if settings is not None and not isinstance(settings, EchoProviderConfig):
-                retry = RetryPolicy(
-                    settings.max_retries,
-                    settings.retry_delay_seconds,
-                    settings.retry_max_delay_seconds,
-                )
-            chain.append(ModelTarget(ref, provider, model, retry))
-        return tuple(chain)
-
     async def prepare(self, request: RunRequest) -> PreparedRun:
         """Route and validate a run request; raise a request error if it cannot run.
 
         The prepared run holds a lease on the providers it will use (see :meth:`admit`)."""
         config, chains, all_tools = self.config, self._chains, self._agent_tools
-        lease = self._provider_set.lease(self._set_idle)
+        lease = self._provider_sets.lease()
         try:
             prepared = await self._prepare(request, config, chains, all_tools)
         except BaseException:
@@ -456,11 +389,15 @@ class AgentRuntime:
 
     async def admit(self, prepared: PreparedRun) -> AdmittedRun:
         """Wait for the session's lane and a run slot; raise 409/429 errors when refused, and
-        503 once the gateway is draining for shutdown. The admitted run is the only way to
+        503 once the gateway is draining for shutdown (in PostgreSQL mode, the lane and the
+        cluster cap are shared by every instance: see
+        :mod:`~trio_gateway.agent.shared_admission`). The admitted run is the only way to
         start the run; releasing it releases the prepared run's lease on its providers too (so
         does the end of the run); a refusal releases the lease at once. A prepared run with an
         idempotency key is findable by that key from now on."""
         lease = prepared.lease
+        lane: HeldLane | None = None
+        on_result: Callable[[RunResult], None] | None = None
         try:
             if self.draining:
                 raise DrainingError(
@@ -468,81 +405,16 @@ class AgentRuntime:
                     retry_after=1,
                 )
             if self.cluster is not None:
-                return await self._admit_shared(prepared, self.cluster)
-            ticket = await self.admission.admit(prepared.target.session_key)
+                shared = await admit_shared(prepared, self.cluster, self.admission, self.sessions)
+                ticket, lane, on_result = shared.ticket, shared.lane, shared.finished
+            else:
+                ticket = await self.admission.admit(prepared.target.session_key)
         except BaseException:
             if lease is not None:
                 lease.release()
             raise
         if lease is not None:
-            ticket.on_release = lease.release
-        if prepared.idempotency_key is not None:
-            self.active_runs.remember_idempotency_key(prepared.idempotency_key, prepared.run_id)
-        return AdmittedRun(
-            prepared,
-            ticket,
-            loop=RunLoop(self.sessions, self.config, self.state_dir),
-            active_runs=self.active_runs,
-            retention=lambda: finished_runs_retention(self.config),
-            draining=lambda: self.draining,
-        )
-
-    async def _admit_shared(self, prepared: PreparedRun, cluster: ClusterNode) -> AdmittedRun:
-        """Admission in PostgreSQL mode: the session's lane (FIFO across every instance) and
-        the cluster cap are the cluster's; the per-process run slot stays. A stateful run then
-        reads its session once, under the lane (its agent checked before the first byte), and
-        writes its turn under the lane's fence. A stateless run needs no lane: when the
-        database is away it runs anyway, unregistered."""
-        target = prepared.target
-        stateful = not target.stateless
-        entry = Entry(
-            prepared.run_id,
-            cluster.instance_id,
-            target.agent.id,
-            target.session_key,
-            prepared.source,
-            prepared.idempotency_key,
-            needs_lane=stateful,
-        )
-        registered = _SharedRun(cluster, prepared)
-        grant = None
-        failing = None if stateful else cluster.health()
-        if failing is not None:
-            # The database is away: a stateless run does not wait for it to time out.
-            logger.warning("cluster.unregistered run_id=%s reason=%s", prepared.run_id, failing)
-            registered.done = True  # nothing to release
-        else:
-            try:
-                grant = await cluster.acquire(entry)
-            except SessionStoreError as exc:
-                if stateful:
-                    raise
-                logger.warning("cluster.unregistered run_id=%s reason=%s", prepared.run_id, exc)
-                registered.done = True
-        ticket = None
-        try:
-            ticket = await self.admission.admit(target.session_key, lane=False)
-            lane = None
-            if stateful:
-                assert grant is not None
-                assert grant.epoch is not None
-                session = await self.sessions.get(target.session_key)
-                if session is not None and session.agent_id.lower() != target.agent.id.lower():
-                    raise session_mismatch()
-                lane = HeldLane(Fence(prepared.run_id, grant.epoch), session)
-        except BaseException:
-            if ticket is not None:
-                ticket.release()
-            registered.release()
-            raise
-        lease = prepared.lease
-
-        def on_release() -> None:
-            registered.release()
-            if lease is not None:
-                lease.release()
-
-        ticket.on_release = on_release
+            ticket.on_release = _then(ticket.on_release, lease.release)
         if prepared.idempotency_key is not None:
             self.active_runs.remember_idempotency_key(prepared.idempotency_key, prepared.run_id)
         return AdmittedRun(
@@ -553,60 +425,20 @@ class AgentRuntime:
             retention=lambda: finished_runs_retention(self.config),
             draining=lambda: self.draining,
             lane=lane,
-            on_result=registered.finished,
+            on_result=on_result,
         )
 
 
-class _SharedRun:
-    """A run registered with the cluster: ended once, with its result when it ran."""
+def _then(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:
+    """``second`` after ``first`` (if any): what a ticket's release does besides its own."""
+    if first is None:
+        return second
 
-    __slots__ = ("cluster", "done", "prepared")
+    def both() -> None:
+        first()
+        second()
 
-    def __init__(self, cluster: ClusterNode, prepared: PreparedRun) -> None:
-        self.cluster = cluster
-        self.prepared = prepared
-        self.done = False
-
-    def finished(self, result: RunResult) -> None:
-        if not self.done:
-            self.done = True
-            key = self.prepared.idempotency_key
-            self.cluster.release(Finished(self.prepared.run_id, key, encode_result(result)))
-
-    def release(self) -> None:
-        if not self.done:
-            self.done = True
-            self.cluster.release(Finished(self.prepared.run_id))
-
-
-def _cluster_settings(config: Config, instance_id: str) -> ClusterSettings:
-    defaults = config.agents.defaults
-    kept = config.gateway.finished_runs
-    return ClusterSettings(
-        instance_id=instance_id,
-        lease_seconds=config.session.postgres.lease_seconds,
-        version=__version__,
-        cap=defaults.cluster_max_concurrent,
-        max_queued=defaults.max_queued,
-        lane_wait_seconds=config.session.queue_timeout_seconds,
-        keep_seconds=kept.keep_seconds,
-        max_results=kept.max_count,
-    )
-
-
-#: Where the PostgreSQL connection string comes from when ``session.postgres.dsn`` is unset.
-POSTGRES_DSN_ENV = "EPILOOP_POSTGRES_DSN"
-
-
-def postgres_dsn(config: Config) -> str:
-    """``session.postgres.dsn``, else ``$EPILOOP_POSTGRES_DSN``; a ``ConfigError`` if neither."""
-    dsn = config.session.postgres.dsn or os.environ.get(POSTGRES_DSN_ENV)
-    if not dsn:
-        raise ConfigError(
-            f'session.store is "postgres" but neither session.postgres.dsn nor ${POSTGRES_DSN_ENV} '
-            "gives a connection string."
-        )
-    return dsn
+    return both
 
 
 def _export_queue_depth(admission: Admission) -> None:
@@ -646,8 +478,10 @@ async def open_runtime(
         if config.session.store == "postgres" and database is None:
             # A store of the caller's own (tests): the cluster opens the database itself.
             postgres = config.session.postgres
+            if not postgres.dsn:
+                raise ConfigError('session.store is "postgres" but session.postgres.dsn is unset.')
             database = await stack.enter_async_context(
-                open_database(postgres_dsn(config), pool_size=postgres.pool_size)
+                open_database(postgres.dsn, pool_size=postgres.pool_size)
             )
             await database.run(migrate, cancellable=False)
         runtime: AgentRuntime | None = None
