@@ -1,11 +1,12 @@
 """The SQLite session store: the file, atomic turns, concurrency, cancellation, crashes.
 
-The behaviour every store shares is tested in ``test_memory.py`` against both stores; these are
-the properties only a durable store has.
+The behaviour every store shares is tested in ``test_contract.py`` against every store; these are
+the properties only the SQLite store has.
 """
 
 from __future__ import annotations
 
+import itertools
 import signal
 import sqlite3
 import stat
@@ -46,13 +47,17 @@ def user(text: str) -> TranscriptEntry:
     return TranscriptEntry("user", text)
 
 
+_run_ids = itertools.count(1)
+
+
 def turn(
     *entries: TranscriptEntry,
-    run_id: str = "run-1",
+    run_id: str | None = None,
     at: float = 1.0,
     keep: int | None = None,
     prompt_tokens: int = 10,
 ) -> Turn:
+    run_id = f"auto-{next(_run_ids)}" if run_id is None else run_id
     return Turn(run_id, "main", "local/echo", entries, "completed", prompt_tokens, 5, at, keep)
 
 
@@ -203,17 +208,6 @@ async def test_sqlite_store_open_failure_is_a_gateway_error(tmp_path: Path, kind
     assert failed.value.code == "session_store_error"
 
 
-async def test_sqlite_store_probe_reads_and_writes_and_leaves_nothing(
-    store: SqliteSessionStore,
-) -> None:
-    await store.record_turn("k", turn(user("a"), user("b")))
-    before = rows(store.path, "SELECT count(*) FROM sessions")
-    await store.probe()
-    assert store.health() is None
-    assert rows(store.path, "SELECT count(*) FROM sessions") == before
-    assert [info.key for info in await store.list_sessions()] == ["k"]
-
-
 async def test_sqlite_store_open_refuses_a_file_whose_tables_are_damaged(tmp_path: Path) -> None:
     path = tmp_path / "sessions.sqlite"
     async with open_sqlite_store(path) as store:
@@ -306,29 +300,6 @@ async def test_open_session_store_applies_the_session_settings(tmp_path: Path) -
         with pytest.raises(SessionStoreError):  # maxBytes: 1 MiB
             await store.record_turn("k", turn(user("x" * (2 << 20))))
         assert "full" in (store.health() or "")
-
-
-async def test_sqlite_store_concurrent_turns_each_land_whole(store: SqliteSessionStore) -> None:
-    tasks = 30
-
-    async def one_turn(index: int) -> None:
-        entries = (user(f"q{index}"), TranscriptEntry("assistant", f"a{index}"))
-        await store.record_turn("shared", turn(*entries, run_id=f"run-{index}"))
-        await store.record_turn(f"own-{index}", turn(*entries, keep=0))
-        assert await store.get(f"own-{index}") is not None
-
-    with trio.fail_after(BOUND):
-        async with trio.open_nursery() as nursery:
-            for index in range(tasks):
-                nursery.start_soon(one_turn, index)
-    shared = await store.get("shared")
-    assert shared is not None
-    assert (shared.message_count, shared.prompt_tokens) == (2 * tasks, 10 * tasks)
-    contents = [entry.content for entry in shared.transcript]
-    pairs = list(zip(contents[::2], contents[1::2], strict=True))
-    assert all(question[1:] == answer[1:] for question, answer in pairs)
-    assert sorted(int(question[1:]) for question, _ in pairs) == list(range(tasks))
-    assert len(await store.list_sessions(limit=1000)) == tasks + 1
 
 
 async def test_sqlite_store_check_integrity(store: SqliteSessionStore) -> None:

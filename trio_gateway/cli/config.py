@@ -87,7 +87,8 @@ def config_show(config_file: Path | None) -> None:
     loaded = load_or_fail(config_file)
     click.echo(f"source: {loaded.source}", err=True)
     for name, source in sorted(loaded.secret_sources.items()):
-        click.echo(f"gateway.auth.{name} from {source}", err=True)
+        key = name if "." in name else f"gateway.auth.{name}"
+        click.echo(f"{key} from {source}", err=True)
     click.echo(msgspec.json.format(msgspec.json.encode(redacted(loaded.config)), indent=2))
 
 

@@ -25,7 +25,14 @@ import msgspec.inspect as mi
 
 from ..errors import ConfigError
 from ..wire.decoding import SchemaViolation, lower_first, schema_violation
-from .credentials import SECRET_ENV, SecretField, with_auth_secrets
+from .credentials import (
+    DSN_ENV,
+    DSN_KEY,
+    SECRET_ENV,
+    SecretField,
+    with_auth_secrets,
+    with_postgres_dsn,
+)
 from .schema import Config, check_config
 from .syntax import find_syntax_error
 
@@ -47,7 +54,8 @@ class LoadedConfig:
 
     config: Config
     source: str
-    #: For each secret (``"token"``/``"password"``) that is set: ``"config"`` or the env var name.
+    #: For each secret that is set (``"token"``/``"password"`` of ``gateway.auth``, and
+    #: ``"session.postgres.dsn"``): ``"config"`` or the env var name.
     secret_sources: Mapping[str, str]
 
 
@@ -122,6 +130,11 @@ def _apply_env(config: Config, source: str, env: Mapping[str, str]) -> LoadedCon
             updates[field] = env[variable]
             sources[field] = variable
     config = with_auth_secrets(config, updates)
+    if config.session.postgres.dsn:
+        sources[DSN_KEY] = "config"
+    elif env.get(DSN_ENV):
+        config = with_postgres_dsn(config, env[DSN_ENV])
+        sources[DSN_KEY] = DSN_ENV
     return LoadedConfig(config=config, source=source, secret_sources=sources)
 
 

@@ -60,7 +60,23 @@ def redacted(config: Config) -> dict[str, object]:
         # Headers often carry credentials (Authorization, x-api-key): show only their names.
         for name in provider.get("headers", {}):
             provider["headers"][name] = REDACTED
+    postgres = data["session"]["postgres"]
+    if postgres.get("dsn") is not None:
+        postgres["dsn"] = _dsn_without_secrets(postgres["dsn"])
     return data
+
+
+def _dsn_without_secrets(dsn: str) -> str:
+    """The connection string with its password (and other secret parameters) redacted.
+
+    psycopg parses connection strings exactly as libpq does, so its parser finds the secrets
+    (``pg.redact_dsn``); it is imported here only when a DSN is set, so the config works
+    without the ``postgres`` extra. Without psycopg the whole string is redacted."""
+    try:
+        from ..pg.database import redact_dsn
+    except ImportError:
+        return REDACTED
+    return redact_dsn(dsn)
 
 
 def _without_userinfo(url: str) -> str:

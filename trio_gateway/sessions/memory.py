@@ -15,6 +15,8 @@ __all__ = ["MemorySessionStore"]
 class MemorySessionStore:
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
+        #: The runs whose turns each session holds (a turn is stored once).
+        self._runs: dict[str, set[str]] = {}
 
     async def get(self, key: str) -> Session | None:
         await trio.lowlevel.checkpoint()
@@ -25,6 +27,10 @@ class MemorySessionStore:
         await trio.lowlevel.checkpoint()
         # Everything below is synchronous, so the turn lands whole.
         session = self._sessions.get(key)
+        runs = self._runs.setdefault(key, set())
+        if session is not None and turn.run_id in runs:
+            return _info(session)
+        runs.add(turn.run_id)
         if session is None:
             session = Session(
                 key=key,
@@ -71,6 +77,7 @@ class MemorySessionStore:
 
     async def delete(self, key: str) -> bool:
         await trio.lowlevel.checkpoint()
+        self._runs.pop(key, None)
         return self._sessions.pop(key, None) is not None
 
     async def probe(self) -> None:

@@ -1,7 +1,8 @@
 """Opening the session store the configuration asks for.
 
 Owns the choice between the stores and the default SQLite path. Imports the session stores and
-the config schema only.
+the config schema only; the PostgreSQL store (and with it psycopg, the ``postgres`` extra) only
+when it is configured, so the embedded stores work without it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import trio
 
 from ..config.schema import SessionConfig
+from ..errors import SessionStoreError
 from .memory import MemorySessionStore
 from .sqlite import CLOSE_BOUND_SECONDS, open_sqlite_store
 from .store import SessionStore
@@ -36,9 +38,25 @@ async def open_session_store(config: SessionConfig, state_dir: Path) -> AsyncIte
 
     ``"memory"``: a :class:`MemorySessionStore`; ``"sqlite"``: the file at
     :func:`sqlite_path`, created if missing, its WAL checkpointed every
-    ``session.walCheckpointSeconds``. Raises :class:`~trio_gateway.errors.SessionStoreError` if
-    the file cannot be opened or fails its start-up probe (a real read and write).
+    ``session.walCheckpointSeconds``; ``"postgres"``: a
+    :class:`~trio_gateway.sessions.postgres.PostgresSessionStore` on ``session.postgres.dsn``
+    (the loader fills it from ``$EPILOOP_POSTGRES_DSN`` when the file sets none), its schema
+    migrated; its :attr:`~trio_gateway.sessions.postgres.PostgresSessionStore.database` is the
+    open pool, for the instance's lanes and run registry. Raises
+    :class:`~trio_gateway.errors.SessionStoreError` if the store cannot be opened or fails its
+    start-up probe (a real read and write).
     """
+    if config.store == "postgres":
+        try:
+            from .postgres import open_postgres_store
+        except ImportError as exc:
+            raise SessionStoreError(
+                f"session.store 'postgres' needs psycopg ({exc.name or exc}): install the "
+                "'postgres' extra (pip install 'trio-gateway[postgres]')."
+            ) from exc
+        async with open_postgres_store(config.postgres) as postgres:
+            yield postgres
+        return
     if config.store == "sqlite":
         path = sqlite_path(config, state_dir)
         checkpoint = config.wal_checkpoint_seconds

@@ -1,10 +1,11 @@
 """A durable session store: one SQLite file, written a whole turn at a time.
 
-Owns the schema (and its migrations, numbered by ``PRAGMA user_version``), the one connection
-to the file, and the translation of ``sqlite3`` and ``OSError`` failures into
-:class:`~trio_gateway.errors.SessionStoreError` (code ``session_store_error``). It keeps exactly
-the semantics of :class:`~trio_gateway.sessions.memory.MemorySessionStore`; the behaviour tests run
-against both. Imports nothing above ``sessions`` (no agent, server or wire).
+Owns the one connection to the file (opened, migrated and checkpointed by
+``sessions.sqlite_file``), the statements of each operation, and the translation of ``sqlite3``
+and ``OSError`` failures into :class:`~trio_gateway.errors.SessionStoreError` (code
+``session_store_error``). It keeps exactly the semantics of
+:class:`~trio_gateway.sessions.memory.MemorySessionStore`; one contract test suite runs against
+every store. Imports nothing above ``sessions`` (no agent, server or wire).
 
 Concurrency. All SQLite work runs in a worker thread on one connection
 (``check_same_thread=False``), one call at a time under a :class:`trio.Lock`, so statements of
@@ -55,21 +56,16 @@ truncates it to zero bytes; if the readers do not move on in time it is tried ag
 write.
 
 Text that UTF-8 cannot encode (a lone surrogate, as ``surrogateescape``-decoded tool output may
-contain) is stored as a BLOB of its ``surrogatepass`` encoding and decoded back on read, so
-every string round-trips exactly, as in memory.
+contain) is stored as a BLOB of its ``surrogatepass`` encoding and decoded back on read
+(``sessions.rows``), so every string round-trips exactly, as in memory.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
-import os
 import sqlite3
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -78,8 +74,27 @@ from typing import TypeVar
 import trio
 
 from ..errors import SessionStoreError
-from ..messages import ToolCall
-from .store import Session, SessionInfo, TranscriptEntry, Turn
+from .rows import (
+    ENTRY_FIELDS,
+    DamagedRowError,
+    encode_tool_calls,
+    entry_from_row,
+    info_from_row,
+    session_of,
+    text_or_bytes,
+    turn_bytes,
+)
+from .sqlite_file import (
+    BUSY_TIMEOUT_MS,
+    CHECKPOINT_BUSY_MS,
+    SCHEMA_VERSION,
+    Checkpoints,
+    connect,
+    in_read_transaction,
+    in_write_transaction,
+    integrity_problems,
+)
+from .store import Session, SessionInfo, Turn
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -94,17 +109,11 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: How long a write waits for another process that holds the file's write lock.
-BUSY_TIMEOUT_MS = 5_000
-
 #: How often (in SQLite virtual-machine instructions) a read checks whether it was cancelled.
 PROGRESS_INSTRUCTIONS = 1_000
 
 #: How long closing the store may take when its context exits (shielded from cancellation).
 CLOSE_BOUND_SECONDS = 10.0
-
-#: How long a ``TRUNCATE`` checkpoint waits for readers and writers of other connections.
-CHECKPOINT_BUSY_MS = 250
 
 #: The smallest and the largest padding of :meth:`SqliteSessionStore.probe`'s write.
 PROBE_MIN_BYTES = 4096
@@ -115,48 +124,6 @@ _PROBE_KEY = "\x00epiloop-store-probe"
 
 #: Failures that are the input's fault, not the storage's: they leave the store's health alone.
 _NOT_STORAGE_FAULTS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
-
-#: ``INSERT ... ON CONFLICT DO UPDATE`` (the upsert) came with SQLite 3.24.
-_MIN_SQLITE = (3, 24, 0)
-
-#: One entry per schema version: the statements that migrate version ``i`` to ``i + 1``. A new
-#: version appends an entry; an existing entry never changes.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """
-        CREATE TABLE sessions (
-            key TEXT NOT NULL PRIMARY KEY,
-            agent_id TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            model TEXT NOT NULL,
-            last_status TEXT NOT NULL CHECK (last_status IN ('completed', 'failed', 'aborted')),
-            last_run_id TEXT NOT NULL,
-            prompt_tokens INTEGER NOT NULL DEFAULT 0,
-            completion_tokens INTEGER NOT NULL DEFAULT 0
-        )
-        """,
-        "CREATE INDEX sessions_by_updated_at ON sessions (updated_at DESC)",
-        """
-        CREATE TABLE messages (
-            session_key TEXT NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
-            position INTEGER NOT NULL CHECK (position >= 0),
-            role TEXT NOT NULL
-                CHECK (role IN ('system', 'developer', 'user', 'assistant', 'tool')),
-            content TEXT NOT NULL,
-            status TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'aborted')),
-            tool_calls TEXT,
-            tool_call_id TEXT,
-            name TEXT,
-            internal INTEGER NOT NULL DEFAULT 0 CHECK (internal IN (0, 1))
-        )
-        """,
-        "CREATE UNIQUE INDEX messages_by_position ON messages (session_key, position)",
-    ),
-)
-
-#: The schema version this code reads and writes.
-SCHEMA_VERSION = len(_MIGRATIONS)
 
 _SESSION_COLUMNS = (
     "s.key, s.agent_id, s.created_at, s.updated_at, s.model, s.last_status, s.last_run_id, "
@@ -206,7 +173,7 @@ class SqliteSessionStore:
         self._write_failure: str | None = None
         #: How large the write that failed was (the probe then writes as much).
         self._failed_write_bytes = 0
-        self._checkpoints = _Checkpoints(checkpoint_seconds)
+        self._checkpoints = Checkpoints(checkpoint_seconds)
         #: Set while a cancelled read winds down: makes SQLite stop the statement it runs.
         self._stop_reading = threading.Event()
         connection.set_progress_handler(self._stop_reading.is_set, PROGRESS_INSTRUCTIONS)
@@ -217,7 +184,7 @@ class SqliteSessionStore:
     async def record_turn(self, key: str, turn: Turn) -> SessionInfo:
         """Store ``turn`` in one transaction: whole, or (on any error) not at all."""
         return await self._write(
-            "record_turn", partial(_record_turn, key=key, turn=turn), size=_turn_bytes(turn)
+            "record_turn", partial(_record_turn, key=key, turn=turn), size=turn_bytes(turn)
         )
 
     async def list_sessions(
@@ -270,7 +237,7 @@ class SqliteSessionStore:
         async with self._lock:
             connection = self._open_connection()
             try:
-                problems = await self._interruptible(connection, _integrity_problems)
+                problems = await self._interruptible(connection, integrity_problems)
             except sqlite3.Error as exc:
                 code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
                 if code not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
@@ -300,8 +267,8 @@ class SqliteSessionStore:
         async with self._lock:
             connection = self._open_connection()
             try:
-                value = await self._interruptible(connection, partial(_in_read_transaction, work))
-            except sqlite3.Error as exc:
+                value = await self._interruptible(connection, partial(in_read_transaction, work))
+            except (sqlite3.Error, DamagedRowError) as exc:
                 if not isinstance(exc, _NOT_STORAGE_FAULTS):
                     self._read_failure = f"{operation} failed: {exc}"
                 raise _store_error(operation, exc) from exc
@@ -364,37 +331,9 @@ class SqliteSessionStore:
     def _write_in_thread(
         self, work: Callable[[sqlite3.Connection], T], connection: sqlite3.Connection
     ) -> T:
-        value = _in_write_transaction(work, connection)
+        value = in_write_transaction(work, connection)
         self._checkpoints.after_write(connection, self.path)
         return value
-
-
-class _Checkpoints:
-    """When to checkpoint the WAL: after the first write of every interval (``None``: never).
-
-    Runs in the store's worker thread, under the store's lock, right after a commit.
-    """
-
-    def __init__(self, interval: float | None) -> None:
-        self.interval = interval
-        self.due = time.monotonic() if interval is not None else math.inf
-
-    def after_write(self, connection: sqlite3.Connection, path: Path) -> None:
-        if self.interval is None or time.monotonic() < self.due:
-            return
-        self.due = time.monotonic() + self.interval
-        try:
-            busy, log, copied = _checkpoint(connection)
-        except sqlite3.Error as exc:
-            # The turn is committed; a checkpoint that fails is tried again next interval.
-            logger.warning("session_store.checkpoint.failed path=%s error=%s", path, exc)
-            return
-        if busy:
-            logger.info(
-                "session_store.checkpoint.busy path=%s wal_frames=%d copied=%d", path, log, copied
-            )
-        else:
-            logger.debug("session_store.checkpoint.complete path=%s frames=%d", path, copied)
 
 
 @asynccontextmanager
@@ -414,7 +353,7 @@ async def open_sqlite_store(
     logger.debug("session_store.open.started path=%s", path)
     try:
         connection = await trio.to_thread.run_sync(
-            partial(_connect, path, max_bytes=max_bytes), abandon_on_cancel=False
+            partial(connect, path, max_bytes=max_bytes), abandon_on_cancel=False
         )
     except (sqlite3.Error, OSError) as exc:
         logger.error("session_store.open.failed path=%s error=%s", path, exc)
@@ -442,140 +381,52 @@ async def open_sqlite_store(
 # --- errors ---------------------------------------------------------------------------------
 
 
-def _store_error(operation: str, exc: sqlite3.Error) -> SessionStoreError:
+def _store_error(operation: str, exc: Exception) -> SessionStoreError:
     logger.error("session_store.%s.failed error=%s", operation, exc)
     return SessionStoreError(f"The session store failed ({operation}).")
 
 
-# --- the worker-thread side: plain blocking functions of the connection ----------------------
-
-
-def _connect(path: Path, *, max_bytes: int | None = None) -> sqlite3.Connection:
-    if sqlite3.sqlite_version_info < _MIN_SQLITE:
-        raise SessionStoreError(
-            f"The session store needs SQLite {'.'.join(map(str, _MIN_SQLITE))} or later; this "
-            f"Python links SQLite {sqlite3.sqlite_version}. Use session.store 'memory' instead.",
-        )
-    _make_private_dirs(path.parent)
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
-        connection.execute("PRAGMA foreign_keys = ON")
-        if max_bytes is not None:
-            (page_size,) = connection.execute("PRAGMA page_size").fetchone()
-            connection.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size):d}")
-        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
-        if str(mode).lower() == "wal":
-            connection.execute("PRAGMA synchronous = NORMAL")
-        else:
-            logger.warning(
-                "session_store.open.no_wal path=%s journal_mode=%s synchronous=FULL", path, mode
-            )
-            connection.execute("PRAGMA synchronous = FULL")
-        connection.create_function("epiloop_lower", 1, _lower, deterministic=True)
-        _in_write_transaction(partial(_migrate, path=path), connection)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
-
-
-def _make_private_dirs(directory: Path) -> None:
-    """``mkdir -p`` where every directory created gets mode ``0o700``."""
-    missing: list[Path] = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    for new in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            new.mkdir(mode=0o700)
-
-
-def _migrate(connection: sqlite3.Connection, *, path: Path) -> None:
-    (version,) = connection.execute("PRAGMA user_version").fetchone()
-    if version > SCHEMA_VERSION:
-        raise SessionStoreError(
-            f"The session store {str(path)!r} has schema version {version}, newer than this "
-            f"gateway's ({SCHEMA_VERSION}); upgrade the gateway or use another session.path.",
-        )
-    for statements in _MIGRATIONS[version:]:
-        for statement in statements:
-            connection.execute(statement)
-    if version != SCHEMA_VERSION:
-        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-        logger.info(
-            "session_store.migrate.complete path=%s from=%d to=%d", path, version, SCHEMA_VERSION
-        )
-
-
-def _in_write_transaction(
-    work: Callable[[sqlite3.Connection], T], connection: sqlite3.Connection
-) -> T:
-    """``work`` in ``BEGIN IMMEDIATE ... COMMIT``, rolled back on any error."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        result = work(connection)
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-    return result
-
-
-def _in_read_transaction(
-    work: Callable[[sqlite3.Connection], T], connection: sqlite3.Connection
-) -> T:
-    """``work`` in one read transaction: its statements see one snapshot of the file."""
-    connection.execute("BEGIN")
-    try:
-        return work(connection)
-    finally:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-
-
 def _get(connection: sqlite3.Connection, *, key: str) -> Session | None:
     rows = connection.execute(
-        f"SELECT {_SESSION_COLUMNS} FROM sessions AS s WHERE s.key = ?", (_bind(key),)
+        f"SELECT {_SESSION_COLUMNS} FROM sessions AS s WHERE s.key = ?", (text_or_bytes(key),)
     ).fetchall()
     if not rows:
         return None
-    info = _info(rows[0])
+    info = info_from_row(rows[0])
     messages = connection.execute(
-        "SELECT role, content, status, tool_calls, tool_call_id, name, internal FROM messages "
-        "WHERE session_key = ? ORDER BY position",
-        (_bind(key),),
+        f"SELECT {', '.join(ENTRY_FIELDS)} FROM messages WHERE session_key = ? ORDER BY position",
+        (text_or_bytes(key),),
     ).fetchall()
-    return Session(
-        key=info.key,
-        agent_id=info.agent_id,
-        created_at=info.created_at,
-        updated_at=info.updated_at,
-        model=info.model,
-        last_status=info.last_status,
-        last_run_id=info.last_run_id,
-        prompt_tokens=info.prompt_tokens,
-        completion_tokens=info.completion_tokens,
-        message_count=info.message_count,
-        transcript=[_entry(row) for row in messages],
-    )
+    return session_of(info, [entry_from_row(row) for row in messages])
 
 
 def _record_turn(connection: sqlite3.Connection, *, key: str, turn: Turn) -> SessionInfo:
-    bound_key = _bind(key)
+    bound_key = text_or_bytes(key)
+    bound_run_id = text_or_bytes(turn.run_id)
+    stored = connection.execute(
+        "SELECT 1 FROM turns WHERE session_key = ? AND run_id = ?", (bound_key, bound_run_id)
+    ).fetchone()
+    if stored is None:
+        _store_turn(connection, bound_key, bound_run_id, turn)
+    (row,) = connection.execute(
+        f"SELECT {_SESSION_COLUMNS} FROM sessions AS s WHERE s.key = ?", (bound_key,)
+    ).fetchall()
+    return info_from_row(row)
+
+
+def _store_turn(
+    connection: sqlite3.Connection, bound_key: str | bytes, bound_run_id: str | bytes, turn: Turn
+) -> None:
     connection.execute(
         _UPSERT_SESSION,
         (
             bound_key,
-            _bind(turn.agent_id),
+            text_or_bytes(turn.agent_id),
             turn.at,
             turn.at,
-            _bind(turn.model),
+            text_or_bytes(turn.model),
             turn.status,
-            _bind(turn.run_id),
+            bound_run_id,
             turn.prompt_tokens,
             turn.completion_tokens,
         ),
@@ -597,9 +448,9 @@ def _record_turn(connection: sqlite3.Connection, *, key: str, turn: Turn) -> Ses
                 bound_key,
                 position,
                 entry.role,
-                _bind(entry.content),
+                text_or_bytes(entry.content),
                 entry.status,
-                _encode_tool_calls(entry.tool_calls),
+                encode_tool_calls(entry.tool_calls),
                 _bind_optional(entry.tool_call_id),
                 _bind_optional(entry.name),
                 1 if entry.internal else 0,
@@ -607,17 +458,19 @@ def _record_turn(connection: sqlite3.Connection, *, key: str, turn: Turn) -> Ses
             for position, entry in enumerate(turn.entries, start=count)
         ),
     )
-    (row,) = connection.execute(
-        f"SELECT {_SESSION_COLUMNS} FROM sessions AS s WHERE s.key = ?", (bound_key,)
-    ).fetchall()
-    return _info(row)
+    connection.execute(
+        "INSERT INTO turns (session_key, run_id) VALUES (?, ?)", (bound_key, bound_run_id)
+    )
 
 
 def _list(connection: sqlite3.Connection, *, agent_id: str | None, limit: int) -> list[SessionInfo]:
     where = ""
     parameters: tuple[str | bytes, ...] = ()
     if agent_id is not None:
-        where, parameters = "WHERE epiloop_lower(s.agent_id) = ?", (_bind(agent_id.lower()),)
+        where, parameters = (
+            "WHERE epiloop_lower(s.agent_id) = ?",
+            (text_or_bytes(agent_id.lower()),),
+        )
     # rowid: a new session's is above every existing one's, so ties list in creation order,
     # as the memory store's stable sort does.
     rows = connection.execute(
@@ -627,22 +480,29 @@ def _list(connection: sqlite3.Connection, *, agent_id: str | None, limit: int) -
     ).fetchall()
     if limit < 0:  # ``sessions[:limit]`` semantics, as in memory
         rows = rows[:limit]
-    return [_info(row) for row in rows]
+    return [info_from_row(row) for row in rows]
 
 
 def _reset(connection: sqlite3.Connection, *, key: str) -> bool:
     updated = connection.execute(
-        "UPDATE sessions SET prompt_tokens = 0, completion_tokens = 0 WHERE key = ?", (_bind(key),)
+        "UPDATE sessions SET prompt_tokens = 0, completion_tokens = 0 WHERE key = ?",
+        (text_or_bytes(key),),
     ).rowcount
     if not updated:
         return False
-    connection.execute("DELETE FROM messages WHERE session_key = ?", (_bind(key),))
+    connection.execute("DELETE FROM messages WHERE session_key = ?", (text_or_bytes(key),))
     return True
 
 
 def _delete(connection: sqlite3.Connection, *, key: str) -> bool:
     # The session's messages go with it (ON DELETE CASCADE).
-    return connection.execute("DELETE FROM sessions WHERE key = ?", (_bind(key),)).rowcount > 0
+    return (
+        connection.execute("DELETE FROM sessions WHERE key = ?", (text_or_bytes(key),)).rowcount > 0
+    )
+
+
+def _bind_optional(text: str | None) -> str | bytes | None:
+    return None if text is None else text_or_bytes(text)
 
 
 def _probe_read(connection: sqlite3.Connection) -> None:
@@ -665,125 +525,3 @@ def _probe_write(connection: sqlite3.Connection, *, size: int) -> None:
         (_PROBE_KEY, "p" * size),
     )
     connection.execute("DELETE FROM sessions WHERE key = ?", (_PROBE_KEY,))
-
-
-def _checkpoint(connection: sqlite3.Connection) -> tuple[int, int, int]:
-    """``PRAGMA wal_checkpoint(TRUNCATE)`` with a short busy timeout: (busy, log, copied)."""
-    connection.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_MS:d}")
-    try:
-        busy, log, copied = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    finally:
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
-    return int(busy), int(log), int(copied)
-
-
-def _turn_bytes(turn: Turn) -> int:
-    """About how many bytes ``turn`` adds to the file."""
-    return sum(
-        len(entry.content) + sum(len(call.arguments) + 64 for call in entry.tool_calls) + 64
-        for entry in turn.entries
-    )
-
-
-def _integrity_problems(connection: sqlite3.Connection) -> list[str]:
-    problems = [str(row[0]) for row in connection.execute("PRAGMA integrity_check").fetchall()]
-    if problems == ["ok"]:
-        problems = []
-    problems.extend(
-        f"foreign key: {row[0]} row {row[1]} references a missing {row[2]}"
-        for row in connection.execute("PRAGMA foreign_key_check").fetchall()
-    )
-    return problems
-
-
-# --- values in and out -----------------------------------------------------------------------
-
-
-def _info(row: Sequence[object]) -> SessionInfo:
-    key, agent_id, created_at, updated_at, model, status, run_id, prompt, completion, count = row
-    return SessionInfo(
-        key=_text(key),
-        agent_id=_text(agent_id),
-        created_at=_typed(created_at, float),
-        updated_at=_typed(updated_at, float),
-        model=_text(model),
-        last_status=status,  # type: ignore[arg-type]  # CHECK constraint: a RunStatus
-        last_run_id=_text(run_id),
-        prompt_tokens=_typed(prompt, int),
-        completion_tokens=_typed(completion, int),
-        message_count=_typed(count, int),
-    )
-
-
-def _entry(row: Sequence[object]) -> TranscriptEntry:
-    role, content, status, tool_calls, tool_call_id, name, internal = row
-    return TranscriptEntry(
-        role,  # type: ignore[arg-type]  # CHECK constraint: a Role
-        _text(content),
-        status=status,  # type: ignore[arg-type]  # CHECK constraint: a RunStatus
-        tool_calls=_decode_tool_calls(tool_calls),
-        tool_call_id=None if tool_call_id is None else _text(tool_call_id),
-        name=None if name is None else _text(name),
-        internal=bool(internal),
-    )
-
-
-def _typed(value: object, kind: type[T]) -> T:
-    if not isinstance(value, kind):
-        raise sqlite3.DataError(f"expected {kind.__name__} in the session store, found {value!r}")
-    return value
-
-
-def _bind(text: str) -> str | bytes:
-    """``text`` as SQLite can store it: a BLOB if UTF-8 cannot encode it (lone surrogates)."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass")
-    return text
-
-
-def _bind_optional(text: str | None) -> str | bytes | None:
-    return None if text is None else _bind(text)
-
-
-def _text(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogatepass")
-    raise sqlite3.DataError(f"expected text in the session store, found {type(value).__name__}")
-
-
-def _lower(value: object) -> str | bytes | None:
-    """SQL ``epiloop_lower``: Python's ``str.lower`` (SQLite's ``lower`` is ASCII-only)."""
-    return None if value is None else _bind(_text(value).lower())
-
-
-def _encode_tool_calls(calls: Sequence[ToolCall]) -> str | None:
-    if not calls:
-        return None
-    # ensure_ascii (the default) escapes lone surrogates, so the JSON is always storable.
-    return json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls])
-
-
-def _decode_tool_calls(value: object) -> tuple[ToolCall, ...]:
-    if value is None:
-        return ()
-    try:
-        decoded = json.loads(_text(value))
-    except ValueError as exc:
-        raise sqlite3.DataError("malformed tool_calls in the session store") from exc
-    calls: list[ToolCall] = []
-    if isinstance(decoded, list):
-        for item in decoded:
-            fields = item if isinstance(item, dict) else {}
-            values = [fields.get(name) for name in ("id", "name", "arguments")]
-            if not all(isinstance(field, str) for field in values):
-                break
-            calls.append(ToolCall(*(str(field) for field in values)))
-        else:
-            return tuple(calls)
-    raise sqlite3.DataError("malformed tool_calls in the session store")

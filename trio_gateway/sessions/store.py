@@ -119,7 +119,12 @@ class Session(SessionInfo):
 
 
 class SessionStore(Protocol):
-    """Where sessions live. ``record_turn`` is atomic: a turn is stored whole or not at all."""
+    """Where sessions live. ``record_turn`` is atomic: a turn is stored whole or not at all.
+
+    A session stores a run's turn once: recording a turn whose ``run_id`` the session already
+    holds changes nothing and returns the session as it is (so a write is safe to retry). A
+    reset keeps that memory; a delete forgets it with the session.
+    """
 
     async def get(self, key: str) -> Session | None: ...
 

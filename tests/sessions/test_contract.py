@@ -1,17 +1,21 @@
-"""The session store behaviour, written once and run against every store.
+"""The session store contract, written once and run against every store.
 
-The ``store`` fixture opens each configured kind through ``open_session_store`` (``memory`` and
-``sqlite``), so the memory store is the reference and the SQLite store must match it exactly.
+The ``store`` fixture opens each kind through ``open_session_store`` (``memory``, ``sqlite`` and
+``postgres``, the last in a fresh schema of its own), so the memory store is the reference and
+the durable stores must match it exactly. What only one store has (SQLite's file, PostgreSQL's
+fencing and connections) is tested beside it, in ``test_sqlite.py`` and ``test_postgres.py``.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio
 
-from trio_gateway.config.schema import SessionConfig
+from trio_gateway.config.schema import PostgresConfig, SessionConfig
 from trio_gateway.messages import ToolCall
 from trio_gateway.sessions import MemorySessionStore, SqliteSessionStore, open_session_store
 from trio_gateway.sessions.store import (
@@ -22,12 +26,17 @@ from trio_gateway.sessions.store import (
     Turn,
 )
 
-STORES = ["memory", "sqlite"]
+STORES = ["memory", "sqlite", "postgres"]
+
+_run_ids = itertools.count(1)
 
 
 @pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
     config = SessionConfig(store=request.param)
+    if request.param == "postgres":
+        dsn = request.getfixturevalue("pg_dsn")
+        config = SessionConfig(store="postgres", postgres=PostgresConfig(dsn=dsn, pool_size=4))
     async with open_session_store(config, tmp_path) as opened:
         yield opened
 
@@ -42,7 +51,7 @@ def reply(text: str, status: RunStatus = "completed") -> TranscriptEntry:
 
 def turn(
     *entries: TranscriptEntry,
-    run_id: str = "run-1",
+    run_id: str | None = None,
     agent_id: str = "main",
     model: str = "local/echo",
     status: RunStatus = "completed",
@@ -52,7 +61,7 @@ def turn(
     keep: int | None = None,
 ) -> Turn:
     return Turn(
-        run_id=run_id,
+        run_id=f"auto-{next(_run_ids)}" if run_id is None else run_id,
         agent_id=agent_id,
         model=model,
         entries=entries,
@@ -92,7 +101,7 @@ async def test_store_get_of_an_unknown_key_is_none(store: SessionStore) -> None:
 
 
 async def test_store_record_turn_creates_the_session(store: SessionStore) -> None:
-    info = await store.record_turn("k", turn(user("hi"), reply("hello"), at=1234.5))
+    info = await store.record_turn("k", turn(user("hi"), reply("hello"), run_id="run-1", at=1234.5))
     assert info.key == "k"
     assert info.agent_id == "main"
     assert info.created_at == info.updated_at == 1234.5
@@ -264,7 +273,7 @@ async def test_store_list_sessions_reports_what_record_turn_returned(store: Sess
 
 
 async def test_store_reset_clears_transcript_and_totals(store: SessionStore) -> None:
-    await store.record_turn("k", turn(user("a"), reply("b"), at=1.0))
+    await store.record_turn("k", turn(user("a"), reply("b"), run_id="run-1", at=1.0))
     await store.record_turn("other", turn(user("x"), at=2.0))
     assert await store.reset("k") is True
     session = await store.get("k")
@@ -311,3 +320,55 @@ async def test_store_keys_are_independent(store: SessionStore) -> None:
 async def test_store_aclose_is_idempotent(store: SessionStore) -> None:
     await store.aclose()
     await store.aclose()
+
+
+async def test_store_records_a_run_once(store: SessionStore) -> None:
+    first = await store.record_turn("k", turn(user("a"), reply("A"), run_id="run-a", at=1.0))
+    # The same run's turn again (a retried write): nothing changes, the session comes back.
+    again = await store.record_turn("k", turn(user("a"), reply("A"), run_id="run-a", at=1.5))
+    assert again == first
+    await store.record_turn("k", turn(user("b"), run_id="run-b", at=2.0))
+    late = await store.record_turn("k", turn(user("a"), run_id="run-a", at=3.0, keep=0))
+    assert (late.last_run_id, late.updated_at, late.message_count) == ("run-b", 2.0, 3)
+    assert await contents(store, "k") == ["a", "A", "b"]
+    # Another session may hold a turn of the same run id.
+    assert (await store.record_turn("j", turn(user("j"), run_id="run-a"))).message_count == 1
+    # A reset keeps the memory of the runs stored; a delete forgets it with the session.
+    await store.reset("k")
+    assert (await store.record_turn("k", turn(user("x"), run_id="run-b"))).message_count == 0
+    await store.delete("k")
+    assert (await store.record_turn("k", turn(user("y"), run_id="run-b"))).message_count == 1
+    assert await contents(store, "k") == ["y"]
+
+
+async def test_store_concurrent_turns_each_land_whole(store: SessionStore) -> None:
+    tasks = 20
+
+    async def one_turn(index: int) -> None:
+        entries = (user(f"q{index}"), reply(f"a{index}"))
+        await store.record_turn("shared", turn(*entries, run_id=f"run-{index}"))
+        await store.record_turn(f"own-{index}", turn(*entries, keep=0))
+        assert await store.get(f"own-{index}") is not None
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for index in range(tasks):
+                nursery.start_soon(one_turn, index)
+    shared = await store.get("shared")
+    assert shared is not None
+    assert (shared.message_count, shared.prompt_tokens) == (2 * tasks, 10 * tasks)
+    texts = [entry.content for entry in shared.transcript]
+    pairs = list(zip(texts[::2], texts[1::2], strict=True))
+    assert all(question[1:] == answer[1:] for question, answer in pairs)
+    assert sorted(int(question[1:]) for question, _ in pairs) == list(range(tasks))
+    assert len(await store.list_sessions(limit=1000)) == tasks + 1
+
+
+async def test_store_probe_reads_and_writes_and_leaves_nothing(store: SessionStore) -> None:
+    await store.record_turn("k", turn(user("a"), user("b"), at=1.0))
+    before = await store.list_sessions()
+    await store.probe()
+    assert store.health() is None
+    assert await store.list_sessions() == before
+    await store.record_turn("j", turn(user("c"), at=0.5))
+    assert [info.key for info in await store.list_sessions()] == ["k", "j"]
