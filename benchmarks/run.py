@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
+import psycopg
 import trio
 
-from . import plots, procstats, profiling, report, scenarios, tables
+from . import cluster, plots, procstats, profiling, report, scenarios, tables
 from .loadgen import LoadResult
 from .phases import Bench
 from .processes import BENCH_DIR, open_gateway, open_upstream
@@ -38,7 +39,16 @@ from .profiles import PROFILES
 
 __all__ = ["main"]
 
-SCENARIOS = ("latency", "non-streaming", "memory", "disconnect", "workers", "profile", "floor")
+SCENARIOS = (
+    "latency",
+    "non-streaming",
+    "memory",
+    "disconnect",
+    "workers",
+    "profile",
+    "floor",
+    "cluster",
+)
 _T = TypeVar("_T")
 
 
@@ -190,6 +200,11 @@ async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadRe
                 result.workers_skipped = f"the workers gateway did not run: {exc}"
         else:
             result.workers_skipped = "not selected"
+        if "cluster" in wanted:
+            try:
+                result.cluster = await _timed(seconds, "cluster", lambda: cluster.cluster(bench))
+            except (RuntimeError, trio.TooSlowError, psycopg.Error) as exc:
+                result.cluster_skipped = f"the cluster scenario did not run: {exc}"
     result.duration_s = time.monotonic() - started
     result.scenario_seconds = seconds
     if arguments.nice:
