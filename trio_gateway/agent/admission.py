@@ -89,6 +89,9 @@ class Ticket:
     _admission: Admission
     _session_key: str
     _released: bool = field(default=False)
+    #: Whether the ticket holds the in-process session lane (not when the lane is the
+    #: cluster's: see :meth:`Admission.admit`).
+    _lane: bool = True
     #: Called once, after the lane and the slot are handed on (what else the run held).
     on_release: Callable[[], None] | None = None
 
@@ -96,7 +99,7 @@ class Ticket:
         if self._released:
             return
         self._released = True
-        self._admission._release(self._session_key)
+        self._admission._release(self._session_key if self._lane else None)
         if self.on_release is not None:
             self.on_release()
 
@@ -141,16 +144,32 @@ class Admission:
             self._slots.held += 1
             self._slots.release()  # hands the new unit to the first waiter
 
-    async def admit(self, session_key: str) -> Ticket:
+    async def admit(self, session_key: str, *, lane: bool = True) -> Ticket:
         """Wait for the session's lane, then for a run slot; see the module docstring.
 
         The wait for the lane is bounded by the admission's policy (a 409 when it passes);
         the wait for a slot only by the queue's length (a 429 when it is full) and by the
-        caller, who may bound the whole call with ``trio.fail_after``."""
+        caller, who may bound the whole call with ``trio.fail_after``. ``lane=False``: a run
+        slot only (the session's lane is held elsewhere: the cluster's, shared by every
+        instance, which a second, in-process queue would only put out of order)."""
         try:
+            if not lane:
+                await self._take_slot()
+                return Ticket(self, session_key, _lane=False)
             return await self._admit(session_key)
         finally:
             self._on_change(self)
+
+    async def _take_slot(self) -> None:
+        if not self._slots.try_take():
+            if self._slots.waiting >= self._max_queued:
+                raise OverloadedError(
+                    "The gateway is at its limit of concurrent runs and its queue is full; "
+                    "retry shortly.",
+                    retry_after=1,
+                )
+            self._on_change(self)
+            await self._slots.wait_turn()
 
     async def _admit(self, session_key: str) -> Ticket:
         lane = self._lanes.get(session_key)
@@ -172,23 +191,16 @@ class Admission:
                     retry_after=1,
                 )
         try:
-            if not self._slots.try_take():
-                if self._slots.waiting >= self._max_queued:
-                    raise OverloadedError(
-                        "The gateway is at its limit of concurrent runs and its queue is full; "
-                        "retry shortly.",
-                        retry_after=1,
-                    )
-                self._on_change(self)
-                await self._slots.wait_turn()
+            await self._take_slot()
         except BaseException:
             self._release_lane(session_key)
             raise
         return Ticket(self, session_key)
 
-    def _release(self, session_key: str) -> None:
+    def _release(self, session_key: str | None) -> None:
         self._slots.release()
-        self._release_lane(session_key)
+        if session_key is not None:
+            self._release_lane(session_key)
         self._on_change(self)
 
     def _release_lane(self, session_key: str) -> None:

@@ -16,7 +16,7 @@ from ..providers.base import TokenUsage
 from .active import ActiveRun, ActiveRuns, Retention
 from .admission import Ticket
 from .events import RunEvent, RunResult
-from .loop import RunLoop
+from .loop import HeldLane, RunLoop
 from .prepared import EmitEvent, PreparedRun
 
 __all__ = ["AdmittedRun", "finished_runs_retention"]
@@ -31,7 +31,9 @@ class AdmittedRun:
     __slots__ = (
         "_active_runs",
         "_draining",
+        "_lane",
         "_loop",
+        "_on_result",
         "_retention",
         "_started",
         "_ticket",
@@ -47,6 +49,8 @@ class AdmittedRun:
         active_runs: ActiveRuns,
         retention: Callable[[], Retention],
         draining: Callable[[], bool],
+        lane: HeldLane | None = None,
+        on_result: Callable[[RunResult], None] | None = None,
     ) -> None:
         self.prepared = prepared
         self._ticket = ticket
@@ -57,6 +61,10 @@ class AdmittedRun:
         #: Whether the gateway is shutting down (a cancellation then counts as a shutdown).
         self._draining = draining
         self._started = False
+        #: The shared session lane the run holds (PostgreSQL mode), else ``None``.
+        self._lane = lane
+        #: Told the run's result as kept (the cluster keeps it for other instances).
+        self._on_result = on_result
 
     @property
     def run_id(self) -> str:
@@ -100,7 +108,7 @@ class AdmittedRun:
         metrics.ACTIVE_RUNS.labels(source).inc()
         started = time.monotonic()
         try:
-            result = await self._loop.run(prepared, publishing_emit, active)
+            result = await self._loop.run(prepared, publishing_emit, active, self._lane)
             return result
         except BaseException as exc:
             metrics.count_cancelled_run(exc, draining=self._draining())
@@ -118,6 +126,9 @@ class AdmittedRun:
             metrics.TOKENS.labels(agent_id, "in").inc(result.usage.prompt_tokens)
             metrics.TOKENS.labels(agent_id, "out").inc(result.usage.completion_tokens)
             self._active_runs.finish(active, result, self._retention())
+            if self._on_result is not None:
+                kept = self._active_runs.result(prepared.run_id)
+                self._on_result(kept if kept is not None else result)
             run_id_var.reset(run_id_token)
             if prepared.lease is not None:
                 prepared.lease.release()

@@ -53,9 +53,9 @@ from ..providers.base import (
     TokenUsage,
     ToolCallDelta,
 )
-from ..sessions import SessionStore, TranscriptEntry, Turn
+from ..sessions import Session, SessionStore, TranscriptEntry, Turn
 from ..sessions.reconcile import reconcile
-from ..sessions.store import RunStatus
+from ..sessions.store import Fence, RunStatus
 from ..tools import ToolContext, call_tool, workspace_for
 from .active import ActiveRun
 from .events import (
@@ -72,12 +72,21 @@ from .prepared import EmitEvent, PreparedRun, session_mismatch
 from .prompt import close_tool_calls
 from .renumbering import ToolCallRenumbering
 
-__all__ = ["RECORD_BOUND_SECONDS", "RunLoop", "history_messages"]
+__all__ = ["RECORD_BOUND_SECONDS", "HeldLane", "RunLoop", "history_messages"]
 
 logger = logging.getLogger(__name__)
 
 #: How long recording a turn may take once the run is over (it runs shielded from cancellation).
 RECORD_BOUND_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLane:
+    """The shared session lane a run holds (PostgreSQL mode): the fence its turn is written
+    under, and the session as read once the lane was granted (so the run reads it once)."""
+
+    fence: Fence
+    session: Session | None
 
 
 @dataclass
@@ -100,6 +109,8 @@ class _RunState:
     pending_calls: tuple[ToolCall, ...] = ()
     #: Characters of model output received so far in the run (see :class:`OutputLimits`).
     output_chars: int = 0
+    #: The shared lane the run holds (PostgreSQL mode), else ``None``.
+    lane: HeldLane | None = None
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -125,9 +136,18 @@ class RunLoop:
         self.config = config
         self.state_dir = state_dir
 
-    async def run(self, prepared: PreparedRun, emit: EmitEvent, active: ActiveRun) -> RunResult:
+    async def run(
+        self,
+        prepared: PreparedRun,
+        emit: EmitEvent,
+        active: ActiveRun,
+        lane: HeldLane | None = None,
+    ) -> RunResult:
+        """Run ``prepared``; ``lane``: the shared lane it holds, if any (its fence goes into the
+        turn, and its session is the one the run continues)."""
         target = prepared.target
         state = _RunState()
+        state.lane = lane
         active.parts = state.parts
         logger.debug(
             "run.started run_id=%s agent=%s model=%s",
@@ -282,7 +302,9 @@ class RunLoop:
         """The stored history to continue and the request's new messages."""
         conversation = list(prepared.conversation)
         session = None
-        if not prepared.target.stateless:
+        if state.lane is not None:
+            session = state.lane.session  # read under the lane already
+        elif not prepared.target.stateless:
             session = await self.sessions.get(prepared.target.session_key)
         if session is None:
             state.new_entries = [TranscriptEntry.of(m) for m in conversation]
@@ -436,6 +458,7 @@ class RunLoop:
             completion_tokens=state.usage.completion_tokens,
             at=time.time(),
             keep=state.keep,
+            fence=None if state.lane is None else state.lane.fence,
         )
         reason = "timeout"
         with trio.move_on_after(RECORD_BOUND_SECONDS, shield=True):

@@ -24,6 +24,7 @@ last run that uses them is over.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -34,7 +35,9 @@ from pathlib import Path
 import trio
 
 from .. import metrics
+from .._version import __version__
 from ..auth import check_exposure
+from ..cluster import ClusterNode, ClusterSettings, Entry, Finished
 from ..config import AgentConfig, AuthConfig, Config
 from ..config.loader import load_config
 from ..config.schema import EchoProviderConfig
@@ -43,8 +46,11 @@ from ..errors import (
     DrainingError,
     InvalidRequestError,
     ProviderError,
+    SessionStoreError,
 )
 from ..messages import Message
+from ..pg import Database, migrate, open_database
+from ..pg.instances import default_instance_id
 from ..providers import build_providers
 from ..providers.base import (
     ModelRequest,
@@ -52,6 +58,7 @@ from ..providers.base import (
 )
 from ..providers.registry import ProviderSet, close_providers
 from ..sessions import SessionStore, open_session_store
+from ..sessions.store import Fence
 from ..tools import (
     Tool,
     ToolRegistry,
@@ -64,7 +71,8 @@ from .events import (
     RunResult,
 )
 from .failover import ModelTarget, RetryPolicy
-from .loop import RunLoop
+from .kept import encode_result
+from .loop import HeldLane, RunLoop
 from .prepared import OutputLimits, PreparedRun, session_mismatch
 from .prompt import split_messages
 from .reload import ReloadResult, keep_running_secret, reload_warnings, restart_required
@@ -101,8 +109,11 @@ class AgentRuntime:
         tools: ToolRegistry | None,
         state_dir: Path,
         config_path: Path | None,
+        database: Database | None = None,
     ) -> None:
         self.config = config
+        #: This process among the gateways sharing a database (``gateway.instanceId``).
+        self.instance_id = config.gateway.instance_id or default_instance_id()
         self.providers: Mapping[str, Provider] = (
             providers if providers is not None else build_providers(config)
         )
@@ -122,6 +133,16 @@ class AgentRuntime:
             lane_wait_seconds=config.session.queue_timeout_seconds,
             on_change=_export_queue_depth,
         )
+        #: This instance's part in the cluster (PostgreSQL mode: the database given), which
+        #: owns the session lanes, the cluster cap and the shared run registry; else ``None``.
+        self.cluster: ClusterNode | None = None
+        if database is not None:
+            self.cluster = ClusterNode(
+                database,
+                _cluster_settings(config, self.instance_id),
+                progress=self._progress,
+                abort_local=self._abort_local,
+            )
         #: Where the config came from (a file path), for ``reload``; ``None``: not reloadable.
         self._config_path = config_path
         #: The config the runtime started with (what restart-only settings still follow).
@@ -145,6 +166,19 @@ class AgentRuntime:
         #: The auth settings in the config file, by the file's (inode, mtime, size).
         self._file_auth: tuple[tuple[int, int, int], AuthConfig | None] | None = None
         self._chains, self._agent_tools = self._derive(config, self.providers)
+
+    def _progress(self) -> dict[str, int]:
+        """The text each local run produced so far (the cluster registry's, at each beat)."""
+        return {run.run_id: run.text_chars for run in self.active_runs.running()}
+
+    def _abort_local(self, run_id: str, reason: str) -> bool:
+        """Abort a run of this instance asked for by another one; ``False`` if it is not here
+        (or already aborted)."""
+        run = self.active_runs.get(run_id)
+        if run is None or run.abort_scope.cancel_called:
+            return False
+        run.abort(reason)
+        return True
 
     @property
     def config_path(self) -> Path | None:
@@ -268,6 +302,12 @@ class AgentRuntime:
             max_queued=defaults.max_queued,
             lane_wait_seconds=config.session.queue_timeout_seconds,
         )
+        if self.cluster is not None:
+            self.cluster.resize(
+                cap=defaults.cluster_max_concurrent,
+                max_queued=defaults.max_queued,
+                lane_wait_seconds=config.session.queue_timeout_seconds,
+            )
         old_auth, new_auth = current.gateway.auth, config.gateway.auth
         if new_auth.mode != "none" and (old_auth.mode, old_auth.secret) != (
             new_auth.mode,
@@ -340,7 +380,8 @@ class AgentRuntime:
         defaults = config.agents.defaults
         target = resolve_target(config, request)
         agent = target.agent
-        if not target.stateless:
+        if not target.stateless and self.cluster is None:
+            # (In PostgreSQL mode the session is read once, under its lane: see admit.)
             session = await self.sessions.get(target.session_key)
             if session is not None and session.agent_id.lower() != agent.id.lower():
                 raise session_mismatch()
@@ -405,6 +446,8 @@ class AgentRuntime:
                     "The gateway is shutting down and starts no new runs; retry shortly.",
                     retry_after=1,
                 )
+            if self.cluster is not None:
+                return await self._admit_shared(prepared, self.cluster)
             ticket = await self.admission.admit(prepared.target.session_key)
         except BaseException:
             if lease is not None:
@@ -422,6 +465,121 @@ class AgentRuntime:
             retention=lambda: finished_runs_retention(self.config),
             draining=lambda: self.draining,
         )
+
+    async def _admit_shared(self, prepared: PreparedRun, cluster: ClusterNode) -> AdmittedRun:
+        """Admission in PostgreSQL mode: the session's lane (FIFO across every instance) and
+        the cluster cap are the cluster's; the per-process run slot stays. A stateful run then
+        reads its session once, under the lane (its agent checked before the first byte), and
+        writes its turn under the lane's fence. A stateless run needs no lane: when the
+        database is away it runs anyway, unregistered."""
+        target = prepared.target
+        stateful = not target.stateless
+        entry = Entry(
+            prepared.run_id,
+            cluster.instance_id,
+            target.agent.id,
+            target.session_key,
+            prepared.source,
+            prepared.idempotency_key,
+            needs_lane=stateful,
+        )
+        registered = _SharedRun(cluster, prepared)
+        try:
+            grant = await cluster.acquire(entry)
+        except SessionStoreError as exc:
+            if stateful:
+                raise
+            logger.warning("cluster.unregistered run_id=%s reason=%s", prepared.run_id, exc)
+            registered.done = True  # nothing to release
+            grant = None
+        ticket = None
+        try:
+            ticket = await self.admission.admit(target.session_key, lane=False)
+            lane = None
+            if stateful:
+                assert grant is not None
+                assert grant.epoch is not None
+                session = await self.sessions.get(target.session_key)
+                if session is not None and session.agent_id.lower() != target.agent.id.lower():
+                    raise session_mismatch()
+                lane = HeldLane(Fence(prepared.run_id, grant.epoch), session)
+        except BaseException:
+            if ticket is not None:
+                ticket.release()
+            registered.release()
+            raise
+        lease = prepared.lease
+
+        def on_release() -> None:
+            registered.release()
+            if lease is not None:
+                lease.release()
+
+        ticket.on_release = on_release
+        if prepared.idempotency_key is not None:
+            self.active_runs.remember_idempotency_key(prepared.idempotency_key, prepared.run_id)
+        return AdmittedRun(
+            prepared,
+            ticket,
+            loop=RunLoop(self.sessions, self.config, self.state_dir),
+            active_runs=self.active_runs,
+            retention=lambda: finished_runs_retention(self.config),
+            draining=lambda: self.draining,
+            lane=lane,
+            on_result=registered.finished,
+        )
+
+
+class _SharedRun:
+    """A run registered with the cluster: ended once, with its result when it ran."""
+
+    __slots__ = ("cluster", "done", "prepared")
+
+    def __init__(self, cluster: ClusterNode, prepared: PreparedRun) -> None:
+        self.cluster = cluster
+        self.prepared = prepared
+        self.done = False
+
+    def finished(self, result: RunResult) -> None:
+        if not self.done:
+            self.done = True
+            key = self.prepared.idempotency_key
+            self.cluster.release(Finished(self.prepared.run_id, key, encode_result(result)))
+
+    def release(self) -> None:
+        if not self.done:
+            self.done = True
+            self.cluster.release(Finished(self.prepared.run_id))
+
+
+def _cluster_settings(config: Config, instance_id: str) -> ClusterSettings:
+    defaults = config.agents.defaults
+    kept = config.gateway.finished_runs
+    return ClusterSettings(
+        instance_id=instance_id,
+        lease_seconds=config.session.postgres.lease_seconds,
+        version=__version__,
+        cap=defaults.cluster_max_concurrent,
+        max_queued=defaults.max_queued,
+        lane_wait_seconds=config.session.queue_timeout_seconds,
+        keep_seconds=kept.keep_seconds,
+        max_results=kept.max_count,
+    )
+
+
+#: Where the PostgreSQL connection string comes from when ``session.postgres.dsn`` is unset.
+POSTGRES_DSN_ENV = "EPILOOP_POSTGRES_DSN"
+
+
+def postgres_dsn(config: Config) -> str:
+    """``session.postgres.dsn``, else ``$EPILOOP_POSTGRES_DSN``; a ``ConfigError`` if neither."""
+    dsn = config.session.postgres.dsn or os.environ.get(POSTGRES_DSN_ENV)
+    if not dsn:
+        raise ConfigError(
+            f'session.store is "postgres" but neither session.postgres.dsn nor ${POSTGRES_DSN_ENV} '
+            "gives a connection string."
+        )
+    return dsn
 
 
 def _export_queue_depth(admission: Admission) -> None:
@@ -449,6 +607,13 @@ async def open_runtime(
     ``providers`` the configured ones are built. What the caller passes stays the caller's to
     close. ``state_dir`` also holds the agents' tool workspaces."""
     async with AsyncExitStack() as stack:
+        database: Database | None = None
+        if config.session.store == "postgres":
+            postgres = config.session.postgres
+            database = await stack.enter_async_context(
+                open_database(postgres_dsn(config), pool_size=postgres.pool_size)
+            )
+            await database.run(migrate, cancellable=False)
         if sessions is None:
             sessions = await stack.enter_async_context(
                 open_session_store(config.session, state_dir)
@@ -464,12 +629,17 @@ async def open_runtime(
                     tools=tools,
                     state_dir=state_dir,
                     config_path=config_path,
+                    database=database,
                 )
                 await nursery.start(runtime.serve_retirement)
+                if runtime.cluster is not None:
+                    await nursery.start(runtime.cluster.serve)
                 try:
                     yield runtime
                 finally:
                     nursery.cancel_scope.cancel(reason="the runtime is closing")
         finally:
             if runtime is not None:
+                if runtime.cluster is not None:
+                    await runtime.cluster.close()  # shielded and bounded
                 await runtime.aclose_providers()  # shielded and bounded

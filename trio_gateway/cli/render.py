@@ -120,22 +120,37 @@ def transcript_line(entry: TranscriptEntry) -> str:
 def show_status(view: StatusResult) -> None:
     """The admission counters on one line, then the runs in progress as a table."""
     counts = view.admission
+    instance = f"instance {view.instance_id}, " if view.instance_id else ""
     click.echo(
-        f"up {view.uptime_seconds:.0f}s; running {counts.running}, queued {counts.queued}, "
+        f"{instance}up {view.uptime_seconds:.0f}s; running {counts.running}, "
+        f"queued {counts.queued}, "
         f"busy sessions {counts.busy_sessions}, waiting for a session "
         f"{counts.waiting_for_session}"
     )
     if not view.runs:
         click.echo("no runs in progress")
         return
-    rows = [("RUN", "AGENT", "SESSION", "AGE", "TEXT", "SOURCE")]
+    # The instance column only when it tells something: runs of several gateways (or queued).
+    several = len({run.instance_id for run in view.runs}) > 1 or any(
+        run.state != "running" for run in view.runs
+    )
+    rows = [
+        ("RUN", *(("INSTANCE",) if several else ()), "AGENT", "SESSION", "AGE", "TEXT", "SOURCE")
+    ]
     rows += [
         (
             run.run_id,
+            *(
+                (run.instance_id + ("" if run.state == "running" else f" ({run.state})"),)
+                if several
+                else ()
+            ),
             run.agent_id,
             run.session_key,
             f"{run.age_seconds:.1f}s",
-            f"{run.deltas} text deltas, {run.text_chars} chars",
+            f"{run.text_chars} chars"
+            if run.deltas is None
+            else f"{run.deltas} text deltas, {run.text_chars} chars",
             run.source,
         )
         for run in view.runs

@@ -97,11 +97,13 @@ def redact_dsn(dsn: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseStatistics:
-    """A snapshot: calls running now, calls waiting for a connection, connections open."""
+    """A snapshot: calls running now, calls waiting for a connection, connections open, and
+    calls made since the pool opened (each one round trip, or a few for a transaction)."""
 
     running: int
     waiting: int
     connections: int
+    calls: int = 0
 
 
 class _Call(Generic[T]):
@@ -176,6 +178,7 @@ class Database:
     def __init__(self, pool: psycopg_pool.ConnectionPool, *, pool_size: int, dsn: str) -> None:
         self._pool = pool
         self._limiter = trio.CapacityLimiter(pool_size)
+        self._calls = 0
         #: The connection string, for the dedicated connections a LISTEN needs (never logged:
         #: :attr:`display_dsn` is).
         self.dsn = dsn
@@ -195,6 +198,7 @@ class Database:
         be reached and :class:`SessionStoreError` when a statement fails; errors of ours that
         ``fn`` raises pass through unchanged."""
         async with self._limiter:
+            self._calls += 1
             call: _Call[T] = _Call(self._pool, fn)
             result = await _in_thread(lambda: call(idempotent), call.interrupt, cancellable)
         try:
@@ -222,6 +226,7 @@ class Database:
             running=self._limiter.borrowed_tokens,
             waiting=self._limiter.statistics().tasks_waiting,
             connections=stats.get("pool_size", 0),
+            calls=self._calls,
         )
 
 

@@ -33,6 +33,7 @@ from .._version import __version__
 from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunRequest, RunStarted
 from ..agent.active import ActiveRun
 from ..agent.events import RunResult, ToolFinished, ToolStarted
+from ..agent.kept import decode_result
 from ..auth import check_secret, limiter_exempt
 from ..cancellation import CONTROL_CLOSING
 from ..errors import (
@@ -85,7 +86,7 @@ from ..wire.control import (
     parse_request,
 )
 from .app_state import guard_credentials
-from .control_methods import Handler, state_handlers
+from .control_methods import Handler, abort_session_everywhere, state_handlers
 from .wslimits import HandshakeSlot, PendingHandshakes, scope_message_limit
 
 __all__ = ["register_control_plane", "result_payload"]
@@ -454,6 +455,8 @@ class ControlConnection:
         runtime = self.runtime
         if params.idempotency_key is not None:
             run_id = runtime.active_runs.run_for_idempotency_key(params.idempotency_key)
+            if run_id is None and runtime.cluster is not None:
+                run_id = await runtime.cluster.find_idempotent(params.idempotency_key)
             if run_id is not None:
                 await self._attach(request.id, run_id)
                 return
@@ -495,7 +498,7 @@ class ControlConnection:
                 active.subscribers.remove(feed)
             result = active.result
         else:
-            result = runtime.active_runs.result(run_id)
+            result = await self._finished_result(run_id)
         if result is None:
             raise NotFoundError(f"The run {run_id!r} is no longer known.")
         self.queue(encode_response(request_id, result_payload(result, run_id)))
@@ -507,20 +510,33 @@ class ControlConnection:
             await active.done.wait()
             result = active.result
         else:
-            result = self.runtime.active_runs.result(run_id)
+            result = await self._finished_result(run_id)
         if result is None:
             raise NotFoundError(f"No run {run_id!r} is running or finished recently.")
         return result_payload(result, run_id)
 
+    async def _finished_result(self, run_id: str) -> RunResult | None:
+        """A run that is not running here: its kept result here, else (PostgreSQL mode) the
+        one another instance kept, once that run ends."""
+        result = self.runtime.active_runs.result(run_id)
+        cluster = self.runtime.cluster
+        if result is None and cluster is not None:
+            kept = await cluster.wait_result(run_id)
+            result = None if kept is None else decode_result(kept)
+        return result
+
     async def _agent_abort(self, abort: AbortParams) -> AbortResult:
         await trio.lowlevel.checkpoint()
         runs = self.runtime.active_runs
+        cluster = self.runtime.cluster
         if abort.run_id is not None:
             aborted = [abort.run_id] if runs.abort(abort.run_id) else []
+            if not aborted and cluster is not None:
+                aborted = await cluster.request_abort(abort.run_id)  # on another instance
             if not aborted:
                 raise NotFoundError(f"No run {abort.run_id!r} is in progress.")
         elif abort.session_key is not None:
-            aborted = runs.abort_session(abort.session_key)
+            aborted = await abort_session_everywhere(self.runtime, abort.session_key)
         else:
             raise _InvalidParams("agent.abort needs 'runId' or 'sessionKey'.")
         return AbortResult(aborted)

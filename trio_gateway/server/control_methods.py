@@ -42,7 +42,7 @@ from ..wire.control import (
     TranscriptEntry,
 )
 
-__all__ = ["Handler", "state_handlers"]
+__all__ = ["Handler", "abort_session_everywhere", "state_handlers"]
 
 #: A method's handler: its params struct in, its result out.
 Handler = Callable[[Any], Awaitable[object]]
@@ -87,9 +87,29 @@ async def status(runtime: AgentRuntime, params: NoParams) -> StatusResult:
             # Text deltas received so far (pieces of text as the upstream sent them; not tokens):
             # see the status method in docs/control-protocol.md.
             deltas=len(run.parts),
+            instance_id=runtime.instance_id,
         )
         for run in runtime.active_runs.running()
     ]
+    if runtime.cluster is not None:
+        # Every live run of every instance; this instance's own with their text of now.
+        local = {run.run_id for run in runs}
+        runs += [
+            RunInfo(
+                run_id=run.run_id,
+                agent_id=run.agent_id,
+                session_key=run.session_key,
+                source=run.source,
+                started_at=run.started_at,
+                age_seconds=round(run.age_seconds, 3),
+                text_chars=run.text_chars,
+                deltas=None,
+                instance_id=run.instance_id,
+                state=run.state,
+            )
+            for run in await runtime.cluster.live_runs()
+            if run.run_id not in local
+        ]
     stats = runtime.admission.statistics()
     admission = AdmissionInfo(
         running=stats.running,
@@ -97,7 +117,9 @@ async def status(runtime: AgentRuntime, params: NoParams) -> StatusResult:
         busy_sessions=stats.busy_sessions,
         waiting_for_session=stats.waiting_for_session,
     )
-    return StatusResult(round(now - runtime.started_at, 3), runs, admission)
+    return StatusResult(
+        round(now - runtime.started_at, 3), runs, admission, instance_id=runtime.instance_id
+    )
 
 
 async def agents_list(runtime: AgentRuntime, params: NoParams) -> AgentsListResult:
@@ -148,13 +170,26 @@ async def sessions_get(runtime: AgentRuntime, params: SessionKeyParams) -> Sessi
     return SessionDetail(**summary, transcript=transcript)
 
 
+async def abort_session_everywhere(runtime: AgentRuntime, session_key: str) -> list[str]:
+    """Abort the session's runs on this instance and (PostgreSQL mode) on every other one."""
+    aborted = runtime.active_runs.abort_session(session_key)
+    if runtime.cluster is not None:
+        aborted += await runtime.cluster.request_session_abort(session_key, "agent.abort")
+    return aborted
+
+
 async def sessions_reset(runtime: AgentRuntime, params: SessionKeyParams) -> ResetResult:
+    if runtime.cluster is not None:
+        # Shared sessions: a run elsewhere must not write into the session reset under it.
+        await abort_session_everywhere(runtime, params.key)
     if not await runtime.sessions.reset(params.key):
         raise NotFoundError(f"No session {params.key!r}.")
     return ResetResult(reset=True)
 
 
 async def sessions_delete(runtime: AgentRuntime, params: SessionKeyParams) -> DeleteResult:
+    if runtime.cluster is not None:
+        await abort_session_everywhere(runtime, params.key)
     if not await runtime.sessions.delete(params.key):
         raise NotFoundError(f"No session {params.key!r}.")
     return DeleteResult(deleted=True)

@@ -1,8 +1,9 @@
 """Operator endpoints: liveness, readiness and Prometheus metrics.
 
 - ``GET /healthz``: the process serves requests. No auth; creates no session, runs no agent.
-- ``GET /readyz``: ready for traffic: the session store answers a real read and write, and the
-  gateway is not draining for shutdown. 503 with the failing checks otherwise. No auth. There is
+- ``GET /readyz``: ready for traffic: the session store answers a real read and write, the
+  gateway is not draining for shutdown, and (PostgreSQL mode) the instance's lease is renewed
+  and its listener connected (``cluster``). 503 with the failing checks otherwise. No auth. There is
   no config check: a gateway runs only with a valid config, and a reload that fails leaves the
   previous one in force (the failure goes to whoever asked for the reload). The store is probed
   (:meth:`SessionStore.probe`) at most every ``session.probeIntervalSeconds``, one probe at a
@@ -89,6 +90,11 @@ def register_ops_routes(app: QuartTrio, runtime: AgentRuntime) -> None:
             "sessionStore": await store_readiness.check(),
             "notDraining": not runtime.draining,
         }
+        if runtime.cluster is not None:
+            failure = runtime.cluster.health()
+            if failure is not None:
+                logger.warning("readiness.cluster_failing reason=%s", failure)
+            checks["cluster"] = failure is None
         ready = all(checks.values())
         return _json(
             {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503

@@ -465,8 +465,13 @@ class RunInfo(_Result, frozen=True):
     started_at: float
     age_seconds: float
     text_chars: int
-    #: Text deltas received so far: pieces of text as the upstream sent them, not tokens.
-    deltas: int
+    #: Text deltas received so far: pieces of text as the upstream sent them, not tokens;
+    #: ``None`` for a run of another instance (which reports its text at each heartbeat).
+    deltas: int | None
+    #: The gateway instance the run is on (``gateway.instanceId``).
+    instance_id: str = ""
+    #: ``running``, or ``waiting`` (for its session's lane or a cluster run slot).
+    state: str = "running"
 
 
 class AdmissionInfo(_Result, frozen=True):
@@ -480,6 +485,8 @@ class StatusResult(_Result, frozen=True):
     uptime_seconds: float
     runs: list[RunInfo]
     admission: AdmissionInfo
+    #: The instance that answered (``gateway.instanceId``).
+    instance_id: str = ""
 
 
 class AgentInfo(_Result, frozen=True):
