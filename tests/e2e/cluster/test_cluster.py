@@ -104,7 +104,7 @@ async def test_status_abort_and_wait_work_from_other_instances(
             assert isinstance(runs, list)
             listed = [run for run in runs if run["sessionKey"] == "watched"]
             assert len(listed) == 1, runs
-            assert listed[0]["instance"] == "gw-0"
+            assert listed[0]["instanceId"] == "gw-0"
             run_id = listed[0]["runId"]
             assert isinstance(run_id, str)
 

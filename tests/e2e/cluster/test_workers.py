@@ -39,32 +39,34 @@ async def test_lane_holds_across_hypercorn_workers(
     async with open_workers(tmp_path, pg_dsn, upstream.url) as workers:
         outcomes: dict[int, StreamOutcome] = {}
         instances: set[str] = set()
-        async with control(workers) as watcher, trio.open_nursery() as background:
+        async with control(workers) as watcher:
+            async with trio.open_nursery() as background:
 
-            async def watch() -> None:
-                # Which workers hold the session's runs (running or queued), as status says.
-                while True:
-                    status = await watcher.request("status")
-                    runs = status["runs"]
-                    assert isinstance(runs, list)
-                    instances.update(str(run["instance"]) for run in runs)
-                    await trio.sleep(0.05)
+                async def watch() -> None:
+                    # Which workers hold the session's runs (running or waiting), as status
+                    # says.
+                    while True:
+                        status = await watcher.request("status")
+                        runs = status["runs"]
+                        assert isinstance(runs, list)
+                        instances.update(str(run["instanceId"]) for run in runs)
+                        await trio.sleep(0.05)
 
-            background.start_soon(watch)
+                background.start_soon(watch)
 
-            async def send(index: int) -> None:
-                # A connection of its own, so that the kernel spreads them over the workers.
-                async with httpx.AsyncClient(timeout=BOUND) as client:
-                    outcomes[index] = await stream_chat(
-                        client, workers, f"turn {index}", session_key="workers-lane"
-                    )
+                async def send(index: int) -> None:
+                    # A connection of its own, so that the kernel spreads them over the workers.
+                    async with httpx.AsyncClient(timeout=BOUND) as client:
+                        outcomes[index] = await stream_chat(
+                            client, workers, f"turn {index}", session_key="workers-lane"
+                        )
 
-            with trio.fail_after(BOUND):
-                async with trio.open_nursery() as requests:
-                    for index in range(6):
-                        requests.start_soon(send, index)
-                        await trio.sleep(STAGGER)
-            background.cancel_scope.cancel(reason="the requests are done")
+                with trio.fail_after(BOUND):
+                    async with trio.open_nursery() as requests:
+                        for index in range(6):
+                            requests.start_soon(send, index)
+                            await trio.sleep(STAGGER)
+                background.cancel_scope.cancel(reason="the requests are done")
             detail = await watcher.request("sessions.get", {"key": "workers-lane"})
 
     assert len(instances) == 2, instances  # both workers served some of them
