@@ -9,8 +9,10 @@ and dropped after, it measures:
    SQLite, then through one on PostgreSQL; the difference of the TTFT p50.
 2. **Database round trips per run**: a gateway on PostgreSQL reached through
    :class:`~benchmarks.pg_proxy.CountingProxy`, which counts the client's round-trip messages
-   (simple queries and Syncs); the count of an idle window of the same length (heartbeats, the
-   listener) is subtracted from a window of stateful runs at concurrency 1.
+   (simple queries and Syncs) and names the statements: stateful runs at concurrency 1, with a
+   lease so long that no heartbeat falls in the window (an idle window's rate is subtracted
+   all the same). Then the heartbeat's own cost: an idle gateway at the scenario's lease,
+   counted over two leases (six beats).
 3. **Cross-instance abort**: two gateways on the same database; a stream runs on the first,
    ``agent.abort`` (by run id) is sent to the second over the control plane; the latency is from
    sending the abort to the first gateway's stream ending with its in-band ``run_aborted``
@@ -39,7 +41,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from trio_gateway.control_client import open_control_client
 
 from .loadgen import LoadSpec, Target
-from .pg_proxy import CountingProxy
+from .pg_proxy import CountingProxy, ProxyStatistics
 from .phases import TOKEN_TEXT, Bench, run_phase
 from .processes import GatewayProcess, open_gateway
 from .results import ClusterResult
@@ -52,6 +54,10 @@ DEFAULT_POSTGRES = "host=127.0.0.1 port=5432 user=postgres dbname=postgres conne
 #: The lease of the scenario's gateways; their heartbeat runs every third of it.
 LEASE_SECONDS = 10.0
 _ABORT_BOUND = 10.0
+#: The lease of the gateway whose round trips per run are counted: no heartbeat in the window.
+_NO_BEAT_LEASE_SECONDS = 600.0
+#: The idle window whose round trips are the heartbeat's (a whole number of beats).
+_IDLE_WINDOW_SECONDS = 2 * LEASE_SECONDS
 
 
 def _server() -> str:
@@ -85,11 +91,13 @@ async def _bench_database() -> AsyncIterator[tuple[str, str]]:
             await trio.to_thread.run_sync(drop)
 
 
-def _store(dsn: str, *, pool_size: int = 10) -> dict[str, object]:
+def _store(
+    dsn: str, *, pool_size: int = 10, lease_seconds: float = LEASE_SECONDS
+) -> dict[str, object]:
     return {
         "session": {
             "store": "postgres",
-            "postgres": {"dsn": dsn, "leaseSeconds": LEASE_SECONDS, "poolSize": pool_size},
+            "postgres": {"dsn": dsn, "leaseSeconds": lease_seconds, "poolSize": pool_size},
         }
     }
 
@@ -109,10 +117,11 @@ async def _stateful_phase(
         )
 
 
-async def _round_trips(
-    bench: Bench, dsn: str, runs: int
-) -> tuple[float | None, float, dict[str, int]]:
-    """Round trips per stateful run through the counting proxy, and the idle rate per second."""
+@asynccontextmanager
+async def _counted_gateway(
+    bench: Bench, dsn: str, name: str, lease_seconds: float
+) -> AsyncIterator[tuple[GatewayProcess, CountingProxy]]:
+    """A gateway on PostgreSQL reached through a :class:`CountingProxy`."""
     parts = conninfo_to_dict(dsn)
     proxy = CountingProxy(str(parts.get("host", "127.0.0.1")), int(str(parts.get("port", 5432))))
     async with trio.open_nursery() as nursery:
@@ -124,29 +133,59 @@ async def _round_trips(
             bench.upstream.url,
             bench.workdir,
             cpus=bench.gateway_cpus,
-            name="cluster-counted",
-            overrides=_store(proxied),
+            name=name,
+            overrides=_store(proxied, lease_seconds=lease_seconds),
         ) as gateway:
-            target = _stateful(bench, gateway)
-            # Warm: the pool's connections are open, the statements prepared.
-            await run_phase(bench, target, LoadSpec(1, 5, 30.0), gateway.pid, warm_up=False)
-            window = 5.0
-            before = proxy.statistics()
-            await trio.sleep(window)
-            idle = proxy.statistics().round_trips - before.round_trips
-            idle_rate = idle / window
-            before = proxy.statistics()
-            started = time.monotonic()
-            phase = await run_phase(
-                bench, target, LoadSpec(1, runs, 120.0), gateway.pid, warm_up=False
-            )
-            elapsed = time.monotonic() - started
-            after = proxy.statistics()
+            yield gateway, proxy
         nursery.cancel_scope.cancel(reason="counted")
-    messages = {k: after.messages.get(k, 0) - before.messages.get(k, 0) for k in after.messages}
-    trips = after.round_trips - before.round_trips - idle_rate * elapsed
-    per_run = trips / phase.completed if phase.completed else None
-    return per_run, idle_rate, messages
+
+
+async def _round_trips(bench: Bench, dsn: str, runs: int) -> tuple[float | None, ProxyStatistics]:
+    """Round trips per stateful run at concurrency 1, with a lease long enough that no
+    heartbeat falls in the window (an idle window of the same gateway is subtracted all the
+    same), and what the window's runs executed."""
+    async with _counted_gateway(bench, dsn, "cluster-counted", _NO_BEAT_LEASE_SECONDS) as (
+        gateway,
+        proxy,
+    ):
+        target = _stateful(bench, gateway)
+        # Warm: the pool's connections are open, the statements prepared.
+        await run_phase(bench, target, LoadSpec(1, 5, 30.0), gateway.pid, warm_up=False)
+        before = proxy.statistics()
+        await trio.sleep(_IDLE_WINDOW_SECONDS / 4)
+        idle_rate = (proxy.statistics().round_trips - before.round_trips) / (
+            _IDLE_WINDOW_SECONDS / 4
+        )
+        before = proxy.statistics()
+        started = time.monotonic()
+        phase = await run_phase(bench, target, LoadSpec(1, runs, 120.0), gateway.pid, warm_up=False)
+        elapsed = time.monotonic() - started
+        after = proxy.statistics()
+    window = _difference(after, before)
+    trips = window.round_trips - idle_rate * elapsed
+    return (trips / phase.completed if phase.completed else None), window
+
+
+async def _idle_round_trips(bench: Bench, dsn: str) -> tuple[float, ProxyStatistics]:
+    """Round trips per second of an idle instance at the scenario's lease (its heartbeat)."""
+    async with _counted_gateway(bench, dsn, "cluster-idle", LEASE_SECONDS) as (_, proxy):
+        await trio.sleep(LEASE_SECONDS / 3)  # past start-up
+        before = proxy.statistics()
+        await trio.sleep(_IDLE_WINDOW_SECONDS)
+        window = _difference(proxy.statistics(), before)
+    return window.round_trips / _IDLE_WINDOW_SECONDS, window
+
+
+def _difference(after: ProxyStatistics, before: ProxyStatistics) -> ProxyStatistics:
+    def minus(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+        return {key: a[key] - b.get(key, 0) for key in a if a[key] - b.get(key, 0)}
+
+    return ProxyStatistics(
+        after.connections - before.connections,
+        after.round_trips - before.round_trips,
+        minus(after.messages, before.messages),
+        minus(after.statements, before.statements),
+    )
 
 
 async def _one_abort(
@@ -228,7 +267,8 @@ async def cluster(bench: Bench) -> ClusterResult:
             else None
         )
         runs = max(requests, 20)
-        per_run, idle_rate, messages = await _round_trips(bench, dsn, runs)
+        per_run, counted = await _round_trips(bench, dsn, runs)
+        idle_rate, idle = await _idle_round_trips(bench, dsn)
         latencies, failures = await _aborts(bench, dsn, max(requests, 30))
         await bench.streaming_upstream()
         throughput: list[PhaseSummary] = []
@@ -254,10 +294,15 @@ async def cluster(bench: Bench) -> ClusterResult:
         round_trips_per_run=per_run,
         round_trip_runs=runs,
         idle_round_trips_per_s=idle_rate,
-        round_trip_messages=messages,
+        round_trip_messages=counted.messages,
+        round_trip_statements=counted.statements,
+        idle_statements=idle.statements,
+        idle_window_s=_IDLE_WINDOW_SECONDS,
+        lease_seconds=LEASE_SECONDS,
         round_trip_method=(
             "frontend protocol messages counted by a relay between the gateway and PostgreSQL "
-            "(simple Query + Sync), minus an idle window's rate (heartbeats, listener)"
+            "(simple Query + Sync), with a lease too long for a heartbeat in the window, minus "
+            "an idle window's rate"
         ),
         abort_ms=percentiles(latencies),
         aborts=len(latencies),

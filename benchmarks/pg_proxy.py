@@ -9,6 +9,10 @@ query) and ``S`` (``Sync``, the end of an extended-protocol exchange, which is w
 sends for a parameterized statement; a pipeline of several statements ends with one Sync, so
 it counts once, as the one round trip it is). Nothing is parsed on the server side.
 
+It also names what ran: the text of each statement executed (a ``Bind`` names a statement
+whose text an earlier ``Parse`` gave, a prepared one included; a simple query carries its text),
+cut to its first words, so a report can say which statements a run costs.
+
 ``statistics()`` returns the counts so far; the scenario subtracts an idle window's counts
 (heartbeats, the listener) from a window with runs.
 """
@@ -33,15 +37,36 @@ class ProxyStatistics:
     round_trips: int
     #: Every frontend message, by type letter.
     messages: dict[str, int]
+    #: Statements executed, by their first words.
+    statements: dict[str, int]
+
+
+def _first_words(query: bytes, words: int = 4) -> str:
+    return " ".join(query.decode("utf-8", errors="replace").split()[:words])
 
 
 class _FrontendCounter:
     """Follows the client's message framing across reads (sans-IO)."""
 
-    def __init__(self, counts: dict[str, int]) -> None:
+    def __init__(self, counts: dict[str, int], statements: dict[str, int]) -> None:
         self._counts = counts
+        self._statements = statements
+        self._names: dict[bytes, str] = {}
         self._buffer = b""
         self._startup = True
+
+    def _executed(self, text: str) -> None:
+        self._statements[text] = self._statements.get(text, 0) + 1
+
+    def _message(self, kind: int, body: bytes) -> None:
+        if kind == ord("Q"):
+            self._executed(_first_words(body.split(b"\0", 1)[0]))
+        elif kind == ord("P"):
+            name, rest = body.split(b"\0", 1)
+            self._names[name] = _first_words(rest.split(b"\0", 1)[0])
+        elif kind == ord("B"):
+            _portal, statement, _ = body.split(b"\0", 2)
+            self._executed(self._names.get(statement, "?"))
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -64,7 +89,9 @@ class _FrontendCounter:
             (length,) = struct.unpack("!I", self._buffer[1:5])
             if len(self._buffer) < 1 + length:
                 return
+            body = self._buffer[5 : 1 + length]
             self._buffer = self._buffer[1 + length :]
+            self._message(kind, body)
             letter = chr(kind)
             self._counts[letter] = self._counts.get(letter, 0) + 1
 
@@ -75,13 +102,14 @@ class CountingProxy:
     def __init__(self, server_host: str, server_port: int) -> None:
         self._server = (server_host, server_port)
         self._counts: dict[str, int] = {}
+        self._statements: dict[str, int] = {}
         self._connections = 0
         self.port = 0
 
     def statistics(self) -> ProxyStatistics:
         counts = dict(self._counts)
         trips = sum(n for letter, n in counts.items() if ord(letter) in _ROUND_TRIPS)
-        return ProxyStatistics(self._connections, trips, counts)
+        return ProxyStatistics(self._connections, trips, counts, dict(self._statements))
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -92,7 +120,7 @@ class CountingProxy:
 
     async def _relay(self, client: trio.SocketStream) -> None:
         self._connections += 1
-        counter = _FrontendCounter(self._counts)
+        counter = _FrontendCounter(self._counts, self._statements)
         try:
             server = await trio.open_tcp_stream(*self._server)
         except OSError:

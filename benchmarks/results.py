@@ -117,8 +117,14 @@ class ClusterResult(msgspec.Struct, frozen=True):
     round_trips_per_run: float | None
     round_trip_runs: int
     idle_round_trips_per_s: float
+    #: The run window's frontend messages and statements (by first words), all runs together.
     round_trip_messages: dict[str, int]
+    round_trip_statements: dict[str, int]
     round_trip_method: str
+    #: The idle window (``idle_window_s`` at ``lease_seconds``): the heartbeat's statements.
+    idle_statements: dict[str, int]
+    idle_window_s: float
+    lease_seconds: float
     #: Cross-instance abort: agent.abort sent to one instance, the run's stream on another
     #: ending (ms).
     abort_ms: Percentiles | None

@@ -62,6 +62,22 @@ def _cluster_section(c: ClusterResult) -> list[str]:
     )
     out += ["", f"Round trips: {c.round_trip_method}. Messages in the window: "]
     out[-1] += ", ".join(f"{k} {v}" for k, v in sorted(c.round_trip_messages.items())) + "."
+    out += ["", "Statements per stateful run (each Bind or simple query, by its first words):", ""]
+    out += _table(
+        ["statement", "per run"],
+        [
+            [f"`{text}`", _f(count / c.round_trip_runs, 2)]
+            for text, count in sorted(c.round_trip_statements.items(), key=lambda kv: -kv[1])
+        ],
+    )
+    out += [
+        "",
+        f"An idle instance (lease {c.lease_seconds:g} s, heartbeat every "
+        f"{c.lease_seconds / 3:.2f} s) over {c.idle_window_s:g} s: "
+        f"{c.idle_round_trips_per_s:.2f} round trips/s; statements: "
+        + (", ".join(f"`{k}` {v}" for k, v in sorted(c.idle_statements.items())) or "none")
+        + ".",
+    ]
     out += ["", "Stateful streaming at C=200 on PostgreSQL:", ""]
     out += _table(
         ["hypercorn workers", "tokens/s (steady)", "gap p99 ms", "CPU µs/token", "busy", "errors"],
