@@ -484,14 +484,20 @@ class AgentRuntime:
             needs_lane=stateful,
         )
         registered = _SharedRun(cluster, prepared)
-        try:
-            grant = await cluster.acquire(entry)
-        except SessionStoreError as exc:
-            if stateful:
-                raise
-            logger.warning("cluster.unregistered run_id=%s reason=%s", prepared.run_id, exc)
+        grant = None
+        failing = None if stateful else cluster.health()
+        if failing is not None:
+            # The database is away: a stateless run does not wait for it to time out.
+            logger.warning("cluster.unregistered run_id=%s reason=%s", prepared.run_id, failing)
             registered.done = True  # nothing to release
-            grant = None
+        else:
+            try:
+                grant = await cluster.acquire(entry)
+            except SessionStoreError as exc:
+                if stateful:
+                    raise
+                logger.warning("cluster.unregistered run_id=%s reason=%s", prepared.run_id, exc)
+                registered.done = True
         ticket = None
         try:
             ticket = await self.admission.admit(target.session_key, lane=False)
