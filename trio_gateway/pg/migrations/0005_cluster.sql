@@ -1,4 +1,4 @@
--- Version 4: the cluster's coordination, as functions so that each step is one statement (one
+-- Version 5: the cluster's coordination, as functions so that each step is one statement (one
 -- round trip, atomic, and usable through a pooler in transaction mode).
 --
 -- A run that needs its session's lane (a stateful run) holds it from the moment lane_epoch is

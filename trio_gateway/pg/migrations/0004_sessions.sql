@@ -1,4 +1,4 @@
--- Version 5: the sessions (transcripts and their totals), shared by every instance.
+-- Version 4: the sessions (transcripts and their totals), shared by every instance.
 --
 -- Strings that a client, a model or a tool produced (a model name, a run id, message content,
 -- names, tool call ids) are bytea: the UTF-8 bytes of the string, with lone surrogates kept
