@@ -37,7 +37,7 @@ BOUND = 30
 STATELESS_BOUND = 3
 REFUSAL_BOUND = 8
 #: From PostgreSQL back to every instance ready again.
-RECOVERY_BOUND = 10
+RECOVERY_BOUND = 15
 QUICK = Scenario(tokens=["quick ", "reply"], pace=0.01)
 SLOW = Scenario(tokens=["slow "] * 60, first_token_delay=0.05, pace=0.05)  # about 3 s
 
