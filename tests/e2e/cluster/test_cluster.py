@@ -123,8 +123,10 @@ async def test_status_abort_and_wait_work_from_other_instances(
                     await trio.sleep(0.02)
             upstream_stopped = upstream.requests[0].closed_at
             assert upstream_stopped is not None
-            # The fast path (NOTIFY) at work: well under one heartbeat.
+            # The fast path (NOTIFY) at work: well under one heartbeat, and the instance says
+            # which path brought the abort.
             assert upstream_stopped - asked < LEASE_SECONDS / 3
+            assert f"cluster.abort.notified run_id={run_id}" in nodes[0].log_tail(1 << 20)
 
             status = await third.request("status")
             assert isinstance(status["runs"], list)
