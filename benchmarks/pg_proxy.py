@@ -11,7 +11,8 @@ it counts once, as the one round trip it is). Nothing is parsed on the server si
 
 It also names what ran: the text of each statement executed (a ``Bind`` names a statement
 whose text an earlier ``Parse`` gave, a prepared one included; a simple query carries its text),
-cut to its first words, so a report can say which statements a run costs.
+cut to its first words (and what it reads ``FROM``), so a report can say which statements a run
+costs.
 
 ``statistics()`` returns the counts so far; the scenario subtracts an idle window's counts
 (heartbeats, the listener) from a window with runs.
@@ -42,7 +43,16 @@ class ProxyStatistics:
 
 
 def _first_words(query: bytes, words: int = 4) -> str:
-    return " ".join(query.decode("utf-8", errors="replace").split()[:words])
+    """A statement's name: its first words, and what it reads ``FROM`` when that comes later
+    (``SELECT s.key, s.agent_id, ... FROM epiloop_record_turn(``)."""
+    parts = query.decode("utf-8", errors="replace").split()
+    name = " ".join(parts[:words])
+    upper = [part.upper() for part in parts]
+    if "FROM" in upper:
+        after = upper.index("FROM") + 1
+        if words <= after < len(parts):
+            name += f" {parts[after]}" if after == words else f" ... FROM {parts[after]}"
+    return name
 
 
 class _FrontendCounter:
