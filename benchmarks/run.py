@@ -49,6 +49,8 @@ SCENARIOS = (
     "floor",
     "cluster",
 )
+#: What runs without ``--only``: ``cluster`` needs a PostgreSQL server and is asked for by name.
+DEFAULT_SCENARIOS = tuple(name for name in SCENARIOS if name != "cluster")
 _T = TypeVar("_T")
 
 
@@ -58,7 +60,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
     parser.add_argument(
-        "--only", nargs="+", choices=SCENARIOS, help="run these scenarios only (default: all)"
+        "--only",
+        nargs="+",
+        choices=SCENARIOS,
+        help="run these scenarios only (default: all but cluster, which needs PostgreSQL)",
     )
     parser.add_argument("--skip", nargs="+", choices=SCENARIOS, default=[])
     parser.add_argument(
@@ -125,7 +130,7 @@ async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadRe
     profile = PROFILES[arguments.profile]
     if arguments.py_spy is not None:
         profile = msgspec.structs.replace(profile, profile_s=arguments.py_spy)
-    wanted = set(arguments.only or SCENARIOS) - set(arguments.skip)
+    wanted = set(arguments.only or DEFAULT_SCENARIOS) - set(arguments.skip)
     all_cpus = set(os.sched_getaffinity(0))
     gateway_cpus, load_cpus, pinning = _pinning(arguments.no_pin)
     if load_cpus is not None:
@@ -205,6 +210,8 @@ async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadRe
                 result.cluster = await _timed(seconds, "cluster", lambda: cluster.cluster(bench))
             except (RuntimeError, trio.TooSlowError, psycopg.Error) as exc:
                 result.cluster_skipped = f"the cluster scenario did not run: {exc}"
+        else:
+            result.cluster_skipped = "not selected (python -m benchmarks.run --only cluster)"
     result.duration_s = time.monotonic() - started
     result.scenario_seconds = seconds
     if arguments.nice:
