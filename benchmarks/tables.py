@@ -45,7 +45,9 @@ def _cluster_section(c: ClusterResult) -> list[str]:
                 "added TTFT p50, stateful, C=1 (PostgreSQL minus SQLite)",
                 "<= 1 ms",
                 f"{_signed(c.added_ttft_p50_ms)} ms (SQLite {_p(c.stateful_sqlite.ttft_ms, 'p50')}"
-                f", PostgreSQL {_p(c.stateful_postgres.ttft_ms, 'p50')})",
+                f", PostgreSQL {_p(c.stateful_postgres.ttft_ms, 'p50')}; bg s "
+                f"{_f(c.stateful_sqlite.resources.background_cpu_s, 1)} / "
+                f"{_f(c.stateful_postgres.resources.background_cpu_s, 1)})",
             ],
             [
                 f"database round trips per stateful run ({c.round_trip_runs} runs)",
@@ -80,7 +82,15 @@ def _cluster_section(c: ClusterResult) -> list[str]:
     ]
     out += ["", "Stateful streaming at C=200 on PostgreSQL:", ""]
     out += _table(
-        ["hypercorn workers", "tokens/s (steady)", "gap p99 ms", "CPU µs/token", "busy", "errors"],
+        [
+            "hypercorn workers",
+            "tokens/s (steady)",
+            "gap p99 ms",
+            "CPU µs/token",
+            "busy",
+            "bg s",
+            "errors",
+        ],
         [
             [
                 str(workers),
@@ -88,6 +98,7 @@ def _cluster_section(c: ClusterResult) -> list[str]:
                 _p(phase.gap_ms, "p99"),
                 _f(phase.cpu_per_token_us, 1),
                 _busy(phase),
+                _f(phase.resources.background_cpu_s, 1),
                 _errors(phase),
             ]
             for workers, phase in zip(c.throughput_workers, c.throughput, strict=True)
