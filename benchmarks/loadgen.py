@@ -71,6 +71,9 @@ class Target:
     model: str
     path: str = "/v1/chat/completions"
     headers: dict[str, str] = field(default_factory=dict)
+    #: Each request names a session of its own (``x-epiloop-session-key: <tag>``): a stateful
+    #: run, whose turn the gateway stores.
+    stateful: bool = False
 
     def request(self, tag: str, *, stream: bool) -> bytes:
         body = msgspec.json.encode(
@@ -81,6 +84,8 @@ class Target:
             }
         )
         headers = {"Content-Type": "application/json", **self.headers}
+        if self.stateful:
+            headers["x-epiloop-session-key"] = tag
         if stream:
             headers["Accept"] = "text/event-stream"
         return build_request("POST", f"{self.host}:{self.port}", self.path, headers, body)

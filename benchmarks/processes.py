@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ __all__ = [
     "GatewayProcess",
     "UpstreamProcess",
     "gateway_config",
+    "merge_config",
     "open_floor_relay",
     "open_gateway",
     "open_upstream",
@@ -243,6 +244,18 @@ def gateway_config(upstream_url: str, token: str, *, max_concurrent: int) -> dic
     }
 
 
+def merge_config(base: Mapping[str, object], override: Mapping[str, object]) -> dict[str, object]:
+    """``base`` with ``override`` merged in: dicts merge, the rest replaces."""
+    result = dict(base)
+    for key, value in override.items():
+        current = result.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            result[key] = merge_config(current, value)
+        else:
+            result[key] = value
+    return result
+
+
 async def _wait_for(check: Callable[[], str | None], process: trio.Process, log_path: Path) -> str:
     with trio.fail_after(_STARTUP_BOUND):
         while True:
@@ -264,17 +277,20 @@ async def open_gateway(
     workers: int | None = None,
     max_concurrent: int = 5000,
     log_level: str = "info",
+    name: str | None = None,
+    overrides: Mapping[str, object] | None = None,
 ) -> AsyncIterator[GatewayProcess]:
     """Start a gateway for ``upstream_url``; ``workers`` (a number) serves it with
-    ``hypercorn -k trio --workers N`` instead of the gateway's CLI."""
-    name = "gateway" if workers is None else f"gateway-w{workers}"
+    ``hypercorn -k trio --workers N`` instead of the gateway's CLI. ``overrides`` are merged
+    into :func:`gateway_config`'s config (dicts merge, the rest replaces); ``name`` names its
+    files in ``workdir``."""
+    name = name or ("gateway" if workers is None else f"gateway-w{workers}")
     state = workdir / f"{name}-state"
     state.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     config_file = workdir / f"{name}.json5"
-    config_file.write_bytes(
-        msgspec.json.encode(gateway_config(upstream_url, token, max_concurrent=max_concurrent))
-    )
+    config = gateway_config(upstream_url, token, max_concurrent=max_concurrent)
+    config_file.write_bytes(msgspec.json.encode(merge_config(config, overrides or {})))
     log_path = workdir / f"{name}.log"
     env = {**os.environ, "EPILOOP_STATE_DIR": str(state), "EPILOOP_CONFIG_PATH": str(config_file)}
     listener: socket.socket | None = None

@@ -35,6 +35,7 @@ from .. import metrics
 from ..config import Config
 from ..errors import (
     GatewayError,
+    LeaseLostError,
     ProviderError,
     RunAbortedError,
     RunError,
@@ -464,6 +465,13 @@ class RunLoop:
         with trio.move_on_after(RECORD_BOUND_SECONDS, shield=True):
             try:
                 await self.sessions.record_turn(prepared.target.session_key, turn)
+            except LeaseLostError as exc:
+                # Fenced off: another run holds the session now. The client learns why.
+                logger.warning(
+                    "session.record.refused run_id=%s reason=lease_lost", prepared.run_id
+                )
+                metrics.SESSION_RECORD_FAILURES.labels("lease_lost").inc()
+                return exc
             except Exception:
                 logger.exception("session.record.failed run_id=%s", prepared.run_id)
                 reason = "error"
