@@ -5,9 +5,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 import trio
+from postgres_server import open_private_postgres, postgres_binaries
 
 from trio_gateway.errors import SessionStoreError, SessionStoreUnavailableError
 from trio_gateway.pg import migrate, open_database, redact_dsn, schema_status
+from trio_gateway.pg.database import CONNECT_SECONDS
 from trio_gateway.pg.migrations import known_migrations
 
 
@@ -110,3 +112,32 @@ async def test_migrate_refuses_a_newer_schema(pg_dsn: str) -> None:
         with pytest.raises(SessionStoreError, match="newer than this gateway knows"):
             await db.run(migrate, cancellable=False)
         assert (await db.run(schema_status)).too_new
+
+
+async def test_database_fails_fast_while_the_server_is_away_and_recovers() -> None:
+    bin_dir = postgres_binaries()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) to run a private server")
+    async with (
+        open_private_postgres(bin_dir) as server,
+        open_database(server.dsn, pool_size=2) as db,
+    ):
+        assert await db.run(lambda c: c.execute("SELECT 1").fetchone()) == (1,)
+        await server.stop()
+        with pytest.raises(SessionStoreUnavailableError):
+            await db.run(lambda c: c.execute("SELECT 1").fetchone())
+        # Known to be away now: the next call does not wait out the pool's checkout.
+        started = trio.current_time()
+        with pytest.raises(SessionStoreUnavailableError):
+            await db.run(lambda c: c.execute("SELECT 1").fetchone())
+        assert trio.current_time() - started < CONNECT_SECONDS / 2
+        await server.start()
+        with trio.fail_after(30):
+            while True:
+                try:
+                    row = await db.run(lambda c: c.execute("SELECT 1").fetchone())
+                except SessionStoreUnavailableError:
+                    await trio.sleep(0.2)
+                    continue
+                break
+        assert row == (1,)

@@ -27,7 +27,7 @@ from e2e.cluster.harness import (
     transcript_of,
     user_messages,
 )
-from e2e.cluster.postgres_server import open_private_postgres, postgres_binaries
+from postgres_server import open_private_postgres, postgres_binaries
 
 from benchmarks.mock_upstream import Scenario
 
