@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 import trio
+import trio.lowlevel
 from postgres_server import open_private_postgres, postgres_binaries
 
 from trio_gateway.errors import SessionStoreError, SessionStoreUnavailableError
+from trio_gateway.pg import database as database_module
 from trio_gateway.pg import migrate, open_database, redact_dsn, schema_status
 from trio_gateway.pg.database import CONNECT_SECONDS
 from trio_gateway.pg.migrations import known_migrations
@@ -141,3 +145,46 @@ async def test_database_fails_fast_while_the_server_is_away_and_recovers() -> No
                     continue
                 break
         assert row == (1,)
+
+
+async def test_database_uncancellable_call_returns_its_result_when_cancelled_meanwhile(
+    pg_dsn: str,
+) -> None:
+    async with open_database(pg_dsn, pool_size=1) as db:
+        await db.run(lambda c: c.execute("CREATE TABLE t (x int)"))
+        got: list[object] = []
+        with trio.move_on_after(0.05) as scope:
+            got.append(
+                await db.run(
+                    lambda c: c.execute(
+                        "INSERT INTO t SELECT 1 FROM pg_sleep(0.3) RETURNING x"
+                    ).fetchone(),
+                    cancellable=False,
+                )
+            )
+            await trio.lowlevel.checkpoint()  # the pending cancellation lands here
+        assert scope.cancelled_caught
+        assert got == [(1,)]  # what was written is reported written, not lost
+
+
+async def test_database_cancel_request_never_lands_on_the_next_call(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cancel request's own round trip is slow (a distant server, simulated): it must have
+    # landed before the connection serves another call.
+    real = database_module._cancel_quietly
+
+    def slow_cancel(connection: psycopg.Connection) -> None:
+        time.sleep(0.3)
+        real(connection)
+
+    monkeypatch.setattr(database_module, "_cancel_quietly", slow_cancel)
+    async with open_database(pg_dsn, pool_size=1) as db:
+        await db.run(lambda c: c.execute("CREATE TABLE t (x int)"))
+        with trio.move_on_after(0.1):
+            await db.run(lambda c: c.execute("SELECT pg_sleep(0.15)"))
+        await db.run(
+            lambda c: c.execute("SELECT pg_sleep(0.5); INSERT INTO t VALUES (1)"),
+            cancellable=False,
+        )
+        assert await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()) == (1,)

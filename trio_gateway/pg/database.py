@@ -23,9 +23,13 @@ goes back to the pool only between statements, never mid-query:
 - a *cancellable* call (reads, and writes whose effect is harmless if interrupted) asks the
   server to cancel the running statement (``cancel_safe``), waits for the thread to return
   (shielded, bounded by :data:`CANCEL_BOUND_SECONDS`), then raises ``trio.Cancelled``. The
-  statement's transaction is rolled back.
+  statement's transaction is rolled back. The cancel request is sent from a thread of its own,
+  which the call joins before its connection goes back to the pool, so it can never land on
+  another call's statement.
 - any other call runs to its end (bounded by the server's ``statement_timeout``, which every
-  pooled connection sets), and the caller learns of its cancellation right after.
+  pooled connection sets, and on the client by TCP keepalives and ``tcp_user_timeout``) and
+  returns what it did: the caller learns of its cancellation at its next checkpoint, as with
+  ``trio.to_thread.run_sync`` (a turn stored is reported stored, never lost).
 
 Lost connections. A statement that fails because its connection is gone (the server restarted,
 ``pg_terminate_backend``, a network cut) leaves a broken connection, which the pool discards and
@@ -73,6 +77,9 @@ CONNECT_SECONDS = 5.0
 
 #: How long closing the pool may take (shielded from cancellation).
 CLOSE_BOUND_SECONDS = 10.0
+
+#: How long data sent on a pooled connection may stay unacknowledged before the call fails.
+TCP_USER_TIMEOUT_MS = 10_000
 
 #: How long a call waits for a connection while the server is known to be unreachable.
 UNREACHABLE_CHECKOUT_SECONDS = 0.5
@@ -126,6 +133,8 @@ class _Call(Generic[T]):
         self._lock = threading.Lock()
         self._connection: psycopg.Connection | None = None
         self._interrupted = False
+        #: The thread that sends the server a cancel request, if one was started.
+        self._canceller: threading.Thread | None = None
 
     def __call__(self, idempotent: bool) -> T:
         try:
@@ -153,18 +162,29 @@ class _Call(Generic[T]):
             finally:
                 with self._lock:
                     self._connection = None
+                    canceller = self._canceller
+                if canceller is not None:
+                    # The cancel request must have reached the server before the connection
+                    # goes back to the pool: landing late, it would cancel the statement of
+                    # whichever call takes the connection next.
+                    canceller.join(CANCEL_BOUND_SECONDS)
 
     def interrupt(self) -> None:
         """Ask the server to cancel the statement this call runs (from the trio thread)."""
         with self._lock:
             self._interrupted = True
             connection = self._connection
-        if connection is not None:
-            # cancel_safe blocks for a round trip to the server: a short-lived thread of its
-            # own, which ends by itself (bounded by its timeout), does it.
-            threading.Thread(
-                target=_cancel_quietly, args=(connection,), name="epiloop-pg-cancel", daemon=True
-            ).start()
+            if connection is not None and self._canceller is None:
+                # cancel_safe blocks for a round trip to the server: a short-lived thread of
+                # its own does it (bounded by its timeout), joined by the call's thread before
+                # the connection goes back to the pool.
+                self._canceller = threading.Thread(
+                    target=_cancel_quietly,
+                    args=(connection,),
+                    name="epiloop-pg-cancel",
+                    daemon=True,
+                )
+                self._canceller.start()
 
 
 def _cancel_quietly(connection: psycopg.Connection) -> None:
@@ -282,7 +302,12 @@ async def _in_thread(
             await done.wait()
         if waited.cancelled_caught:
             logger.warning("db.cancel.slow seconds=%s: the statement still runs", bound)
-        raise
+            raise
+        if cancellable:
+            raise
+        # A call that runs to its end returns what it did (a turn stored is stored): the
+        # cancellation stays pending and is raised at the caller's next checkpoint, as
+        # trio.to_thread.run_sync does for a call it may not abandon.
     return box[0]
 
 
@@ -305,7 +330,19 @@ async def open_database(
         min_size=1,
         max_size=pool_size,
         open=False,
-        kwargs={"autocommit": True, "application_name": application_name, "options": options},
+        kwargs={
+            "autocommit": True,
+            "application_name": application_name,
+            "options": options,
+            # A network cut must not hang a call until the kernel gives up (minutes): data
+            # sent and not acknowledged fails after TCP_USER_TIMEOUT_MS, a silent peer after
+            # the keepalive probes (about 11 s).
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+        },
         timeout=CONNECT_SECONDS,
         name="epiloop",
     )
