@@ -47,6 +47,8 @@ class ModelTarget:
     provider: Provider
     model: str
     retry: RetryPolicy
+    #: Whether the model accepts images (``"image"`` among its configured ``input`` kinds).
+    images: bool = False
 
 
 async def call_with_failover(
