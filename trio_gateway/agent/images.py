@@ -121,19 +121,21 @@ def check_session_images(
     for entry in kept:
         for image in entry.images:
             held[image.key] = image.size
+    limits = config.session
     for message in reconciled.new:
         for image in message.images:
             held[image.key] = image.size
-    limits = config.session
-    total = sum(held.values())
-    if len(held) > limits.max_images or total > limits.max_image_bytes:
-        raise PayloadTooLargeError(
-            f"The session would hold {len(held)} images of {total} bytes; a session may hold "
-            f"at most {limits.max_images} images (session.maxImages) of "
-            f"{limits.max_image_bytes} bytes (session.maxImageBytes). Start a new session.",
-            param="messages",
-            code="session_images_too_large",
-        )
+            total = sum(held.values())
+            if len(held) > limits.max_images or total > limits.max_image_bytes:
+                where = f"With the image at '{image.param}', the" if image.param else "The"
+                raise PayloadTooLargeError(
+                    f"{where} session would hold {len(held)} images of {total} bytes; a "
+                    f"session may hold at most {limits.max_images} images (session.maxImages) "
+                    f"of {limits.max_image_bytes} bytes (session.maxImageBytes). Start a new "
+                    "session.",
+                    param=image.param or "messages",
+                    code="session_images_too_large",
+                )
 
 
 # -- fetching remote images (opt-in) -------------------------------------------------------
