@@ -68,7 +68,7 @@ def client(gateway: RunningGateway) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gateway.api_url, api_key=TOKEN, max_retries=0)
 
 
-def look(url: str, text: str = "what is this?", **image: Any) -> dict[str, Any]:
+def look(url: str, text: str = "what is this?", **image: Any) -> Any:
     return {
         "role": "user",
         "content": [
@@ -357,26 +357,20 @@ async def test_images_responses_input_image_reaches_the_upstream(nursery: trio.N
         nursery, mock, {"gateway": {"http": {"endpoints": {"responses": {"enabled": True}}}}}
     )
     async with client(gateway) as sdk:
-        response = await sdk.responses.create(
-            model="epiloop:main",
-            input=[
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "input_text", "text": "what is this?"},
-                        {"type": "input_image", "image_url": PNG_URL, "detail": "auto"},
-                    ],
-                }
-            ],
-        )
-        assert response.output_text == "I see"
-        with pytest.raises(openai.APIStatusError) as caught:
-            await sdk.responses.create(
-                model="epiloop:blind",
-                input=[
-                    {"role": "user", "content": [{"type": "input_image", "image_url": PNG_URL}]}
+        looking: Any = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "what is this?"},
+                    {"type": "input_image", "image_url": PNG_URL, "detail": "auto"},
                 ],
-            )
+            }
+        ]
+        response = await sdk.responses.create(model="epiloop:main", input=looking)
+        assert response.output_text == "I see"
+        blind: Any = [{"role": "user", "content": [{"type": "input_image", "image_url": PNG_URL}]}]
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk.responses.create(model="epiloop:blind", input=blind)
     assert caught.value.status_code == 400
     assert isinstance(caught.value.body, dict)
     assert caught.value.body.get("param") == "input[0].content[0]"

@@ -8,6 +8,7 @@ fencing and connections) is tested beside it, in ``test_sqlite.py`` and ``test_p
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator
@@ -406,7 +407,7 @@ async def test_store_round_trips_images_with_their_bytes(store: SessionStore) ->
     first, second = image(png(1)), image(png(2, pad=5000))
     remote = Image(url="https://images.example/cat.png", detail="low")
     entries = (
-        with_images("two and a url", first, remote, Image(**{**_fields(second), "detail": "high"})),
+        with_images("two and a url", first, remote, dataclasses.replace(second, detail="high")),
         reply("seen"),
     )
     await store.record_turn("k", turn(*entries))
@@ -417,10 +418,6 @@ async def test_store_round_trips_images_with_their_bytes(store: SessionStore) ->
     assert [i.data for i in got] == [first.data, None, second.data]
     assert [i.media_type for i in got] == ["image/png", "", "image/png"]
     assert [i.detail for i in got] == [None, "low", "high"]
-
-
-def _fields(value: Image) -> dict[str, object]:
-    return {name: getattr(value, name) for name in ("media_type", "sha256", "data", "url")}
 
 
 async def test_store_keeps_an_image_once_however_often_it_is_sent(store: SessionStore) -> None:

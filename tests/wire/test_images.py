@@ -106,9 +106,9 @@ def test_image_budget_counts_parts_bytes_and_total() -> None:
     budget = ImageBudget(ImageLimits(max_bytes=100, max_total_bytes=150, max_parts=2))
     budget.add("https://a.example/1.png", param="a")
     budget.add("https://a.example/2.png", param="b")
-    with pytest.raises(InvalidRequestError) as caught:
+    with pytest.raises(InvalidRequestError) as refused:
         budget.add("https://a.example/3.png", param="c")
-    assert (caught.value.http_status, caught.value.code, caught.value.param) == (
+    assert (refused.value.http_status, refused.value.code, refused.value.param) == (
         400,
         "too_many_images",
         "c",
