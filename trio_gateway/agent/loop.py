@@ -69,6 +69,7 @@ from .events import (
     ToolStarted,
 )
 from .failover import call_with_failover
+from .images import check_session_images, without_images
 from .prepared import EmitEvent, PreparedRun, session_mismatch
 from .prompt import close_tool_calls
 from .renumbering import ToolCallRenumbering
@@ -252,6 +253,8 @@ class RunLoop:
 
     async def _loop(self, prepared: PreparedRun, emit: EmitEvent, state: _RunState) -> FinishReason:
         history, new = await self._conversation(prepared, state)
+        if not prepared.chain[0].images:
+            history = without_images(history)  # stored images, a text-only model now
         messages = close_tool_calls([*prepared.instructions, *history, *new])
         client_names = {spec.name for spec in prepared.client_tools}
         renumbering = ToolCallRenumbering(client_names)
@@ -314,6 +317,7 @@ class RunLoop:
             # Checked in prepare too; checked again here, under the session's lane, because
             # another agent's run may have created the session in between.
             raise session_mismatch()
+        check_session_images(session.transcript, conversation, self.config)
         reconciled = reconcile(session.transcript, conversation)
         kept = (
             session.transcript if reconciled.keep is None else session.transcript[: reconciled.keep]

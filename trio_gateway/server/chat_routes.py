@@ -32,6 +32,7 @@ from ..wire.chunks import (
     encode_completion,
     server_timing,
 )
+from ..wire.images import image_limits
 from .app_state import authorize, request_cleanups
 from .streaming import ChatStreamBody, KeepAliveClock
 
@@ -111,7 +112,10 @@ def register_chat_routes(app: QuartTrio, runtime: AgentRuntime, clock: KeepAlive
         chat = parse_chat_request(body)
         limits = runtime.config.gateway.http
         check_limits(
-            chat, max_messages=limits.max_messages, max_content_chars=limits.max_content_chars
+            chat,
+            max_messages=limits.max_messages,
+            max_content_chars=limits.max_content_chars,
+            images=image_limits(limits.images),
         )
         prepared = await runtime.prepare(
             run_request(

@@ -20,6 +20,7 @@ from ..agent import AgentRuntime, RunEvent, RunFailed, RunFinished, RunRequest
 from ..agent.routing import named_agent
 from ..errors import EndpointDisabledError, InvalidRequestError, RunAbortedError
 from ..providers.base import ReasoningDelta, TextDelta, TokenUsage, ToolCallDelta
+from ..wire.images import image_limits
 from ..wire.response_events import (
     FunctionToolOut,
     ResponseEvents,
@@ -164,7 +165,10 @@ def register_responses_routes(app: QuartTrio, runtime: AgentRuntime, clock: Keep
         parsed = parse_responses_request(body)
         http = runtime.config.gateway.http
         check_limits(
-            parsed, max_messages=http.max_messages, max_content_chars=http.max_content_chars
+            parsed,
+            max_messages=http.max_messages,
+            max_content_chars=http.max_content_chars,
+            images=image_limits(http.images),
         )
         try:
             prepared = await runtime.prepare(
