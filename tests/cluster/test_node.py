@@ -14,11 +14,14 @@ from gateway_harness import make_config, open_test_runtime
 
 from benchmarks.scripted_provider import Hang, Pause, Say, ScriptedProvider
 from trio_gateway.agent import AgentRuntime, RunEvent, RunRequest, RunResult, RunStarted
-from trio_gateway.cluster import ClusterNode
+from trio_gateway.cluster import ClusterNode, lanes
 from trio_gateway.errors import OverloadedError, SessionBusyError
 from trio_gateway.messages import Message
+from trio_gateway.pg import migrate, open_database
+from trio_gateway.pg.instances import register
 from trio_gateway.server.control_methods import status
 from trio_gateway.sessions import MemorySessionStore
+from trio_gateway.sessions.postgres import PostgresSessionStore
 from trio_gateway.wire.control import NoParams
 
 BOUND = 20
@@ -357,3 +360,92 @@ async def test_cluster_database_lost_stateful_503_stateless_runs_then_recovers(
 
 
 DEFAULT_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
+
+
+async def test_cluster_restart_with_the_same_instance_id_frees_what_it_held(pg_dsn: str) -> None:
+    # A previous process "i0" holds the lane of "s" with a run, and is killed (-9). Its
+    # successor takes the same id (a fixed gateway.instanceId, or <host>-<pid> with the same
+    # pid in a container), so its row is renewed and never expires: the run it left must not
+    # hold the lane for as long as the new process lives.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        migrate(conn)
+        register(conn, "i0", 1, "old")
+        entry = lanes.Entry("ghost", "i0", "main", "s", "http", None, needs_lane=True)
+        assert lanes.enter(conn, entry, None).outcome is lanes.Outcome.RUNNING
+    async with instances(pg_dsn, ScriptedProvider([Say("x")]), queue_timeout=5) as (a,):
+        assert [r.run_id for r in await cluster_of(a).live_runs()] == []
+        with trio.fail_after(BOUND):
+            started = trio.current_time()
+            assert (await run(a, "hello")).status == "completed"
+        assert trio.current_time() - started < 1  # at once, not after a lease or a 409
+
+
+@asynccontextmanager
+async def shared_store(dsn: str) -> AsyncIterator[PostgresSessionStore]:
+    async with open_database(dsn, pool_size=4) as db:
+        await db.run(migrate, cancellable=False)
+        yield PostgresSessionStore(db)
+
+
+@pytest.mark.parametrize("operation", ["delete", "reset"])
+async def test_cluster_session_cleared_while_a_run_is_in_flight_stays_cleared(
+    pg_dsn: str, operation: str
+) -> None:
+    provider = ScriptedProvider([Say("one")])
+    async with (
+        shared_store(pg_dsn) as store,
+        open_test_runtime(config(pg_dsn, "i0"), providers={"local": provider}, sessions=store) as a,
+        trio.open_nursery() as nursery,
+    ):
+        await run(a, "first")
+        provider.steps = (Say("partial"), Hang())
+        results: list[RunResult] = []
+
+        async def in_flight() -> None:
+            results.append(await run(a, "second"))
+
+        nursery.start_soon(in_flight)
+        await wait_until(lambda: _active(a))
+        # The session is cleared (from any instance) before the run's abort lands: the run
+        # then ends and writes its aborted turn under the fence it was granted.
+        assert await getattr(store, operation)("s") is True
+        assert len(a.active_runs.abort_session("s")) == 1
+        with trio.fail_after(BOUND):
+            while not results:
+                await trio.sleep(0.01)
+        assert results[0].status == "aborted"
+        session = await store.get("s")
+        if operation == "delete":
+            assert session is None
+        else:
+            assert session is not None
+            assert session.transcript == []
+        # The lane is free for the next run.
+        provider.steps = (Say("three"),)
+        with trio.fail_after(BOUND):
+            assert (await run(a, "third")).status == "completed"
+
+
+async def _active(runtime: AgentRuntime) -> bool:
+    await trio.lowlevel.checkpoint()
+    return bool(runtime.active_runs.running())
+
+
+async def test_cluster_stateful_run_survives_pooled_connections_terminated(pg_dsn: str) -> None:
+    # lease 60: no heartbeat uses (and so repairs) the pool during the test.
+    async with instances(pg_dsn, ScriptedProvider([Say("x")]), lease=60) as (a,):
+        assert (await run(a, "warm up")).status == "completed"
+        await wait_until(lambda: _no_runs(a))
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'epiloop-gateway' "
+                "AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert killed is not None
+        assert killed[0] >= 1
+        await trio.sleep(0.1)  # the terminations land
+        # The first statement of the next run (its admission) finds a dead connection: it is
+        # tried again on a fresh one, not answered with 503.
+        with trio.fail_after(BOUND):
+            assert (await run(a, "after")).status == "completed"

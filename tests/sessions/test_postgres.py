@@ -187,6 +187,41 @@ async def test_postgres_store_fenced_turn_releases_the_lane_and_notifies(
     assert again == info
 
 
+async def test_postgres_store_delete_refuses_the_turn_of_a_run_in_flight(
+    store: PostgresSessionStore, pg_dsn: str
+) -> None:
+    await store.record_turn("k", turn(user("before")))
+    hold_lane(pg_dsn, "k", "run-a", 3)  # a run in flight (on any instance) holds the session
+    with psycopg.connect(pg_dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {LANE_CHANNEL}")
+        assert await store.delete("k") is True
+        notes = await trio.to_thread.run_sync(
+            lambda: [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+        )
+    assert notes == ["k"]  # its waiters look again: the lane is free
+    # The run ends (aborted, say) and writes its turn under its fence: refused, the session
+    # stays deleted instead of coming back with the late turn in it.
+    with pytest.raises(LeaseLostError):
+        await store.record_turn("k", turn(user("late"), fence=Fence("run-a", 3)))
+    assert await store.get("k") is None
+    assert sql(pg_dsn, "SELECT count(*) FROM epiloop_lanes") == [(0,)]
+
+
+async def test_postgres_store_reset_refuses_the_turn_of_a_run_in_flight(
+    store: PostgresSessionStore, pg_dsn: str
+) -> None:
+    await store.record_turn("k", turn(user("before")))
+    hold_lane(pg_dsn, "k", "run-a", 3)
+    assert await store.reset("k") is True
+    with pytest.raises(LeaseLostError):
+        await store.record_turn("k", turn(user("late"), fence=Fence("run-a", 3)))
+    assert await contents(store, "k") == []
+    # The lane moved on: free, at the next epoch, for the next run.
+    assert sql(pg_dsn, "SELECT holder, holder_instance, epoch FROM epiloop_lanes") == [
+        (None, None, 4)
+    ]
+
+
 async def test_postgres_store_unfenced_turn_touches_no_lane(
     store: PostgresSessionStore, pg_dsn: str
 ) -> None:

@@ -1,7 +1,7 @@
 """Session lanes and run slots across instances: the statements, and the decisions around them.
 
 Owns the calls of the ``epiloop_enter`` / ``epiloop_try_grant`` / ``epiloop_finish`` functions
-(migration 0004): a run is registered and moved on in one statement (one round trip), moved on
+(migration 0005): a run is registered and moved on in one statement (one round trip), moved on
 again when woken, and finished (its row gone, its lane released under the epoch it was granted,
 its result kept) in batches. The rules themselves (FIFO by ticket, a lane free when its holder's
 instance expired, the cluster cap) are in the SQL, where they run atomically under the lane's
@@ -116,7 +116,10 @@ def _grant(row: tuple[object, ...] | None) -> Grant:
 
 
 def enter(connection: psycopg.Connection, entry: Entry, cap: int | None) -> Grant:
-    """Register ``entry`` (waiting, with the next ticket) and move it on: one round trip."""
+    """Register ``entry`` (waiting, with the next ticket) and move it on: one round trip.
+
+    Idempotent (retried on a fresh connection when the first one was lost): the same run of
+    the same instance entered again keeps its row and ticket and gets its grant."""
     row = connection.execute(
         "SELECT outcome, epoch FROM epiloop_enter(%s, %s, %s, %s, %s, %s, %s, %s)",
         (
@@ -143,7 +146,8 @@ def try_grant(connection: psycopg.Connection, run_id: str, cap: int | None) -> G
 
 def finish(connection: psycopg.Connection, instance_id: str, runs: Sequence[Finished]) -> None:
     """End ``runs`` in one statement: rows deleted, lanes released (only under the epoch each
-    was granted, so a stale release does nothing), results kept, waiters notified."""
+    was granted, so a stale release does nothing), results kept, waiters notified. Written
+    twice (a retry), the second time deletes and releases nothing."""
     connection.execute(
         "SELECT epiloop_finish(%s, %s, %s, %s)",
         (

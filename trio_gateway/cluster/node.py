@@ -3,15 +3,18 @@
 Owns, for one gateway process sharing a PostgreSQL database with others:
 
 - the instance's heartbeat (:func:`~trio_gateway.pg.instances.serve_heartbeat`), on which ride,
-  once per beat whatever the number of runs, the batched progress update and the durable abort
-  check (:func:`~.registry.abort_check`) and the sweep of what expired instances left;
+  once per beat whatever the number of runs and in a task of their own that never delays a
+  renewal, the batched progress update and the durable abort check
+  (:func:`~.registry.abort_check`) and the sweep of what expired instances left (a deeper one,
+  of long-expired instances and unused lanes, every :data:`DEEP_SWEEP_BEATS` beats);
 - the listener (:mod:`.listener`) and what its notifications wake: the runs waiting for a
   session's lane, for a run slot, for another instance's run to finish, and the aborts of this
   instance's runs; after a reconnection every waiter looks again and the aborts are re-read;
 - admission across instances (:meth:`ClusterNode.acquire`): a run registers and is moved on in
-  one statement, then waits, woken by a notification or, if one was lost, by a poll every
-  :func:`poll_seconds`, with the same 409 (lane wait past ``session.queueTimeoutSeconds``) and
-  429 (cluster queue full) as the in-process admission;
+  one statement (idempotent, so retried when its connection was lost), then waits, woken by a
+  notification or, if one was lost, by a poll every :func:`poll_seconds`, with the same 409
+  (lane wait past ``session.queueTimeoutSeconds``) and 429 (cluster queue full) as the
+  in-process admission;
 - the end of runs (:meth:`ClusterNode.release`, synchronous, from any task): queued and written
   in batches by one task (:meth:`ClusterNode._serve_releases`), off the hot path; the queue
   holds at most one entry per admitted run, so it is bounded by the admission's own limits;
@@ -54,6 +57,11 @@ CLOSE_BOUND_SECONDS = 5.0
 RELEASE_BATCH = 500
 #: The delay before writing releases again after the database failed, first and longest.
 RELEASE_RETRY_SECONDS = (0.1, 5.0)
+#: The rows of an instance expired for this many leases are swept (it registers again if it
+#: comes back), and so are the free lanes of sessions that do not exist, by a deeper sweep
+#: that each instance runs every this many beats (its first beat included).
+INSTANCE_GRACE_LEASES = 10
+DEEP_SWEEP_BEATS = 30
 
 
 def poll_seconds(lease_seconds: float) -> float:
@@ -105,6 +113,7 @@ class ClusterNode:
         self._pending: list[Finished] = []
         self._pending_changed = trio.Event()
         self._last_beat = trio.current_time()
+        self._sweeps = 0
 
     @property
     def instance_id(self) -> str:
@@ -137,6 +146,7 @@ class ClusterNode:
                     s.instance_id,
                     s.lease_seconds,
                     s.version,
+                    on_renewed=self._on_renewed,
                     on_beat=self._on_beat,
                 )
             )
@@ -185,12 +195,26 @@ class ClusterNode:
         """How many times the listener connected (more than once: it reconnected)."""
         return self._listener.connections
 
-    async def _on_beat(self) -> None:
+    def _on_renewed(self) -> None:
         self._last_beat = trio.current_time()
+
+    async def _on_beat(self) -> None:
+        """The work that rides on the heartbeat (in a task of its own, never delaying the
+        renewals): the progress update and durable abort check, then the sweep, a deeper one
+        every :data:`DEEP_SWEEP_BEATS` beats."""
         await self._check_aborts()
         s = self.settings
+        grace = None
+        if self._sweeps % DEEP_SWEEP_BEATS == 0:
+            grace = s.lease_seconds * INSTANCE_GRACE_LEASES
+        self._sweeps += 1
         await self.db.run(
-            partial(registry.sweep, keep_seconds=s.keep_seconds, max_results=s.max_results)
+            partial(
+                registry.sweep,
+                keep_seconds=s.keep_seconds,
+                max_results=s.max_results,
+                grace_seconds=grace,
+            )
         )
 
     async def _check_aborts(self) -> None:
@@ -253,7 +277,7 @@ class ClusterNode:
         slot_event = self._slot_event
         try:
             grant = await self.db.run(
-                partial(lanes.enter, entry=entry, cap=s.cap), cancellable=False, idempotent=False
+                partial(lanes.enter, entry=entry, cap=s.cap), cancellable=False, idempotent=True
             )
             while True:
                 step = lanes.next_step(

@@ -99,16 +99,21 @@ def request_session_abort(
     connection: psycopg.Connection, session_key: str, reason: str, *, except_instance: str
 ) -> list[str]:
     """The same for the running runs of a session on other instances than ``except_instance``
-    (which aborts its own at once, without the database)."""
+    (which aborts its own at once, without the database). The rows are locked in run id order,
+    as by every statement that locks several (so two of them never deadlock)."""
     rows = connection.execute(
         """
-        WITH asked AS (
-            UPDATE epiloop_runs SET abort_reason = %s
+        WITH locked AS MATERIALIZED (
+            SELECT run_id FROM epiloop_runs
              WHERE session_key = %s AND state = 'running' AND instance_id <> %s
-            RETURNING run_id)
+             ORDER BY run_id FOR UPDATE),
+        asked AS (
+            UPDATE epiloop_runs r SET abort_reason = %s
+              FROM locked WHERE r.run_id = locked.run_id
+            RETURNING r.run_id)
         SELECT run_id, pg_notify('epiloop_abort', run_id) FROM asked
         """,
-        (reason, session_key, except_instance),
+        (session_key, except_instance, reason),
     ).fetchall()
     return [str(row[0]) for row in rows]
 
@@ -118,13 +123,19 @@ def abort_check(
 ) -> dict[str, str]:
     """At each heartbeat, in one statement: store the text produced so far by this instance's
     runs (``progress``: run id → characters) and read the abort requests stored for them (run
-    id → reason): the durable path of an abort whose notification was lost."""
+    id → reason): the durable path of an abort whose notification was lost. The rows updated
+    are locked in run id order (see :func:`request_session_abort`)."""
     rows = connection.execute(
         """
-        WITH progress AS (
-            UPDATE epiloop_runs r SET text_chars = p.chars
-              FROM unnest(%s::text[], %s::bigint[]) AS p(run_id, chars)
-             WHERE r.run_id = p.run_id AND r.text_chars <> p.chars)
+        WITH changed AS MATERIALIZED (
+            SELECT r.run_id, p.chars
+              FROM epiloop_runs r
+              JOIN unnest(%s::text[], %s::bigint[]) AS p(run_id, chars) ON p.run_id = r.run_id
+             WHERE r.text_chars <> p.chars
+             ORDER BY r.run_id FOR UPDATE OF r),
+        progress AS (
+            UPDATE epiloop_runs r SET text_chars = changed.chars
+              FROM changed WHERE r.run_id = changed.run_id)
         SELECT run_id, abort_reason FROM epiloop_runs
          WHERE instance_id = %s AND abort_reason IS NOT NULL
         """,
@@ -133,35 +144,32 @@ def abort_check(
     return {str(run_id): str(reason) for run_id, reason in rows}
 
 
-def sweep(connection: psycopg.Connection, keep_seconds: float, max_results: int) -> None:
-    """Forget what expired instances left (their runs' rows; their lanes are free already, as
-    their holders are not live) and the kept results past their age or count."""
-    with connection.transaction():
-        connection.execute(
-            """
-            DELETE FROM epiloop_runs r
-             WHERE NOT EXISTS (SELECT 1 FROM epiloop_instances i
-                                WHERE i.instance_id = r.instance_id AND i.expires_at > now())
-            """
-        )
-        connection.execute(
-            "DELETE FROM epiloop_results WHERE finished_at < now() - make_interval(secs => %s)",
-            (keep_seconds,),
-        )
-        connection.execute(
-            """
-            DELETE FROM epiloop_results WHERE run_id IN (
-                SELECT run_id FROM epiloop_results ORDER BY finished_at DESC OFFSET %s)
-            """,
-            (max_results,),
-        )
+def sweep(
+    connection: psycopg.Connection,
+    keep_seconds: float,
+    max_results: int,
+    grace_seconds: float | None = None,
+) -> None:
+    """Forget, in one statement (``epiloop_sweep``), what expired instances left (their runs'
+    rows; their lanes are free already, as their holders are not live) and the kept results
+    past their age or count. With ``grace_seconds`` (a deeper sweep, now and then), also the
+    rows of instances expired for longer than that and the free lanes of sessions that do not
+    exist."""
+    connection.execute(
+        "SELECT epiloop_sweep(%s, %s, %s)", (keep_seconds, max_results, grace_seconds)
+    )
 
 
 def leave(connection: psycopg.Connection, instance_id: str) -> None:
     """A clean exit: this instance's rows go, its lanes are released, waiters are woken."""
     with connection.transaction():
         rows = connection.execute(
-            "DELETE FROM epiloop_runs WHERE instance_id = %s RETURNING session_key, needs_lane",
+            """
+            DELETE FROM epiloop_runs WHERE run_id IN (
+                SELECT run_id FROM epiloop_runs WHERE instance_id = %s
+                 ORDER BY run_id FOR UPDATE)
+            RETURNING session_key, needs_lane
+            """,
             (instance_id,),
         ).fetchall()
         connection.execute(

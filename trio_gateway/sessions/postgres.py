@@ -30,6 +30,13 @@ the epoch kept) and sends ``NOTIFY epiloop_lane, '<session key>'`` (delivered at
 the lane code need not spend a round trip per run to release it, and the instances waiting for
 the lane learn at once that it is free. A turn without a fence touches no lane.
 
+Reset and delete move the session's lane on in their own transaction, before they touch the
+session (the order ``epiloop_record_turn`` locks in, so the two never deadlock): a reset
+increments the lane's epoch and frees it, a delete deletes the lane's row; both notify
+``epiloop_lane``. A run of the session still in flight (its abort not landed yet) then holds a
+stale fence, and its turn is refused: it can neither write into the cleared transcript nor
+bring a deleted session back.
+
 Retries. A session stores a run's turn once (its run id is kept in ``epiloop_session_turns``):
 recording it again returns the session as it is and checks no fence (the first write released
 the lane). So ``record_turn`` is idempotent and is retried once on a fresh connection when its
@@ -383,6 +390,14 @@ def _list(connection: psycopg.Connection, *, agent_id: str | None, limit: int) -
 
 def _reset(connection: psycopg.Connection, *, key: str) -> bool:
     with connection.transaction():
+        # The lane first (the order epiloop_record_turn locks in): it moves on, so a run in
+        # flight (aborted by the caller, or not yet) writes nothing into the cleared session.
+        connection.execute(
+            "UPDATE epiloop_lanes SET epoch = epoch + 1, holder = NULL, holder_instance = NULL "
+            "WHERE session_key = %s",
+            (key,),
+        )
+        connection.execute("SELECT pg_notify(%s, %s)", (LANE_CHANNEL, key))
         updated = connection.execute(
             "UPDATE epiloop_sessions SET prompt_tokens = 0, completion_tokens = 0, "
             "message_count = 0 WHERE key = %s",
@@ -395,9 +410,14 @@ def _reset(connection: psycopg.Connection, *, key: str) -> bool:
 
 
 def _delete(connection: psycopg.Connection, *, key: str) -> bool:
-    # The session's messages, runs and image references go with it (ON DELETE CASCADE); the
-    # images no other session holds too, in the same transaction.
-    row = connection.execute("SELECT epiloop_delete_session(%s)", (key,)).fetchone()
+    with connection.transaction():
+        # The lane's row goes first (the order epiloop_record_turn locks in): a run in flight
+        # finds no lane for its fence and writes nothing, so it cannot bring the session back.
+        connection.execute("DELETE FROM epiloop_lanes WHERE session_key = %s", (key,))
+        connection.execute("SELECT pg_notify(%s, %s)", (LANE_CHANNEL, key))
+        # The session's messages, runs and image references go with it (ON DELETE CASCADE);
+        # the images no other session holds too, in the same transaction.
+        row = connection.execute("SELECT epiloop_delete_session(%s)", (key,)).fetchone()
     return bool(row is not None and row[0])
 
 

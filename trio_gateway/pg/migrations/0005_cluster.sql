@@ -63,9 +63,14 @@ BEGIN
         RETURN;
     END IF;
     IF r.needs_lane AND r.lane_epoch IS NULL THEN
-        INSERT INTO epiloop_lanes (session_key) VALUES (r.session_key) ON CONFLICT DO NOTHING;
-        -- The lane's row lock serializes every grant of this session, whichever instance.
-        SELECT * INTO l FROM epiloop_lanes WHERE session_key = r.session_key FOR UPDATE;
+        -- The lane's row lock serializes every grant of this session, whichever instance. A
+        -- free lane's row may be deleted (the sweep, a deleted session) between the insert and
+        -- the lock: then it is inserted again.
+        LOOP
+            SELECT * INTO l FROM epiloop_lanes WHERE session_key = r.session_key FOR UPDATE;
+            EXIT WHEN FOUND;
+            INSERT INTO epiloop_lanes (session_key) VALUES (r.session_key) ON CONFLICT DO NOTHING;
+        END LOOP;
         IF l.holder IS NOT NULL AND epiloop_live(l.holder_instance)
            AND EXISTS (SELECT 1 FROM epiloop_runs h WHERE h.run_id = l.holder) THEN
             RETURN QUERY SELECT 'lane'::text, NULL::bigint;
@@ -109,7 +114,10 @@ END
 $$;
 
 -- Register a run (state 'waiting', the next ticket) and move it on at once: admission in one
--- round trip. outcome 'duplicate': its run id or idempotency key is taken.
+-- round trip. outcome 'duplicate': its run id or idempotency key is taken by another run.
+-- Idempotent: the same run of the same instance entered again (a call retried after its
+-- connection was lost, when the first try had committed) keeps its row and ticket and is
+-- moved on as by epiloop_try_grant.
 CREATE FUNCTION epiloop_enter(
     p_run text, p_instance text, p_agent text, p_session text, p_source text,
     p_idempotency_key text, p_needs_lane boolean, p_cap integer)
@@ -123,6 +131,12 @@ BEGIN
             p_idempotency_key, p_needs_lane)
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM epiloop_runs
+                    WHERE run_id = p_run AND instance_id = p_instance
+                      AND idempotency_key IS NOT DISTINCT FROM p_idempotency_key) THEN
+            RETURN QUERY SELECT * FROM epiloop_try_grant(p_run, p_cap);
+            RETURN;
+        END IF;
         RETURN QUERY SELECT 'duplicate'::text, NULL::bigint;
         RETURN;
     END IF;
@@ -132,7 +146,11 @@ $$;
 
 -- Runs that ended (or left their queue): their rows go, the lanes they still hold under the
 -- epoch they were granted are released (a stale epoch releases nothing), their results (NULL:
--- none to keep) are kept for agent.wait, and waiters are woken.
+-- none to keep) are kept for agent.wait, and waiters are woken. Idempotent: a batch written
+-- again (retried after its connection was lost) finds its rows gone and rewrites its results.
+--
+-- Statements that lock several rows of epiloop_runs (this one, the heartbeat's progress
+-- update, a session's abort requests) lock them in run_id order, so that they never deadlock.
 CREATE FUNCTION epiloop_finish(
     p_instance text, p_runs text[], p_keys text[], p_results jsonb[])
 RETURNS void
@@ -143,7 +161,9 @@ DECLARE
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     FOR gone IN
-        DELETE FROM epiloop_runs WHERE run_id = ANY (p_runs)
+        DELETE FROM epiloop_runs WHERE run_id IN (
+            SELECT run_id FROM epiloop_runs WHERE run_id = ANY (p_runs)
+             ORDER BY run_id FOR UPDATE)
         RETURNING run_id, session_key, needs_lane, lane_epoch, state
     LOOP
         IF gone.lane_epoch IS NOT NULL THEN
@@ -166,5 +186,37 @@ BEGIN
     IF freed THEN
         PERFORM pg_notify('epiloop_slot', '');
     END IF;
+END
+$$;
+
+-- The housekeeping that rides on the heartbeats, in one statement: the rows of runs whose
+-- instance expired (their lanes are free already: their holders are not live) and the kept
+-- results past their age (p_keep_seconds) or count (p_max_results). With p_grace_seconds set
+-- (a deeper sweep, now and then: it reads every lane), also the rows of instances expired for
+-- longer than that (an instance that comes back registers again) and the lanes nobody holds
+-- (no holder, or a holder whose instance expired) of sessions that do not exist
+-- (epiloop_try_grant inserts a lane's row again when it needs it).
+CREATE FUNCTION epiloop_sweep(
+    p_keep_seconds double precision, p_max_results integer, p_grace_seconds double precision)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    DELETE FROM epiloop_runs WHERE run_id IN (
+        SELECT r.run_id FROM epiloop_runs r
+         WHERE NOT epiloop_live(r.instance_id)
+         ORDER BY r.run_id FOR UPDATE SKIP LOCKED);
+    DELETE FROM epiloop_results
+     WHERE finished_at < now() - make_interval(secs => p_keep_seconds);
+    DELETE FROM epiloop_results WHERE run_id IN (
+        SELECT run_id FROM epiloop_results ORDER BY finished_at DESC OFFSET p_max_results);
+    IF p_grace_seconds IS NULL THEN
+        RETURN;
+    END IF;
+    DELETE FROM epiloop_instances
+     WHERE expires_at < now() - make_interval(secs => p_grace_seconds);
+    DELETE FROM epiloop_lanes l
+     WHERE (l.holder IS NULL OR NOT epiloop_live(l.holder_instance))
+       AND NOT EXISTS (SELECT 1 FROM epiloop_sessions s WHERE s.key = l.session_key);
 END
 $$;
