@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 
 import trio
 
-from .store import Session, SessionInfo, Turn
+from .store import UNFINISHED, LoggedEvent, Session, SessionInfo, StoredResponse, Turn
 
 __all__ = ["MemorySessionStore"]
 
@@ -17,6 +18,9 @@ class MemorySessionStore:
         self._sessions: dict[str, Session] = {}
         #: The runs whose turns each session holds (a turn is stored once).
         self._runs: dict[str, set[str]] = {}
+        #: Stored responses and their event logs (by sequence number), by response id.
+        self._responses: dict[str, StoredResponse] = {}
+        self._events: dict[str, dict[int, LoggedEvent]] = {}
 
     async def get(self, key: str) -> Session | None:
         await trio.lowlevel.checkpoint()
@@ -79,6 +83,47 @@ class MemorySessionStore:
         await trio.lowlevel.checkpoint()
         self._runs.pop(key, None)
         return self._sessions.pop(key, None) is not None
+
+    async def save_response(
+        self, response: StoredResponse, events: Sequence[LoggedEvent] = ()
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        self._responses[response.id] = response
+        log = self._events.setdefault(response.id, {})
+        for event in events:
+            log.setdefault(event.sequence, event)
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        await trio.lowlevel.checkpoint()
+        return self._responses.get(response_id)
+
+    async def response_events(
+        self, response_id: str, *, after: int, limit: int
+    ) -> list[LoggedEvent]:
+        await trio.lowlevel.checkpoint()
+        log = self._events.get(response_id, {})
+        return [log[number] for number in sorted(log) if number > after][:limit]
+
+    async def delete_response(self, response_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        self._events.pop(response_id, None)
+        return self._responses.pop(response_id, None) is not None
+
+    async def sweep_responses(self, now: float) -> int:
+        await trio.lowlevel.checkpoint()
+        expired = [
+            response.id
+            for response in self._responses.values()
+            if response.expires_at is not None and response.expires_at <= now
+        ]
+        for response_id in expired:
+            del self._responses[response_id]
+            self._events.pop(response_id, None)
+        return len(expired)
+
+    async def unfinished_responses(self) -> list[StoredResponse]:
+        await trio.lowlevel.checkpoint()
+        return [r for r in self._responses.values() if r.status in UNFINISHED]
 
     async def probe(self) -> None:
         """Memory always answers."""
