@@ -404,6 +404,7 @@ def stored(
         session_position=session_position,
         ended_at=None if expires_at is None else expires_at - 600,
         expires_at=expires_at,
+        event_count=3,
         events_truncated=truncated,
     )
 

@@ -201,12 +201,8 @@ def test_parse_function_tools_and_tool_choice() -> None:
             "unsupported_value",
         ),
         ({"input": "hi", "tool_choice": {"type": "function"}}, "tool_choice.name", None),
-        ({"input": "hi", "background": True}, "background", "unsupported_value"),
-        (
-            {"input": "hi", "previous_response_id": "resp_1"},
-            "previous_response_id",
-            "unsupported_value",
-        ),
+        ({"input": "hi", "background": True, "store": False}, "background", None),
+        ({"input": "hi", "previous_response_id": ""}, "previous_response_id", None),
         ({"input": "hi", "conversation": "conv_1"}, "conversation", "unsupported_value"),
         ({"input": "hi", "prompt": {"id": "p"}}, "prompt", "unsupported_value"),
         (
@@ -236,6 +232,12 @@ def test_parse_refuses_with_the_path(body: dict[str, Any], param: str, code: str
     if code is not None:
         assert error.code == code
     assert error.http_status == 400
+
+
+def test_parse_accepts_background_and_previous_response_id() -> None:
+    request = parse({"input": "hi", "background": True, "previous_response_id": "resp_1"})
+    assert (request.background, request.store) == (True, True)
+    assert request.previous_response_id == "resp_1"
 
 
 def test_parse_accepts_background_false_and_ignores_unknown_fields() -> None:

@@ -105,6 +105,8 @@ class _RunState:
     new_entries: list[TranscriptEntry] = field(default_factory=list)
     produced: list[TranscriptEntry] = field(default_factory=list)
     keep: int | None = None
+    #: The transcript's length once the turn was stored (``None``: not stored).
+    position: int | None = None
     #: Agent tool calls whose results are not in ``produced`` yet.
     pending_calls: tuple[ToolCall, ...] = ()
     #: Characters of model output received so far in the run (see :class:`OutputLimits`).
@@ -219,6 +221,7 @@ class RunLoop:
                 tool_calls=client_calls,
                 reasoning="".join(state.reasoning),
                 timings=timings,
+                session_position=state.position,
             )
         # Only an abort gets here: the scope caught its own cancellation (the partial turn was
         # recorded as aborted on the way out).
@@ -226,7 +229,15 @@ class RunLoop:
         logger.info("run.aborted run_id=%s agent=%s", prepared.run_id, target.agent.id)
         await emit(RunFailed(error, state.usage))
         timings = state.timings(started)
-        return RunResult("aborted", state.text(), None, state.usage, error, timings=timings)
+        return RunResult(
+            "aborted",
+            state.text(),
+            None,
+            state.usage,
+            error,
+            timings=timings,
+            session_position=state.position,
+        )
 
     async def _failed(
         self,
@@ -247,7 +258,15 @@ class RunLoop:
         )
         await emit(RunFailed(error, state.usage))
         timings = state.timings(started)
-        return RunResult("failed", state.text(), None, state.usage, error, timings=timings)
+        return RunResult(
+            "failed",
+            state.text(),
+            None,
+            state.usage,
+            error,
+            timings=timings,
+            session_position=state.position,
+        )
 
     async def _loop(self, prepared: PreparedRun, emit: EmitEvent, state: _RunState) -> FinishReason:
         history, new = await self._conversation(prepared, state)
@@ -313,6 +332,12 @@ class RunLoop:
             # Checked in prepare too; checked again here, under the session's lane, because
             # another agent's run may have created the session in between.
             raise session_mismatch()
+        if prepared.continue_at is not None:
+            # Continuing a stored response: right after its turn, whatever came later.
+            at = prepared.continue_at
+            state.keep = at if at < len(session.transcript) else None
+            state.new_entries = [TranscriptEntry.of(m) for m in conversation]
+            return history_messages(session.transcript[:at]), conversation
         reconciled = reconcile(session.transcript, conversation)
         kept = (
             session.transcript if reconciled.keep is None else session.transcript[: reconciled.keep]
@@ -463,7 +488,8 @@ class RunLoop:
         reason = "timeout"
         with trio.move_on_after(RECORD_BOUND_SECONDS, shield=True):
             try:
-                await self.sessions.record_turn(prepared.target.session_key, turn)
+                info = await self.sessions.record_turn(prepared.target.session_key, turn)
+                state.position = info.message_count
             except Exception:
                 logger.exception("session.record.failed run_id=%s", prepared.run_id)
                 reason = "error"

@@ -114,6 +114,8 @@ def resolve_target(config: Config, request: RunRequest) -> RunTarget:
         return RunTarget(agent, f"agent:{agent.id.lower()}:user:{digest}", stateless=False)
     if request.default_session == "main":
         return RunTarget(agent, f"agent:{agent.id.lower()}:main", stateless=False)
+    if request.default_session == "own":
+        return RunTarget(agent, f"agent:{agent.id.lower()}:run:{uuid.uuid4().hex}", stateless=False)
     return RunTarget(agent, f"agent:{agent.id.lower()}:run:{uuid.uuid4().hex}", stateless=True)
 
 

@@ -380,6 +380,7 @@ class AgentRuntime:
             record=not target.stateless or config.session.persist_stateless,
             source=request.source,
             idempotency_key=request.idempotency_key,
+            continue_at=request.continue_at,
             limits=OutputLimits(
                 max_output_chars=defaults.max_output_chars,
                 max_calls_per_turn=config.tools.max_calls_per_turn,

@@ -28,6 +28,7 @@ RESPONSE_COLUMNS: tuple[str, ...] = (
     "session_position",
     "ended_at",
     "expires_at",
+    "event_count",
     "events_truncated",
 )
 
@@ -57,6 +58,7 @@ def response_values(response: StoredResponse) -> tuple[object, ...]:
         response.session_position,
         response.ended_at,
         response.expires_at,
+        response.event_count,
         response.events_truncated,
     )
 
@@ -77,12 +79,14 @@ def response_from_row(row: Sequence[object]) -> StoredResponse:
         session_position,
         ended_at,
         expires_at,
+        event_count,
         truncated,
     ) = row
     assert isinstance(created_at, float | int)
     assert ended_at is None or isinstance(ended_at, float | int)
     assert expires_at is None or isinstance(expires_at, float | int)
     assert session_position is None or isinstance(session_position, int)
+    assert isinstance(event_count, int)
     return StoredResponse(
         id=str(response_id),
         kind=str(kind),
@@ -97,5 +101,6 @@ def response_from_row(row: Sequence[object]) -> StoredResponse:
         session_position=session_position,
         ended_at=None if ended_at is None else float(ended_at),
         expires_at=None if expires_at is None else float(expires_at),
+        event_count=event_count,
         events_truncated=bool(truncated),
     )

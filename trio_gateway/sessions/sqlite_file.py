@@ -115,6 +115,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             session_position INTEGER,
             ended_at REAL,
             expires_at REAL,
+            event_count INTEGER NOT NULL DEFAULT 0,
             events_truncated INTEGER NOT NULL DEFAULT 0 CHECK (events_truncated IN (0, 1))
         )
         """,

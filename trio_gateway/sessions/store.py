@@ -160,7 +160,9 @@ class StoredResponse:
     session_position: int | None = None
     ended_at: float | None = None
     expires_at: float | None = None
-    #: The run produced more events than the log keeps: the events past the bound are missing.
+    #: How many events the log holds with this record (their numbers are 0 to n - 1).
+    event_count: int = 0
+    #: The run was stopped because it produced more events than its log keeps.
     events_truncated: bool = False
 
 

@@ -4,8 +4,8 @@
 :class:`~trio_gateway.errors.InvalidRequestError` whose ``param`` names the offending field
 (``input[2].content[0].type``), the way OpenAI does. As for chat completions, msgspec decodes
 and type-checks strictly and unknown top-level fields are ignored; what the gateway knows but
-does not support (another tool type, an input item it cannot run, ``background``,
-``previous_response_id``) is refused with a 400 naming the field, never silently dropped.
+does not support (another tool type, an input item it cannot run, ``conversation``) is refused
+with a 400 naming the field, never silently dropped. ``background`` needs ``store``.
 
 The input items are decoded one by one (each kept as raw JSON by the first pass), so an error
 inside an item names its index; the messages without a ``type`` (the easy form,
@@ -41,6 +41,7 @@ __all__ = [
     "ResponsesRequest",
     "chat_tool_choice",
     "check_limits",
+    "input_items",
     "parse_responses_request",
     "to_messages",
     "to_tool_specs",
@@ -172,6 +173,8 @@ class ResponsesRequest(msgspec.Struct, frozen=True):
     store: bool
     stream: bool
     user: str | None
+    background: bool = False
+    previous_response_id: str | None = None
 
 
 _decoder = msgspec.json.Decoder(_RawRequest)
@@ -219,6 +222,8 @@ def parse_responses_request(body: bytes) -> ResponsesRequest:
         store=raw.store is not False,
         stream=raw.stream is True,
         user=raw.user,
+        background=raw.background is True,
+        previous_response_id=raw.previous_response_id,
     )
 
 
@@ -227,18 +232,16 @@ def _unsupported(message: str, param: str) -> InvalidRequestError:
 
 
 def _refuse_unsupported(raw: _RawRequest) -> None:
-    if raw.background:
-        raise _unsupported(
-            "Background responses ('background': true) are not supported by this gateway yet; "
-            "send the request without it (streamed or not).",
-            "background",
+    if raw.background and raw.store is False:
+        raise InvalidRequestError(
+            "Background responses ('background': true) are stored: they cannot be sent with "
+            "'store': false.",
+            param="background",
         )
-    if raw.previous_response_id is not None:
-        raise _unsupported(
-            "'previous_response_id' is not supported by this gateway yet: send the whole "
-            "conversation in 'input', or continue a session with the x-epiloop-session-key "
-            "header.",
-            "previous_response_id",
+    if raw.previous_response_id is not None and not raw.previous_response_id:
+        raise InvalidRequestError(
+            "Invalid value for 'previous_response_id': expected a response id ('resp_...').",
+            param="previous_response_id",
         )
     if raw.conversation is not None:
         raise _unsupported(
@@ -486,3 +489,48 @@ def chat_tool_choice(request: ResponsesRequest) -> str | Mapping[str, object] | 
     if request.tool_choice_function is not None:
         return {"type": "function", "function": {"name": request.tool_choice_function}}
     return request.tool_choice
+
+
+def input_items(request: ResponsesRequest, stem: str) -> list[dict[str, object]]:
+    """The request's input items as ``GET /v1/responses/{id}/input_items`` lists them (in
+    order, each with an id made of the response's ``stem``; reasoning items are not kept)."""
+    listed: list[dict[str, object]] = []
+    for index, item in enumerate(request.input):
+        if isinstance(item, MessageItem):
+            parts = (
+                [ContentPart("input_text", item.content)]
+                if isinstance(item.content, str)
+                else item.content
+            )
+            content = [{"type": part.type, "text": part.text or ""} for part in parts]
+            listed.append(
+                {
+                    "id": f"msg_{stem}_in{index}",
+                    "type": "message",
+                    "role": item.role,
+                    "content": content,
+                    "status": "completed",
+                }
+            )
+        elif isinstance(item, FunctionCallItem):
+            listed.append(
+                {
+                    "id": f"fc_{stem}_in{index}",
+                    "type": "function_call",
+                    "call_id": item.call_id,
+                    "name": item.name,
+                    "arguments": item.arguments,
+                    "status": "completed",
+                }
+            )
+        elif isinstance(item, FunctionCallOutputItem):
+            listed.append(
+                {
+                    "id": f"fco_{stem}_in{index}",
+                    "type": "function_call_output",
+                    "call_id": item.call_id,
+                    "output": _text(item.output),
+                    "status": "completed",
+                }
+            )
+    return listed

@@ -18,6 +18,7 @@ CREATE TABLE epiloop_responses (
     session_position integer,
     ended_at double precision,
     expires_at double precision,
+    event_count integer NOT NULL DEFAULT 0,
     events_truncated boolean NOT NULL DEFAULT false
 );
 CREATE INDEX epiloop_responses_expiry ON epiloop_responses (expires_at)
