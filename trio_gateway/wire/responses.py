@@ -497,12 +497,18 @@ def input_items(request: ResponsesRequest, stem: str) -> list[dict[str, object]]
     listed: list[dict[str, object]] = []
     for index, item in enumerate(request.input):
         if isinstance(item, MessageItem):
+            # An assistant message lists as the model's output (``output_text`` parts).
+            assistant = item.role == "assistant"
             parts = (
-                [ContentPart("input_text", item.content)]
+                [ContentPart("output_text" if assistant else "input_text", item.content)]
                 if isinstance(item.content, str)
                 else item.content
             )
-            content = [{"type": part.type, "text": part.text or ""} for part in parts]
+            content: list[dict[str, object]] = [
+                {"type": part.type, "text": part.text or ""}
+                | ({"annotations": []} if part.type == "output_text" else {})
+                for part in parts
+            ]
             listed.append(
                 {
                     "id": f"msg_{stem}_in{index}",
