@@ -18,6 +18,8 @@ from openai.types.responses import ResponseStreamEvent
 
 from benchmarks.scripted_provider import Hang, Say, ScriptedProvider
 from trio_gateway.providers.base import Completion, Emit, ModelRequest, TextDelta, TokenUsage
+from trio_gateway.server.control_methods import status
+from trio_gateway.wire.control import NoParams
 
 BOUND = 10  # seconds
 ENABLED: dict[str, Any] = {"gateway": {"http": {"endpoints": {"responses": {"enabled": True}}}}}
@@ -158,12 +160,17 @@ async def test_cancel_stops_a_background_run_and_is_idempotent(nursery: trio.Nur
                 model="epiloop:main", input="go", background=True
             )
             await provider.call_started.wait()
+            # The control plane sees it like any other run.
+            seen = await status(gateway.runtime, NoParams())
             started = trio.current_time()
             cancelled = await client.responses.cancel(created.id)
             stopped_after = trio.current_time() - started
             again = await client.responses.cancel(created.id)
             polled = await client.responses.retrieve(created.id)
             events = [e async for e in await client.responses.retrieve(created.id, stream=True)]
+    assert [(run.source, run.run_id[-32:]) for run in seen.runs] == [
+        ("responses", created.id.removeprefix("resp_"))
+    ]
     assert provider.calls[0].outcome == "cancelled"
     assert stopped_after < 1.0
     assert cancelled.status == "cancelled"
