@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,6 +243,17 @@ def gateway_config(upstream_url: str, token: str, *, max_concurrent: int) -> dic
     }
 
 
+def _merged(base: Mapping[str, object], override: Mapping[str, object]) -> dict[str, object]:
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = _merged(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
 async def _wait_for(check: Callable[[], str | None], process: trio.Process, log_path: Path) -> str:
     with trio.fail_after(_STARTUP_BOUND):
         while True:
@@ -264,17 +275,18 @@ async def open_gateway(
     workers: int | None = None,
     max_concurrent: int = 5000,
     log_level: str = "info",
+    config_override: Mapping[str, object] | None = None,
 ) -> AsyncIterator[GatewayProcess]:
     """Start a gateway for ``upstream_url``; ``workers`` (a number) serves it with
-    ``hypercorn -k trio --workers N`` instead of the gateway's CLI."""
+    ``hypercorn -k trio --workers N`` instead of the gateway's CLI. ``config_override`` is
+    merged into the benchmark config (nested sections key by key)."""
     name = "gateway" if workers is None else f"gateway-w{workers}"
     state = workdir / f"{name}-state"
     state.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     config_file = workdir / f"{name}.json5"
-    config_file.write_bytes(
-        msgspec.json.encode(gateway_config(upstream_url, token, max_concurrent=max_concurrent))
-    )
+    config = gateway_config(upstream_url, token, max_concurrent=max_concurrent)
+    config_file.write_bytes(msgspec.json.encode(_merged(config, config_override or {})))
     log_path = workdir / f"{name}.log"
     env = {**os.environ, "EPILOOP_STATE_DIR": str(state), "EPILOOP_CONFIG_PATH": str(config_file)}
     listener: socket.socket | None = None

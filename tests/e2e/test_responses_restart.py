@@ -17,7 +17,7 @@ BOUND = 20.0  # seconds
 
 def _config() -> dict[str, Any]:
     config = copy.deepcopy(CONFIG)
-    config["gateway"]["http"]["endpoints"]["responses"] = {"enabled": True}
+    config["gateway"]["http"]["endpoints"]["responses"] = {"enabled": True, "flushSeconds": 0.2}
     # The echo provider says the input back one word every 200 ms: a run of several seconds.
     config["models"]["providers"]["local"]["paceMs"] = 200
     return config
@@ -32,7 +32,7 @@ def test_background_response_of_a_killed_gateway_is_failed_after_restart(tmp_pat
         while "w3" not in client.responses.retrieve(created.id).output_text:
             assert time.monotonic() < deadline, "the run never made progress"
             time.sleep(0.05)
-        time.sleep(0.3)  # a flush of the event log (every 250 ms) lands
+        time.sleep(0.5)  # a flush of the event log (every 200 ms) lands
         gateway.process.kill()
         gateway.process.wait(timeout=BOUND)
     with running_gateway(tmp_path, _config()) as gateway:

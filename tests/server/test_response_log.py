@@ -36,6 +36,7 @@ def settings(**changes: float) -> LogSettings:
         "flush_seconds": 0.25,
         "flush_events": 100,
         "poll_seconds": 0.25,
+        "keep_alive_seconds": 15,
         **changes,
     }
     return LogSettings(
@@ -45,6 +46,7 @@ def settings(**changes: float) -> LogSettings:
         flush_seconds=values["flush_seconds"],
         flush_events=int(values["flush_events"]),
         poll_seconds=values["poll_seconds"],
+        keep_alive_seconds=values["keep_alive_seconds"],
     )
 
 
@@ -114,7 +116,7 @@ async def test_live_log_readers_follow_live_events_from_any_point() -> None:
     got: list[bytes] = []
 
     async def read() -> None:
-        async for chunk in log.follow(0, keep_alive_seconds=10):
+        async for chunk in log.follow(0):
             got.append(chunk)
 
     async with trio.open_nursery() as nursery:
@@ -140,3 +142,22 @@ async def test_live_log_is_stored_as_failed_when_its_owner_is_cancelled() -> Non
     assert final.status == "failed"
     assert await store.response_events("resp_1", after=-1, limit=10) == [LoggedEvent(0, b"x")]
     assert log.stored.is_set()
+
+
+async def test_live_log_readers_get_a_keep_alive_while_the_run_is_silent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log = LiveLog(record(), CountingStore(), settings(keep_alive_seconds=15))
+    got: list[tuple[float, bytes]] = []
+
+    async def read() -> None:
+        async for chunk in log.follow(-1):
+            got.append((trio.current_time(), chunk))
+
+    async with trio.open_nursery() as nursery, log.running():
+        nursery.start_soon(read)
+        log.add(0, b"a")
+        await trio.sleep(20)
+        log.end(status="completed")
+    assert [chunk for _, chunk in got] == [b"a", b""]
+    assert 15 <= got[1][0] <= 20

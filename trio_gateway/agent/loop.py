@@ -323,7 +323,7 @@ class RunLoop:
         session = None
         if state.lane is not None:
             session = state.lane.session  # read under the lane already
-        elif not prepared.target.stateless:
+        elif not prepared.target.stateless and not prepared.target.fresh:
             session = await self.sessions.get(prepared.target.session_key)
         if session is None:
             state.new_entries = [TranscriptEntry.of(m) for m in conversation]

@@ -334,7 +334,7 @@ class AgentRuntime:
         defaults = config.agents.defaults
         target = resolve_target(config, request)
         agent = target.agent
-        if not target.stateless and self.cluster is None:
+        if not target.stateless and not target.fresh and self.cluster is None:
             # (In PostgreSQL mode the session is read once, under its lane: see admit.)
             session = await self.sessions.get(target.session_key)
             if session is not None and session.agent_id.lower() != agent.id.lower():

@@ -67,7 +67,7 @@ class ResponsesEndpoint(_Section, frozen=True):
     max_event_bytes_per_run: Annotated[int, msgspec.Meta(ge=65536, le=1 << 31)] = 16 * 1024 * 1024
     #: The event log is written at most this often per run (a batch), or when it holds
     #: ``flushEvents`` new events, and once at the end: never once per token.
-    flush_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.25
+    flush_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
     flush_events: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 512
     #: How often a reader whose run is on another instance looks for new events.
     poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.25

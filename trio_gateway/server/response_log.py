@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
+from .. import metrics
 from ..config import Config
 from ..errors import EventLogFullError, GatewayError, SessionStoreError
 from ..sessions.orphans import orphaned
@@ -87,6 +88,8 @@ class LogSettings:
     flush_seconds: float
     flush_events: int
     poll_seconds: float
+    #: A reader gets a keep-alive after this long without an event (``gateway.http``).
+    keep_alive_seconds: float = 15.0
 
     @classmethod
     def of(cls, config: Config) -> LogSettings:
@@ -98,6 +101,7 @@ class LogSettings:
             flush_seconds=section.flush_seconds,
             flush_events=section.flush_events,
             poll_seconds=section.poll_seconds,
+            keep_alive_seconds=config.gateway.http.keep_alive_seconds,
         )
 
 
@@ -121,6 +125,9 @@ class LiveLog:
         #: Set by a DELETE: nothing more is written.
         self.deleted = False
         self._lot = trio.lowlevel.ParkingLot()
+        #: When the last event came (trio time), and how many keep-alive ticks readers got.
+        self._last_event = trio.current_time()
+        self._ticks = 0
         self._pending = trio.Event()
         self._batch_full = trio.Event()
         self._write_lock = trio.Lock()
@@ -153,6 +160,7 @@ class LiveLog:
         events = self.events
         events.append(LoggedEvent(sequence, data))
         self._bytes += len(data)
+        self._last_event = trio.current_time()
         self._lot.unpark_all()
         waiting = len(events) - self._written
         if waiting == 1:
@@ -206,6 +214,8 @@ class LiveLog:
             await self._store.save_response(record, batch)
             self._written = written
             self.writes += 1
+            metrics.RESPONSE_LOG_WRITES.inc()
+            metrics.RESPONSE_LOG_EVENTS.inc(len(batch))
 
     async def _serve_flushes(self) -> None:
         settings = self.settings
@@ -225,6 +235,18 @@ class LiveLog:
             if len(self.events) > self._written:
                 self._pending.set()
 
+    async def _serve_keep_alives(self) -> None:
+        """Wake the readers with a tick when the run was silent for a keep-alive interval
+        (one task per run, so a reader's wait needs no cancel scope of its own)."""
+        period = self.settings.keep_alive_seconds
+        while True:
+            await trio.sleep(period / 4)
+            now = trio.current_time()
+            if now - self._last_event >= period:
+                self._last_event = now
+                self._ticks += 1
+                self._lot.unpark_all()
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[LiveLog]:
         """While the run goes on: its batches are written; on exit, the rest with the final
@@ -233,6 +255,7 @@ class LiveLog:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._serve_flushes)
+                nursery.start_soon(self._serve_keep_alives)
                 try:
                     yield self
                 finally:
@@ -257,11 +280,12 @@ class LiveLog:
 
     # --- readers ----------------------------------------------------------------------------
 
-    async def follow(self, after: int, *, keep_alive_seconds: float) -> AsyncIterator[bytes]:
-        """The events after ``after`` as they come, joined per wake-up; ``b""`` when nothing
-        came for ``keep_alive_seconds``; ends with the run."""
+    async def follow(self, after: int) -> AsyncIterator[bytes]:
+        """The events after ``after`` as they come, joined per wake-up; ``b""`` when the run
+        was silent for a keep-alive interval; ends with the run."""
         index = max(after + 1, 0)
         events = self.events
+        ticks = self._ticks
         while True:
             if index < len(events):
                 batch = events[index:]
@@ -270,10 +294,11 @@ class LiveLog:
                 continue
             if self.ended:
                 return
-            with trio.move_on_after(keep_alive_seconds) as scope:
-                await self._lot.park()
-            if scope.cancelled_caught:
+            if ticks != self._ticks:
+                ticks = self._ticks
                 yield b""
+                continue
+            await self._lot.park()
 
 
 async def follow_stored(
@@ -300,7 +325,7 @@ async def follow_stored(
             continue
         log = live()
         if log is not None:
-            async for chunk in log.follow(after, keep_alive_seconds=keep_alive_seconds):
+            async for chunk in log.follow(after):
                 yield chunk
             return
         record = await store.get_response(response_id)

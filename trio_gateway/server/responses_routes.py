@@ -374,12 +374,13 @@ def register_responses_routes(
         renderer.opening()
         log.update(status="in_progress", body=renderer.events.response())
         log.snapshot = renderer.events.response
-        try:
-            await log.write()  # stored before the first byte: any instance can find it now
-        except BaseException:
-            logs.discard(log)
-            admitted.release()
-            raise
+        if parsed.background:
+            try:
+                await log.write()  # stored before the answer: any instance can find it now
+            except BaseException:
+                logs.discard(log)
+                admitted.release()
+                raise
 
         async def run() -> None:
             await _run_logged(logs, log, admitted, renderer)
@@ -391,7 +392,7 @@ def register_responses_routes(
             return Response(log.record.body, status=200, content_type="application/json")
         if parsed.stream:
             request_cleanups().append(admitted.release)
-            return sse_response(LoggedRunBody(log, run, keep_alive_seconds=http.keep_alive_seconds))
+            return sse_response(LoggedRunBody(log, run))
         await run()
         result = renderer.events
         if result.status == "failed" and renderer.error is not None:

@@ -78,7 +78,7 @@ def reader_body(
     keep_alive = http.keep_alive_seconds
     live = logs.get(record.id)
     if live is not None:
-        chunks = live.follow(after, keep_alive_seconds=keep_alive)
+        chunks = live.follow(after)
     else:
         agent = find_agent(runtime.config, record.agent_id, param="x-epiloop-agent-id")
         deadline = agent.timeout_seconds or runtime.config.agents.defaults.timeout_seconds
@@ -114,12 +114,9 @@ class LoggedRunBody(ResponseBody):
     """A foreground stored stream: ``run`` (which writes ``log``) in a per-request nursery,
     the client reading the log from its start. The client going away cancels the run."""
 
-    def __init__(
-        self, log: LiveLog, run: Callable[[], Awaitable[None]], *, keep_alive_seconds: float
-    ) -> None:
+    def __init__(self, log: LiveLog, run: Callable[[], Awaitable[None]]) -> None:
         self._log = log
         self._run = run
-        self._keep_alive_seconds = keep_alive_seconds
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -151,5 +148,5 @@ class LoggedRunBody(ResponseBody):
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._log.follow(-1, keep_alive_seconds=self._keep_alive_seconds):
+        async for chunk in self._log.follow(-1):
             yield chunk or KEEP_ALIVE
