@@ -19,6 +19,7 @@ from openai.types.responses import ResponseStreamEvent
 from benchmarks.scripted_provider import Hang, Say, ScriptedProvider
 from trio_gateway.providers.base import Completion, Emit, ModelRequest, TextDelta, TokenUsage
 from trio_gateway.server.control_methods import status
+from trio_gateway.sessions import MemorySessionStore
 from trio_gateway.wire.control import NoParams
 
 BOUND = 10  # seconds
@@ -344,3 +345,26 @@ async def test_resumable_chat_stream_survives_its_client_and_resumes_with_last_e
     assert _sse_events(replayed.text) == whole
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "response_not_found"
+
+
+async def test_background_run_of_a_closing_gateway_is_stored_as_failed() -> None:
+    provider = ScriptedProvider([Say("partial"), Hang()])
+    store = MemorySessionStore()
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            gateway = await start_gateway(
+                nursery, ENABLED, providers={"local": provider}, sessions=store
+            )
+            async with client_for(gateway) as client:
+                created = await client.responses.create(
+                    model="epiloop:main", input="go", background=True
+                )
+                await provider.call_started.wait()
+            nursery.cancel_scope.cancel()  # the gateway and its runtime close
+    stored = await store.get_response(created.id)
+    assert stored is not None
+    assert stored.status == "failed"
+    body = json.loads(stored.body)
+    assert body["status"] == "failed"
+    assert "stopped before the run ended" in body["error"]["message"]
+    assert provider.calls[0].outcome == "cancelled"

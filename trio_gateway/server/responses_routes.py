@@ -37,6 +37,7 @@ from ..errors import (
     InvalidRequestError,
     ResponseNotFoundError,
     RunAbortedError,
+    RunLostError,
 )
 from ..providers.base import ReasoningDelta, TextDelta, TokenUsage, ToolCallDelta
 from ..sessions.store import UNFINISHED, StoredResponse, StoredResponseStatus
@@ -65,6 +66,8 @@ from .streaming import KeepAliveClock, RunStreamBody
 __all__ = ["ResponsesRenderer", "register_responses_routes", "run_request"]
 
 logger = logging.getLogger(__name__)
+
+_STOPPED = "The gateway stopped before the run ended."
 
 #: How long cancelling (or deleting) a response waits for its run to end before answering.
 CANCEL_WAIT_SECONDS = 5.0
@@ -233,10 +236,16 @@ _STORED_STATUS: dict[str, StoredResponseStatus] = {
 
 
 async def _run_logged(
-    logs: ResponseLogs, log: LiveLog, admitted: AdmittedRun, renderer: ResponsesRenderer
+    logs: ResponseLogs,
+    log: LiveLog,
+    admitted: AdmittedRun,
+    renderer: ResponsesRenderer,
+    *,
+    background: bool,
 ) -> None:
-    """Run ``admitted`` into ``log`` until it ends; a run cancelled from outside (its client
-    went away, the gateway is closing) ends the response as ``cancelled``."""
+    """Run ``admitted`` into ``log`` until it ends. A foreground run cancelled from outside
+    (its client went away) ends the response as ``cancelled``; a background one (the gateway
+    is closing) as ``failed``, with the reason."""
     events = renderer.events
     position: int | None = None
     try:
@@ -247,7 +256,11 @@ async def _run_logged(
                 position = result.session_position
             finally:
                 if events.status in ("in_progress", "queued"):
-                    events.cancel(None)  # logged: the readers see the end
+                    # Logged: the readers see the end.
+                    if background:
+                        events.fail(RunLostError(_STOPPED), None)
+                    else:
+                        events.cancel(None)
                 log.end(
                     status=_STORED_STATUS[events.status],
                     body=events.response(),
@@ -383,7 +396,7 @@ def register_responses_routes(
                 raise
 
         async def run() -> None:
-            await _run_logged(logs, log, admitted, renderer)
+            await _run_logged(logs, log, admitted, renderer, background=parsed.background)
 
         if parsed.background:
             runtime.start_background(run)
