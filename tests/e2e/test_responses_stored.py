@@ -368,3 +368,15 @@ async def test_background_run_of_a_closing_gateway_is_stored_as_failed() -> None
     assert body["status"] == "failed"
     assert "stopped before the run ended" in body["error"]["message"]
     assert provider.calls[0].outcome == "cancelled"
+
+
+async def test_cancel_right_after_create_stops_the_run(nursery: trio.Nursery) -> None:
+    provider = ScriptedProvider([Hang()])
+    gateway = await start_gateway(nursery, ENABLED, providers={"local": provider})
+    with trio.fail_after(BOUND):
+        async with client_for(gateway) as client:
+            created = await client.responses.create(
+                model="epiloop:main", input="go", background=True
+            )
+            cancelled = await client.responses.cancel(created.id)
+    assert cancelled.status == "cancelled"

@@ -68,6 +68,7 @@ __all__ = ["ResponsesRenderer", "register_responses_routes", "run_request"]
 logger = logging.getLogger(__name__)
 
 _STOPPED = "The gateway stopped before the run ended."
+_START_POLL_SECONDS = 0.005
 
 #: How long cancelling (or deleting) a response waits for its run to end before answering.
 CANCEL_WAIT_SECONDS = 5.0
@@ -468,8 +469,17 @@ def register_responses_routes(
         """Abort the run of ``record`` (here, or on its instance) and wait for its end."""
         if record.status not in UNFINISHED:
             return record
-        if not runtime.active_runs.abort(record.run_id) and runtime.cluster is not None:
-            await runtime.cluster.request_abort(record.run_id)
+        with trio.move_on_after(CANCEL_WAIT_SECONDS):
+            while not runtime.active_runs.abort(record.run_id):
+                live = logs.get(record.id)
+                if live is None:
+                    if runtime.cluster is not None:  # on another instance, if anywhere
+                        await runtime.cluster.request_abort(record.run_id)
+                    break
+                if live.ended:
+                    break
+                # Admitted here, its task not started yet: it is about to be.
+                await trio.sleep(_START_POLL_SECONDS)
         return await wait_ended(record)
 
     @app.route(
