@@ -89,6 +89,10 @@ class Target:
     def done_mark(self) -> bytes:
         return b"event: response.completed" if self.api == "responses" else b"[DONE]"
 
+    #: Each request names a session of its own (``x-epiloop-session-key: <tag>``): a stateful
+    #: run, whose turn the gateway stores.
+    stateful: bool = False
+
     def request(self, tag: str, *, stream: bool) -> bytes:
         conversation: dict[str, object] = (
             {"input": tag}
@@ -99,6 +103,8 @@ class Target:
             {"model": self.model, **conversation, "stream": stream, **self.extra_body}
         )
         headers = {"Content-Type": "application/json", **self.headers}
+        if self.stateful:
+            headers["x-epiloop-session-key"] = tag
         if stream:
             headers["Accept"] = "text/event-stream"
         return build_request("POST", f"{self.host}:{self.port}", self.path, headers, body)

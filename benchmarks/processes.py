@@ -39,6 +39,7 @@ __all__ = [
     "GatewayProcess",
     "UpstreamProcess",
     "gateway_config",
+    "merge_config",
     "open_floor_relay",
     "open_gateway",
     "open_upstream",
@@ -243,15 +244,16 @@ def gateway_config(upstream_url: str, token: str, *, max_concurrent: int) -> dic
     }
 
 
-def _merged(base: Mapping[str, object], override: Mapping[str, object]) -> dict[str, object]:
-    merged = dict(base)
+def merge_config(base: Mapping[str, object], override: Mapping[str, object]) -> dict[str, object]:
+    """``base`` with ``override`` merged in: dicts merge, the rest replaces."""
+    result = dict(base)
     for key, value in override.items():
-        current = merged.get(key)
-        if isinstance(current, Mapping) and isinstance(value, Mapping):
-            merged[key] = _merged(current, value)
+        current = result.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            result[key] = merge_config(current, value)
         else:
-            merged[key] = value
-    return merged
+            result[key] = value
+    return result
 
 
 async def _wait_for(check: Callable[[], str | None], process: trio.Process, log_path: Path) -> str:
@@ -275,18 +277,20 @@ async def open_gateway(
     workers: int | None = None,
     max_concurrent: int = 5000,
     log_level: str = "info",
-    config_override: Mapping[str, object] | None = None,
+    name: str | None = None,
+    overrides: Mapping[str, object] | None = None,
 ) -> AsyncIterator[GatewayProcess]:
     """Start a gateway for ``upstream_url``; ``workers`` (a number) serves it with
-    ``hypercorn -k trio --workers N`` instead of the gateway's CLI. ``config_override`` is
-    merged into the benchmark config (nested sections key by key)."""
-    name = "gateway" if workers is None else f"gateway-w{workers}"
+    ``hypercorn -k trio --workers N`` instead of the gateway's CLI. ``overrides`` are merged
+    into :func:`gateway_config`'s config (dicts merge, the rest replaces); ``name`` names its
+    files in ``workdir``."""
+    name = name or ("gateway" if workers is None else f"gateway-w{workers}")
     state = workdir / f"{name}-state"
     state.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     config_file = workdir / f"{name}.json5"
     config = gateway_config(upstream_url, token, max_concurrent=max_concurrent)
-    config_file.write_bytes(msgspec.json.encode(_merged(config, config_override or {})))
+    config_file.write_bytes(msgspec.json.encode(merge_config(config, overrides or {})))
     log_path = workdir / f"{name}.log"
     env = {**os.environ, "EPILOOP_STATE_DIR": str(state), "EPILOOP_CONFIG_PATH": str(config_file)}
     listener: socket.socket | None = None

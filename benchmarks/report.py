@@ -19,6 +19,7 @@ import msgspec
 
 from .profiles import Profile
 from .results import (
+    ClusterResult,
     DisconnectResult,
     FloorResult,
     MemoryResult,
@@ -79,6 +80,9 @@ class Report(msgspec.Struct):
     disconnect: list[DisconnectResult] = msgspec.field(default_factory=list)
     workers: WorkersResult | None = None
     workers_skipped: str | None = None
+    #: The ``cluster`` scenario (PostgreSQL); ``cluster_skipped`` says why it did not run.
+    cluster: ClusterResult | None = None
+    cluster_skipped: str | None = None
     cpu_profile: ProfileResult | None = None
     #: The ``floor`` scenario: the bare relay's and the quart-trio relay's results (on the
     #: gateway's stack), and its table by target.

@@ -1,4 +1,4 @@
-"""Scenario 9: a streamed Responses run against a streamed chat completion, and the cost of the
+"""Scenario 10: a streamed Responses run against a streamed chat completion, and the cost of the
 event log (``python -m benchmarks.responses``).
 
 Benchmark tooling, run on its own (it is not part of ``benchmarks.run``'s report). One gateway
@@ -92,7 +92,7 @@ async def _run(
     }
     async with (
         open_upstream(cpus=load_cpus) as upstream,
-        open_gateway(upstream.url, workdir, cpus=gateway_cpus, config_override=override) as gateway,
+        open_gateway(upstream.url, workdir, cpus=gateway_cpus, overrides=override) as gateway,
     ):
         bench = Bench(profile, upstream, gateway, workdir, gateway_cpus, load_cpus)
         await bench.streaming_upstream()

@@ -13,6 +13,7 @@ from .profiling import Breakdown
 from .summary import Comparison, Percentiles, PhaseSummary
 
 __all__ = [
+    "ClusterResult",
     "DisconnectResult",
     "FloorResult",
     "MemoryResult",
@@ -101,3 +102,34 @@ class FloorResult(msgspec.Struct, frozen=True):
     #: same run, or (the quart relay, without it) the bare relay's; so the floors and the
     #: gateway are compared with the same baseline.
     direct_reused: bool
+
+
+class ClusterResult(msgspec.Struct, frozen=True):
+    """The ``cluster`` scenario (:mod:`benchmarks.cluster`): the PostgreSQL store's cost."""
+
+    #: The PostgreSQL server (host, port, version).
+    server: str
+    #: Stateful streaming at concurrency 1, through a gateway on SQLite, then on PostgreSQL.
+    stateful_sqlite: PhaseSummary
+    stateful_postgres: PhaseSummary
+    added_ttft_p50_ms: float | None
+    #: Round trips per stateful run, heartbeats and listener left out; how it was counted.
+    round_trips_per_run: float | None
+    round_trip_runs: int
+    idle_round_trips_per_s: float
+    #: The run window's frontend messages and statements (by first words), all runs together.
+    round_trip_messages: dict[str, int]
+    round_trip_statements: dict[str, int]
+    round_trip_method: str
+    #: The idle window (``idle_window_s`` at ``lease_seconds``): the heartbeat's statements.
+    idle_statements: dict[str, int]
+    idle_window_s: float
+    lease_seconds: float
+    #: Cross-instance abort: agent.abort sent to one instance, the run's stream on another
+    #: ending (ms).
+    abort_ms: Percentiles | None
+    aborts: int
+    abort_failures: int
+    #: Stateful streaming at concurrency 200 with hypercorn --workers 1, then 2.
+    throughput: list[PhaseSummary]
+    throughput_workers: list[int]

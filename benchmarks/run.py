@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
+import psycopg
 import trio
 
-from . import plots, procstats, profiling, report, scenarios, tables
+from . import cluster, plots, procstats, profiling, report, scenarios, tables
 from .loadgen import LoadResult
 from .phases import Bench
 from .processes import BENCH_DIR, open_gateway, open_upstream
@@ -38,7 +39,18 @@ from .profiles import PROFILES
 
 __all__ = ["main"]
 
-SCENARIOS = ("latency", "non-streaming", "memory", "disconnect", "workers", "profile", "floor")
+SCENARIOS = (
+    "latency",
+    "non-streaming",
+    "memory",
+    "disconnect",
+    "workers",
+    "profile",
+    "floor",
+    "cluster",
+)
+#: What runs without ``--only``: ``cluster`` needs a PostgreSQL server and is asked for by name.
+DEFAULT_SCENARIOS = tuple(name for name in SCENARIOS if name != "cluster")
 _T = TypeVar("_T")
 
 
@@ -48,7 +60,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
     parser.add_argument(
-        "--only", nargs="+", choices=SCENARIOS, help="run these scenarios only (default: all)"
+        "--only",
+        nargs="+",
+        choices=SCENARIOS,
+        help="run these scenarios only (default: all but cluster, which needs PostgreSQL)",
     )
     parser.add_argument("--skip", nargs="+", choices=SCENARIOS, default=[])
     parser.add_argument(
@@ -115,7 +130,7 @@ async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadRe
     profile = PROFILES[arguments.profile]
     if arguments.py_spy is not None:
         profile = msgspec.structs.replace(profile, profile_s=arguments.py_spy)
-    wanted = set(arguments.only or SCENARIOS) - set(arguments.skip)
+    wanted = set(arguments.only or DEFAULT_SCENARIOS) - set(arguments.skip)
     all_cpus = set(os.sched_getaffinity(0))
     gateway_cpus, load_cpus, pinning = _pinning(arguments.no_pin)
     if load_cpus is not None:
@@ -190,6 +205,13 @@ async def run(arguments: argparse.Namespace) -> tuple[report.Report, list[LoadRe
                 result.workers_skipped = f"the workers gateway did not run: {exc}"
         else:
             result.workers_skipped = "not selected"
+        if "cluster" in wanted:
+            try:
+                result.cluster = await _timed(seconds, "cluster", lambda: cluster.cluster(bench))
+            except (RuntimeError, trio.TooSlowError, psycopg.Error) as exc:
+                result.cluster_skipped = f"the cluster scenario did not run: {exc}"
+        else:
+            result.cluster_skipped = "not selected (python -m benchmarks.run --only cluster)"
     result.duration_s = time.monotonic() - started
     result.scenario_seconds = seconds
     if arguments.nice:

@@ -7,7 +7,7 @@ Benchmark tooling; pure functions from a :class:`report.Report` to text, no I/O.
 from __future__ import annotations
 
 from .report import Report, floor_targets
-from .results import DisconnectResult, FloorResult, MemoryResult
+from .results import ClusterResult, DisconnectResult, FloorResult, MemoryResult
 from .summary import Comparison, Percentiles, PhaseSummary
 from .targets import level
 
@@ -34,6 +34,82 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines.extend("| " + " | ".join(row) + " |" for row in rows)
     return lines
+
+
+def _cluster_section(c: ClusterResult) -> list[str]:
+    out = ["", f"## Cluster (PostgreSQL): {c.server}", ""]
+    out += _table(
+        ["measure", "goal", "measured"],
+        [
+            [
+                "added TTFT p50, stateful, C=1 (PostgreSQL minus SQLite)",
+                "<= 1 ms",
+                f"{_signed(c.added_ttft_p50_ms)} ms (SQLite {_p(c.stateful_sqlite.ttft_ms, 'p50')}"
+                f", PostgreSQL {_p(c.stateful_postgres.ttft_ms, 'p50')}; bg s "
+                f"{_f(c.stateful_sqlite.resources.background_cpu_s, 1)} / "
+                f"{_f(c.stateful_postgres.resources.background_cpu_s, 1)})",
+            ],
+            [
+                f"database round trips per stateful run ({c.round_trip_runs} runs)",
+                "<= 3",
+                f"{_f(c.round_trips_per_run, 2)} (idle: {c.idle_round_trips_per_s:.2f}/s per "
+                "instance)",
+            ],
+            [
+                f"cross-instance abort ({c.aborts} aborts, {c.abort_failures} failed)",
+                "p99 <= 50 ms",
+                f"p50 {_p(c.abort_ms, 'p50')} ms, p99 {_p(c.abort_ms, 'p99')} ms",
+            ],
+        ],
+    )
+    out += ["", f"Round trips: {c.round_trip_method}. Messages in the window: "]
+    out[-1] += ", ".join(f"{k} {v}" for k, v in sorted(c.round_trip_messages.items())) + "."
+    out += ["", "Statements per stateful run (each Bind or simple query, by its first words):", ""]
+    out += _table(
+        ["statement", "per run"],
+        [
+            [f"`{text}`", _f(count / c.round_trip_runs, 2)]
+            for text, count in sorted(c.round_trip_statements.items(), key=lambda kv: -kv[1])
+        ],
+    )
+    out += [
+        "",
+        f"An idle instance (lease {c.lease_seconds:g} s, heartbeat every "
+        f"{c.lease_seconds / 3:.2f} s) over {c.idle_window_s:g} s: "
+        f"{c.idle_round_trips_per_s:.2f} round trips/s; statements: "
+        + (", ".join(f"`{k}` {v}" for k, v in sorted(c.idle_statements.items())) or "none")
+        + ".",
+    ]
+    out += ["", "Stateful streaming at C=200 on PostgreSQL:", ""]
+    out += _table(
+        [
+            "hypercorn workers",
+            "tokens/s (steady)",
+            "gap p99 ms",
+            "CPU µs/token",
+            "busy",
+            "bg s",
+            "errors",
+        ],
+        [
+            [
+                str(workers),
+                _f(phase.steady_tokens_per_s or phase.tokens_per_s, 0),
+                _p(phase.gap_ms, "p99"),
+                _f(phase.cpu_per_token_us, 1),
+                _busy(phase),
+                _f(phase.resources.background_cpu_s, 1),
+                _errors(phase),
+            ]
+            for workers, phase in zip(c.throughput_workers, c.throughput, strict=True)
+        ],
+    )
+    load = ", ".join(
+        f"{workers} worker(s): load side {phase.load_side_busy * 100:.0f}% of its core"
+        for workers, phase in zip(c.throughput_workers, c.throughput, strict=True)
+    )
+    out += ["", f"What the load generator and the mock took: {load}."]
+    return out
 
 
 def _busy(phase: PhaseSummary) -> str:
@@ -396,6 +472,10 @@ def markdown(report: Report) -> str:
         out.append(f"Not run: {report.workers_skipped or 'skipped'}.")
     if report.floors:
         out += _floor_section(report, report.floors)
+    if report.cluster is not None:
+        out += _cluster_section(report.cluster)
+    elif report.cluster_skipped:
+        out += ["", "## Cluster (PostgreSQL)", "", f"Not run: {report.cluster_skipped}."]
     if report.cpu_profile is not None:
         p = report.cpu_profile
         out += [

@@ -120,7 +120,7 @@ CANCELLED_RUNS = Counter(
 )
 SESSION_RECORD_FAILURES = Counter(
     "epiloop_session_record_failures",
-    "Turns the session store could not store, by reason (error, timeout).",
+    "Turns the session store could not store, by reason (error, timeout, lease_lost).",
     ["reason"],
 )
 AUTH_FAILURES = Counter(

@@ -534,7 +534,7 @@ def test_redacted_uses_the_file_key_names() -> None:
     assert (gateway["port"], gateway["bind"]) == (18789, "loopback")
     assert gateway["auth"]["token"] == "<redacted>"
     assert gateway["http"]["endpoints"]["chatCompletions"] == {"enabled": True}
-    assert gateway["http"]["maxBodyBytes"] == 4194304
+    assert gateway["http"]["maxBodyBytes"] == 33554432
     assert gateway["ws"]["maxFrameBytes"] == 1048576
     assert gateway["shutdownGraceSeconds"] == 30.0
     assert data["models"]["providers"]["local"]["api"] == "echo"

@@ -31,7 +31,11 @@ def test_parse_config_empty_object_gives_defaults() -> None:
     assert config.gateway.bind == "loopback"
     assert config.gateway.auth == AuthConfig(mode="token", token=None, password=None)
     assert config.gateway.http.endpoints.chat_completions.enabled is False
-    assert config.gateway.http.max_body_bytes == 4 * 1024 * 1024
+    assert config.gateway.http.max_body_bytes == 32 * 1024 * 1024
+    assert config.gateway.http.images.max_bytes == 10 * 1024 * 1024
+    assert config.gateway.http.images.max_total_bytes == 20 * 1024 * 1024
+    assert config.gateway.http.images.max_parts == 8
+    assert config.gateway.http.images.fetch.enabled is False
     assert config.gateway.http.keep_alive_seconds == 15.0
     assert config.gateway.http.stream_buffer_events == 64
     assert config.gateway.shutdown_grace_seconds == 30.0

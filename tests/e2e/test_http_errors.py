@@ -158,7 +158,7 @@ async def test_chat_auth_mode_none_needs_no_credential(nursery: trio.Nursery) ->
         (b'{"messages": [{"role": "user"}]}', "messages[0].content", None),
         (b'{"messages": [{"role": "user", "content": 5}]}', "messages[0].content", None),
         (
-            b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',
+            b'{"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}',
             "messages[0].content[0].type",
             "unsupported_value",
         ),

@@ -350,7 +350,7 @@ async def test_responses_needs_the_bearer_credential(nursery: trio.Nursery) -> N
     ("body", "param"),
     [
         (
-            {"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+            {"input": [{"role": "user", "content": [{"type": "input_file"}]}]},
             "input[0].content[0].type",
         ),
         (

@@ -44,7 +44,10 @@ _LISTENING = re.compile(rb"Listening on (http://127\.0\.0\.1:\d+)")
 CONFIG: dict[str, Any] = {
     "gateway": {
         "auth": {"mode": "token", "token": TOKEN},
-        "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+        "http": {
+            "endpoints": {"chatCompletions": {"enabled": True}},
+            "maxBodyBytes": 4 * 1024 * 1024,
+        },
         "logging": {"format": "json", "level": "info"},
         "shutdownGraceSeconds": 2,
     },

@@ -38,7 +38,8 @@ from hypothesis import strategies as st
 
 #: Client-side bound on one exchange: a slower answer counts as a hang.
 TIMEOUT_SECONDS = 10.0
-#: ``gateway.http.maxBodyBytes``, ``maxHeaderBytes`` and ``maxMessages`` (the defaults).
+#: ``gateway.http.maxBodyBytes`` (as the fuzzed gateway sets it), ``maxHeaderBytes`` and
+#: ``maxMessages`` (the defaults).
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 MAX_MESSAGES = 1000

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 import trio
+import trio.lowlevel
+from postgres_server import open_private_postgres, postgres_binaries
 
 from trio_gateway.errors import SessionStoreError, SessionStoreUnavailableError
+from trio_gateway.pg import database as database_module
 from trio_gateway.pg import migrate, open_database, redact_dsn, schema_status
+from trio_gateway.pg.database import CONNECT_SECONDS
 from trio_gateway.pg.migrations import known_migrations
 
 
@@ -110,3 +116,75 @@ async def test_migrate_refuses_a_newer_schema(pg_dsn: str) -> None:
         with pytest.raises(SessionStoreError, match="newer than this gateway knows"):
             await db.run(migrate, cancellable=False)
         assert (await db.run(schema_status)).too_new
+
+
+async def test_database_fails_fast_while_the_server_is_away_and_recovers() -> None:
+    bin_dir = postgres_binaries()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) to run a private server")
+    async with (
+        open_private_postgres(bin_dir) as server,
+        open_database(server.dsn, pool_size=2) as db,
+    ):
+        assert await db.run(lambda c: c.execute("SELECT 1").fetchone()) == (1,)
+        await server.stop()
+        with pytest.raises(SessionStoreUnavailableError):
+            await db.run(lambda c: c.execute("SELECT 1").fetchone())
+        # Known to be away now: the next call does not wait out the pool's checkout.
+        started = trio.current_time()
+        with pytest.raises(SessionStoreUnavailableError):
+            await db.run(lambda c: c.execute("SELECT 1").fetchone())
+        assert trio.current_time() - started < CONNECT_SECONDS / 2
+        await server.start()
+        with trio.fail_after(30):
+            while True:
+                try:
+                    row = await db.run(lambda c: c.execute("SELECT 1").fetchone())
+                except SessionStoreUnavailableError:
+                    await trio.sleep(0.2)
+                    continue
+                break
+        assert row == (1,)
+
+
+async def test_database_uncancellable_call_returns_its_result_when_cancelled_meanwhile(
+    pg_dsn: str,
+) -> None:
+    async with open_database(pg_dsn, pool_size=1) as db:
+        await db.run(lambda c: c.execute("CREATE TABLE t (x int)"))
+        got: list[object] = []
+        with trio.move_on_after(0.05) as scope:
+            got.append(
+                await db.run(
+                    lambda c: c.execute(
+                        "INSERT INTO t SELECT 1 FROM pg_sleep(0.3) RETURNING x"
+                    ).fetchone(),
+                    cancellable=False,
+                )
+            )
+            await trio.lowlevel.checkpoint()  # the pending cancellation lands here
+        assert scope.cancelled_caught
+        assert got == [(1,)]  # what was written is reported written, not lost
+
+
+async def test_database_cancel_request_never_lands_on_the_next_call(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cancel request's own round trip is slow (a distant server, simulated): it must have
+    # landed before the connection serves another call.
+    real = database_module._cancel_quietly
+
+    def slow_cancel(connection: psycopg.Connection) -> None:
+        time.sleep(0.3)
+        real(connection)
+
+    monkeypatch.setattr(database_module, "_cancel_quietly", slow_cancel)
+    async with open_database(pg_dsn, pool_size=1) as db:
+        await db.run(lambda c: c.execute("CREATE TABLE t (x int)"))
+        with trio.move_on_after(0.1):
+            await db.run(lambda c: c.execute("SELECT pg_sleep(0.15)"))
+        await db.run(
+            lambda c: c.execute("SELECT pg_sleep(0.5); INSERT INTO t VALUES (1)"),
+            cancellable=False,
+        )
+        assert await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()) == (1,)

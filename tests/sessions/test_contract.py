@@ -8,16 +8,20 @@ fencing and connections) is tested beside it, in ``test_sqlite.py`` and ``test_p
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
+from image_samples import image, png
 
 from trio_gateway.config.schema import PostgresConfig, SessionConfig
-from trio_gateway.messages import ToolCall
+from trio_gateway.messages import Image, ToolCall
 from trio_gateway.sessions import MemorySessionStore, SqliteSessionStore, open_session_store
+from trio_gateway.sessions.postgres import PostgresSessionStore
 from trio_gateway.sessions.store import (
     LoggedEvent,
     RunStatus,
@@ -469,3 +473,93 @@ async def test_store_lists_unfinished_responses(store: SessionStore) -> None:
     await store.save_response(stored("resp_d", status="cancelled", expires_at=9e9))
     unfinished = await store.unfinished_responses()
     assert sorted(response.id for response in unfinished) == ["resp_a", "resp_b"]
+
+
+# -- images --------------------------------------------------------------------------------
+
+
+async def stored_images(store: SessionStore) -> dict[str, int]:
+    """What the store keeps of images, read from its storage: SHA-256 → size, one per image."""
+    if isinstance(store, MemorySessionStore):
+        return {sha: image.size for sha, image in store.images.items()}
+    if isinstance(store, SqliteSessionStore):
+        connection = sqlite3.connect(store.path)
+        try:
+            rows = connection.execute("SELECT sha256, length(data) FROM images").fetchall()
+        finally:
+            connection.close()
+        return {str(sha): int(size) for sha, size in rows}
+    assert isinstance(store, PostgresSessionStore)
+    rows = await store.database.run(
+        lambda c: c.execute("SELECT sha256, length(data) FROM epiloop_images").fetchall()
+    )
+    return {str(sha): int(size) for sha, size in rows}
+
+
+def with_images(text: str, *images: Image) -> TranscriptEntry:
+    return TranscriptEntry("user", text, images=images)
+
+
+async def test_store_round_trips_images_with_their_bytes(store: SessionStore) -> None:
+    first, second = image(png(1)), image(png(2, pad=5000))
+    remote = Image(url="https://images.example/cat.png", detail="low")
+    entries = (
+        with_images("two and a url", first, remote, dataclasses.replace(second, detail="high")),
+        reply("seen"),
+    )
+    await store.record_turn("k", turn(*entries))
+    session = await store.get("k")
+    assert session is not None
+    assert session.transcript == list(entries)
+    got = session.transcript[0].images
+    assert [i.data for i in got] == [first.data, None, second.data]
+    assert [i.media_type for i in got] == ["image/png", "", "image/png"]
+    assert [i.detail for i in got] == [None, "low", "high"]
+
+
+async def test_store_keeps_an_image_once_however_often_it_is_sent(store: SessionStore) -> None:
+    picture = image(png(7, pad=3000))
+    await store.record_turn("k", turn(with_images("look", picture), reply("a cat")))
+    await store.record_turn("k", turn(with_images("again", picture, picture), reply("same")))
+    await store.record_turn("other", turn(with_images("mine too", picture)))
+    assert await stored_images(store) == {picture.sha256: len(png(7, pad=3000))}
+    session = await store.get("k")
+    assert session is not None
+    assert [len(e.images) for e in session.transcript] == [1, 0, 2, 0]
+    assert all(i.data == picture.data for e in session.transcript for i in e.images)
+
+
+async def test_store_delete_removes_the_images_no_other_session_holds(
+    store: SessionStore,
+) -> None:
+    shared, own, kept = image(png(1)), image(png(2)), image(png(3))
+    await store.record_turn("k", turn(with_images("a", shared, own), reply("b")))
+    await store.record_turn("j", turn(with_images("c", shared, kept)))
+    assert set(await stored_images(store)) == {shared.sha256, own.sha256, kept.sha256}
+    assert await store.delete("k") is True
+    assert set(await stored_images(store)) == {shared.sha256, kept.sha256}
+    session = await store.get("j")
+    assert session is not None
+    assert [i.data for i in session.transcript[0].images] == [shared.data, kept.data]
+    assert await store.delete("j") is True
+    assert await stored_images(store) == {}
+
+
+async def test_store_reset_and_truncation_let_go_of_images(store: SessionStore) -> None:
+    first, second = image(png(1)), image(png(2))
+    await store.record_turn("k", turn(with_images("a", first), reply("A")))
+    await store.record_turn("k", turn(with_images("b", second), reply("B")))
+    # The client edited its second message: the turn keeps the first two entries only.
+    await store.record_turn("k", turn(user("b, edited"), keep=2))
+    assert set(await stored_images(store)) == {first.sha256}
+    assert await contents(store, "k") == ["a", "A", "b, edited"]
+    await store.reset("k")
+    assert await stored_images(store) == {}
+
+
+async def test_store_failed_turn_stores_no_image(store: SessionStore) -> None:
+    picture = image(png(9))
+    await store.record_turn("k", turn(user("a"), run_id="r1"))
+    # The same run again carries an image: the turn is not stored again, nor is its image.
+    await store.record_turn("k", turn(with_images("b", picture), run_id="r1"))
+    assert await stored_images(store) == {}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from trio_gateway.messages import Message, ToolCall
+from trio_gateway.messages import Image, Message, ToolCall
 from trio_gateway.sessions.reconcile import Reconciled, matches, reconcile
 from trio_gateway.sessions.store import RunStatus, TranscriptEntry
 
@@ -262,3 +264,55 @@ def test_reconcile_docs_examples() -> None:
     assert reconcile(transcript, [u("And in Rust?")]) == Reconciled(
         None, (u("And in Rust?"),), "appended"
     )
+
+
+# -- images: compared by identity (hash or URL), never by bytes ------------------------------
+
+CAT = Image("image/png", "c" * 64, b"cat bytes")
+DOG = Image("image/png", "d" * 64, b"dog bytes")
+REMOTE = Image(url="https://images.example/cat.png")
+
+
+def look(text: str, *images: Image) -> Message:
+    return Message("user", text, images=images)
+
+
+@pytest.mark.parametrize(
+    ("history", "incoming", "expected"),
+    [
+        # The client resends the image it sent: the session continues, nothing is duplicated.
+        ([look("U1", CAT), a("A1")], [look("U1", CAT), a("A1"), u("U2")], (None, 2, "continued")),
+        # The stored copy has no bytes loaded: the hash alone decides.
+        (
+            [look("U1", replace(CAT, data=None)), a("A1")],
+            [look("U1", CAT), a("A1"), u("U2")],
+            (None, 2, "continued"),
+        ),
+        # Same text, another image: a different message (the client re-based on it).
+        (
+            [u("U0"), a("A0"), look("U1", CAT)],
+            [u("U0"), a("A0"), look("U1", DOG)],
+            (2, 2, "rebased"),
+        ),
+        # The image dropped from the resent message: different too.
+        ([u("U0"), a("A0"), look("U1", CAT)], [u("U0"), a("A0"), u("U1")], (2, 2, "rebased")),
+        # Order counts; a remote image is compared by its URL.
+        (
+            [look("U1", CAT, REMOTE), a("A1")],
+            [look("U1", REMOTE, CAT), a("A1")],
+            (None, 0, "appended"),
+        ),
+        (
+            [look("U1", REMOTE), a("A1")],
+            [look("U1", replace(REMOTE, detail="low")), a("A1")],
+            (None, 2, "continued"),
+        ),
+    ],
+)
+def test_reconcile_compares_images_by_identity(
+    history: list[Message], incoming: list[Message], expected: tuple[int | None, int, str]
+) -> None:
+    result = reconcile([stored(message) for message in history], incoming)
+    keep, new_from, rule = expected
+    assert (result.keep, result.rule) == (keep, rule)
+    assert result.new == tuple(incoming[new_from:])

@@ -315,10 +315,29 @@ FIELD_ERRORS = [
         id="content-object",
     ),
     pytest.param(
-        body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+        body(messages=[{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]),
         "messages[0].content[0].type",
         "unsupported_value",
-        id="image-part",
+        id="audio-part",
+    ),
+    pytest.param(
+        body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+        "messages[0].content[0].image_url.url",
+        None,
+        id="image-part-without-url",
+    ),
+    pytest.param(
+        body(
+            messages=[
+                {
+                    "role": "system",
+                    "content": [{"type": "image_url", "image_url": {"url": "https://a.example/x"}}],
+                }
+            ]
+        ),
+        "messages[0].content[0].type",
+        "unsupported_value",
+        id="image-part-in-system-message",
     ),
     pytest.param(
         body(
@@ -491,8 +510,12 @@ def test_parse_chat_request_rejects_bad_field(raw: bytes, param: str, code: str 
         ),
         (
             body(messages=[{"role": "user", "content": [{"type": "image_url"}]}]),
-            "Unsupported content part type 'image_url' at 'messages[0].content[0].type': "
-            "this gateway accepts only 'text' parts.",
+            "Missing required parameter: 'messages[0].content[0].image_url'.",
+        ),
+        (
+            body(messages=[{"role": "user", "content": [{"type": "file"}]}]),
+            "Unsupported content part type 'file' at 'messages[0].content[0].type': "
+            "this gateway accepts only 'text' and 'image_url' parts.",
         ),
         (
             body(messages=[{"role": "assistant"}]),

@@ -128,7 +128,17 @@ def test_parse_function_tools_and_tool_choice() -> None:
     ("body", "param", "code"),
     [
         (
-            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "x"}]}]},
+            "input[0].content[0].type",
+            "unsupported_value",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+            "input[0].content[0].image_url",
+            None,
+        ),
+        (
+            {"input": [{"role": "system", "content": [{"type": "input_image", "image_url": "x"}]}]},
             "input[0].content[0].type",
             "unsupported_value",
         ),
@@ -403,3 +413,43 @@ def test_parse_fuzz_any_bytes_parse_or_are_a_400(data: bytes) -> None:
     result = outcome(data)
     if isinstance(result, InvalidRequestError):
         assert result.http_status == 400
+
+
+def test_input_items_list_messages_calls_and_images_without_inline_bytes() -> None:
+    from trio_gateway.wire.responses import input_items
+
+    request = parse(
+        {
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "look"},
+                        {"type": "input_image", "image_url": "https://example.com/a.png"},
+                        {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="},
+                    ],
+                },
+                {"role": "assistant", "content": "seen"},
+                {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+            ]
+        }
+    )
+    listed = input_items(request, "abc")
+    assert [item["id"] for item in listed] == [
+        "msg_abc_in0",
+        "msg_abc_in1",
+        "fc_abc_in2",
+        "fco_abc_in3",
+    ]
+    first = listed[0]["content"]
+    assert isinstance(first, list)
+    assert first[1] == {
+        "type": "input_image",
+        "image_url": "https://example.com/a.png",
+        "file_id": None,
+        "detail": "auto",
+    }
+    assert first[2]["image_url"] is None  # inline bytes are not kept twice
+    assert listed[1]["content"] == [{"type": "output_text", "text": "seen", "annotations": []}]
+    assert listed[3]["output"] == "ok"

@@ -49,6 +49,8 @@ class ModelTarget:
     provider: Provider
     model: str
     retry: RetryPolicy
+    #: Whether the model accepts images (``"image"`` among its configured ``input`` kinds).
+    images: bool = False
 
 
 async def call_with_failover(
@@ -124,5 +126,6 @@ def model_chain(
                 settings.retry_delay_seconds,
                 settings.retry_max_delay_seconds,
             )
-        chain.append(ModelTarget(ref, provider, model, retry))
+        images = settings is not None and settings.accepts_images(model)
+        chain.append(ModelTarget(ref, provider, model, retry, images))
     return tuple(chain)

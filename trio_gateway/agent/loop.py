@@ -35,6 +35,7 @@ from .. import metrics
 from ..config import Config
 from ..errors import (
     GatewayError,
+    LeaseLostError,
     ProviderError,
     RunAbortedError,
     RunError,
@@ -68,6 +69,7 @@ from .events import (
     ToolStarted,
 )
 from .failover import call_with_failover
+from .images import check_session_images, without_images
 from .prepared import EmitEvent, PreparedRun, session_mismatch
 from .prompt import close_tool_calls
 from .renumbering import ToolCallRenumbering
@@ -270,6 +272,8 @@ class RunLoop:
 
     async def _loop(self, prepared: PreparedRun, emit: EmitEvent, state: _RunState) -> FinishReason:
         history, new = await self._conversation(prepared, state)
+        if not prepared.chain[0].images:
+            history = without_images(history)  # stored images, a text-only model now
         messages = close_tool_calls([*prepared.instructions, *history, *new])
         client_names = {spec.name for spec in prepared.client_tools}
         renumbering = ToolCallRenumbering(client_names)
@@ -332,6 +336,7 @@ class RunLoop:
             # Checked in prepare too; checked again here, under the session's lane, because
             # another agent's run may have created the session in between.
             raise session_mismatch()
+        check_session_images(session.transcript, conversation, self.config)
         if prepared.continue_at is not None:
             # Continuing a stored response: right after its turn, whatever came later.
             at = prepared.continue_at
@@ -490,6 +495,13 @@ class RunLoop:
             try:
                 info = await self.sessions.record_turn(prepared.target.session_key, turn)
                 state.position = info.message_count
+            except LeaseLostError as exc:
+                # Fenced off: another run holds the session now. The client learns why.
+                logger.warning(
+                    "session.record.refused run_id=%s reason=lease_lost", prepared.run_id
+                )
+                metrics.SESSION_RECORD_FAILURES.labels("lease_lost").inc()
+                return exc
             except Exception:
                 logger.exception("session.record.failed run_id=%s", prepared.run_id)
                 reason = "error"

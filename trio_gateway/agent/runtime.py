@@ -66,6 +66,7 @@ from .events import (
     RunResult,
 )
 from .failover import ModelTarget, model_chain
+from .images import check_image_input, check_session_images, fetch_remote_images
 from .loop import HeldLane, RunLoop
 from .prepared import OutputLimits, PreparedRun, session_mismatch
 from .prompt import split_messages
@@ -334,11 +335,16 @@ class AgentRuntime:
         defaults = config.agents.defaults
         target = resolve_target(config, request)
         agent = target.agent
+        chain = check_image_input(request.messages, chains[agent.id], agent.id)
+        messages = await fetch_remote_images(request.messages, config)
+        instructions, conversation = split_messages(messages)
         if not target.stateless and not target.fresh and self.cluster is None:
             # (In PostgreSQL mode the session is read once, under its lane: see admit.)
             session = await self.sessions.get(target.session_key)
             if session is not None and session.agent_id.lower() != agent.id.lower():
                 raise session_mismatch()
+            if session is not None:  # (the run checks again, under the session's lane)
+                check_session_images(session.transcript, conversation, config)
         agent_tools = all_tools[agent.id]
         client_tools = tuple(request.client_tools)
         for index, spec in enumerate(client_tools):
@@ -352,7 +358,6 @@ class AgentRuntime:
         system_prompt = agent.system_prompt
         if system_prompt is None:
             system_prompt = defaults.system_prompt
-        instructions, conversation = split_messages(request.messages)
         if system_prompt:
             instructions.insert(0, Message("system", system_prompt))
         model_request = ModelRequest(
@@ -369,7 +374,7 @@ class AgentRuntime:
             run_id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
             target=target,
-            chain=chains[agent.id],
+            chain=chain,
             instructions=tuple(instructions),
             conversation=tuple(conversation),
             agent_tools=agent_tools,

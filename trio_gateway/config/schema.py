@@ -32,7 +32,10 @@ __all__ = [
     "GatewayConfig",
     "HttpConfig",
     "HttpFetchToolConfig",
+    "ImageFetchConfig",
+    "ImagesConfig",
     "LoggingConfig",
+    "ModelEntry",
     "ModelsConfig",
     "OpenAIChatProviderConfig",
     "PostgresConfig",
@@ -87,10 +90,32 @@ class EndpointsConfig(_Section, frozen=True):
     metrics: MetricsEndpoint = msgspec.field(default_factory=MetricsEndpoint)
 
 
+class ImageFetchConfig(_Section, frozen=True):
+    """``gateway.http.images.fetch``: fetch remote image URLs in the gateway (off: pass them on
+    to the upstream as URLs). Only hosts in ``tools.httpFetch.allowHosts``, within
+    ``tools.httpFetch.timeoutSeconds`` and ``images.maxBytes``, never a loopback, private or
+    otherwise non-public address."""
+
+    enabled: bool = False
+
+
+class ImagesConfig(_Section, frozen=True):
+    """``gateway.http.images``: the images one request may carry."""
+
+    #: Largest image (its decoded bytes); a larger one gets 413 ``image_too_large``.
+    max_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 10 * 1024 * 1024
+    #: Most bytes of all the images of one request; more gets 413 ``images_too_large``.
+    max_total_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 20 * 1024 * 1024
+    #: Most image parts in one request; more gets 400 ``too_many_images``.
+    max_parts: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 8
+    fetch: ImageFetchConfig = msgspec.field(default_factory=ImageFetchConfig)
+
+
 class HttpConfig(_Section, frozen=True):
     endpoints: EndpointsConfig = msgspec.field(default_factory=EndpointsConfig)
-    #: Largest accepted request body; a larger one gets 413.
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 4 * 1024 * 1024
+    #: Largest accepted request body; a larger one gets 413. The default leaves room for the
+    #: default image limits (20 MiB of images are about 27 MiB of base64).
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 32 * 1024 * 1024
     #: A ``: keep-alive`` SSE comment goes out after this long without any other event.
     keep_alive_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15.0
     #: Events buffered between an agent run and a slow client before the run waits.
@@ -107,6 +132,7 @@ class HttpConfig(_Section, frozen=True):
     max_content_chars: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 2_000_000
     #: Requests and WebSocket connections served at once; more get 503 at once.
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    images: ImagesConfig = msgspec.field(default_factory=ImagesConfig)
 
 
 class AuthRateLimit(_Section, frozen=True):
@@ -206,13 +232,40 @@ class GatewayConfig(_Section, frozen=True):
     control_ui: ControlUiConfig = msgspec.field(default_factory=ControlUiConfig)
 
 
+InputKind = Literal["text", "image"]
+
+
+class ModelEntry(_Section, frozen=True):
+    """A model a provider serves, with what it accepts: ``{"id": "gpt-4o", "input": ["text",
+    "image"]}``. A plain name in the list is text only."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1)]
+    input: list[InputKind] = msgspec.field(default_factory=lambda: ["text"])
+
+
+#: An entry of ``models.providers.<name>.models``: a plain name (text only) or an object.
+ModelListEntry = str | ModelEntry
+
+
+def _model_ids(models: list[ModelListEntry]) -> list[str]:
+    return [entry if isinstance(entry, str) else entry.id for entry in models]
+
+
 class EchoProviderConfig(_Section, frozen=True, tag="echo", tag_field="api"):
-    """The offline provider: it answers with the last user message, word by word."""
+    """The offline provider: it answers with the last user message, word by word (and describes
+    the images it received). It accepts images whatever its ``models`` say."""
 
     #: Delay between two streamed words, in milliseconds.
     pace_ms: Annotated[float, msgspec.Meta(ge=0, le=60_000)] = 20.0
     #: The model names it serves; empty: any.
-    models: list[str] = msgspec.field(default_factory=list)
+    models: list[ModelListEntry] = msgspec.field(default_factory=list)
+
+    @property
+    def model_ids(self) -> list[str]:
+        return _model_ids(self.models)
+
+    def accepts_images(self, model: str) -> bool:
+        return True
 
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
@@ -228,8 +281,8 @@ class _UpstreamProviderConfig(_Section, frozen=True):
     api_key_env: str | None = None
     #: Extra request headers sent upstream.
     headers: dict[str, str] = msgspec.field(default_factory=dict)
-    #: The model names it serves; empty: any.
-    models: list[str] = msgspec.field(default_factory=list)
+    #: The models it serves (names, or ``{"id", "input"}`` objects); empty: any, text only.
+    models: list[ModelListEntry] = msgspec.field(default_factory=list)
     #: Deadline for opening the connection (each attempt).
     connect_timeout_seconds: Seconds = 10.0
     #: Deadline from sending the request to the first streamed token (each attempt).
@@ -243,6 +296,17 @@ class _UpstreamProviderConfig(_Section, frozen=True):
     #: First retry delay; doubled at each retry, capped at ``retryMaxDelaySeconds``.
     retry_delay_seconds: Annotated[float, msgspec.Meta(ge=0, le=600)] = 0.5
     retry_max_delay_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 20.0
+
+    @property
+    def model_ids(self) -> list[str]:
+        return _model_ids(self.models)
+
+    def accepts_images(self, model: str) -> bool:
+        """Whether ``model`` is listed with ``"image"`` among its ``input`` kinds."""
+        return any(
+            isinstance(entry, ModelEntry) and entry.id == model and "image" in entry.input
+            for entry in self.models
+        )
 
 
 class OpenAIChatProviderConfig(
@@ -363,6 +427,11 @@ class SessionConfig(_Section, frozen=True):
     wal_checkpoint_seconds: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 30.0
     #: The SQLite database may not grow past this; ``None``: as far as the disk allows.
     max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] | None = None
+    #: Most bytes of distinct images one session may hold (every store); a request that would
+    #: pass it gets 413 ``session_images_too_large``.
+    max_image_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 64 * 1024 * 1024
+    #: Most distinct images one session may hold.
+    max_images: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 64
 
 
 class HttpFetchToolConfig(_Section, frozen=True):
@@ -484,7 +553,7 @@ def _check_model_ref(config: Config, ref: str, path: str) -> None:
             f"unknown provider {provider!r} (configured under models.providers: {known})",
             path=path,
         )
-    served = config.models.providers[provider].models
+    served = config.models.providers[provider].model_ids
     if served and model not in served:
         raise ConfigError(
             f"provider {provider!r} does not list model {model!r} (its models: "

@@ -23,14 +23,20 @@ goes back to the pool only between statements, never mid-query:
 - a *cancellable* call (reads, and writes whose effect is harmless if interrupted) asks the
   server to cancel the running statement (``cancel_safe``), waits for the thread to return
   (shielded, bounded by :data:`CANCEL_BOUND_SECONDS`), then raises ``trio.Cancelled``. The
-  statement's transaction is rolled back.
+  statement's transaction is rolled back. The cancel request is sent from a thread of its own,
+  which the call joins before its connection goes back to the pool, so it can never land on
+  another call's statement.
 - any other call runs to its end (bounded by the server's ``statement_timeout``, which every
-  pooled connection sets), and the caller learns of its cancellation right after.
+  pooled connection sets, and on the client by TCP keepalives and ``tcp_user_timeout``) and
+  returns what it did: the caller learns of its cancellation at its next checkpoint, as with
+  ``trio.to_thread.run_sync`` (a turn stored is reported stored, never lost).
 
 Lost connections. A statement that fails because its connection is gone (the server restarted,
 ``pg_terminate_backend``, a network cut) leaves a broken connection, which the pool discards and
 replaces. An ``idempotent`` call (the caller says so; reads are) is tried once more on another
-connection before it fails.
+connection before it fails. A call waits at most :data:`CONNECT_SECONDS` for a connection, and
+only :data:`UNREACHABLE_CHECKOUT_SECONDS` while the last call found the server unreachable, so
+that with the database away a stateful request gets its 503 in about half a second.
 """
 
 from __future__ import annotations
@@ -72,6 +78,12 @@ CONNECT_SECONDS = 5.0
 #: How long closing the pool may take (shielded from cancellation).
 CLOSE_BOUND_SECONDS = 10.0
 
+#: How long data sent on a pooled connection may stay unacknowledged before the call fails.
+TCP_USER_TIMEOUT_MS = 10_000
+
+#: How long a call waits for a connection while the server is known to be unreachable.
+UNREACHABLE_CHECKOUT_SECONDS = 0.5
+
 #: Every pooled connection's ``statement_timeout``: no statement of ours runs longer.
 STATEMENT_TIMEOUT_MS = 30_000
 
@@ -109,27 +121,38 @@ class DatabaseStatistics:
 class _Call(Generic[T]):
     """One call in its worker thread; knows its connection so that it can be cancelled."""
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool, fn: Callable[[psycopg.Connection], T]):
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        fn: Callable[[psycopg.Connection], T],
+        checkout_seconds: float,
+    ):
         self._pool = pool
         self._fn = fn
+        self._checkout_seconds = checkout_seconds
         self._lock = threading.Lock()
         self._connection: psycopg.Connection | None = None
         self._interrupted = False
+        #: The thread that sends the server a cancel request, if one was started.
+        self._canceller: threading.Thread | None = None
 
     def __call__(self, idempotent: bool) -> T:
         try:
-            return self._once()
+            return self._once(self._checkout_seconds)
+        except psycopg_pool.PoolTimeout:
+            raise  # no connection to be had: waiting again would only double the wait
         except psycopg.OperationalError as exc:
             if not idempotent or self._interrupted or not _connection_lost(exc):
                 raise
             logger.info("db.retry reason=%s", _first_line(exc))
             # The other idle connections were likely lost with it (a server restart): the
-            # pool checks them all and replaces the broken ones before the second try.
+            # pool checks them all and replaces the broken ones before the second try, which
+            # waits no longer than a call does while the server is known to be away.
             self._pool.check()
-            return self._once()
+            return self._once(min(self._checkout_seconds, UNREACHABLE_CHECKOUT_SECONDS))
 
-    def _once(self) -> T:
-        with self._pool.connection(timeout=CONNECT_SECONDS) as connection:
+    def _once(self, checkout_seconds: float) -> T:
+        with self._pool.connection(timeout=checkout_seconds) as connection:
             with self._lock:
                 self._connection = connection
             try:
@@ -139,18 +162,29 @@ class _Call(Generic[T]):
             finally:
                 with self._lock:
                     self._connection = None
+                    canceller = self._canceller
+                if canceller is not None:
+                    # The cancel request must have reached the server before the connection
+                    # goes back to the pool: landing late, it would cancel the statement of
+                    # whichever call takes the connection next.
+                    canceller.join(CANCEL_BOUND_SECONDS)
 
     def interrupt(self) -> None:
         """Ask the server to cancel the statement this call runs (from the trio thread)."""
         with self._lock:
             self._interrupted = True
             connection = self._connection
-        if connection is not None:
-            # cancel_safe blocks for a round trip to the server: a short-lived thread of its
-            # own, which ends by itself (bounded by its timeout), does it.
-            threading.Thread(
-                target=_cancel_quietly, args=(connection,), name="epiloop-pg-cancel", daemon=True
-            ).start()
+            if connection is not None and self._canceller is None:
+                # cancel_safe blocks for a round trip to the server: a short-lived thread of
+                # its own does it (bounded by its timeout), joined by the call's thread before
+                # the connection goes back to the pool.
+                self._canceller = threading.Thread(
+                    target=_cancel_quietly,
+                    args=(connection,),
+                    name="epiloop-pg-cancel",
+                    daemon=True,
+                )
+                self._canceller.start()
 
 
 def _cancel_quietly(connection: psycopg.Connection) -> None:
@@ -179,6 +213,10 @@ class Database:
         self._pool = pool
         self._limiter = trio.CapacityLimiter(pool_size)
         self._calls = 0
+        #: Set when a call found the server unreachable, cleared by the next that reached it:
+        #: meanwhile calls wait only :data:`UNREACHABLE_CHECKOUT_SECONDS` for a connection, so
+        #: requests get their 503 at once instead of each waiting out the pool.
+        self._unreachable = False
         #: The connection string, for the dedicated connections a LISTEN needs (never logged:
         #: :attr:`display_dsn` is).
         self.dsn = dsn
@@ -199,16 +237,19 @@ class Database:
         ``fn`` raises pass through unchanged."""
         async with self._limiter:
             self._calls += 1
-            call: _Call[T] = _Call(self._pool, fn)
+            checkout = UNREACHABLE_CHECKOUT_SECONDS if self._unreachable else CONNECT_SECONDS
+            call: _Call[T] = _Call(self._pool, fn, checkout)
             result = await _in_thread(lambda: call(idempotent), call.interrupt, cancellable)
         try:
-            return result.unwrap()
+            value = result.unwrap()
         except psycopg_pool.PoolTimeout as exc:
+            self._unreachable = True
             raise SessionStoreUnavailableError(
                 f"The session database does not answer: {_first_line(exc)}"
             ) from exc
         except psycopg.OperationalError as exc:
             if _connection_lost(exc):
+                self._unreachable = True
                 raise SessionStoreUnavailableError(
                     f"The session database is unreachable: {_first_line(exc)}"
                 ) from exc
@@ -216,9 +257,15 @@ class Database:
                 f"A session database statement failed: {_first_line(exc)}"
             ) from exc
         except psycopg.Error as exc:
+            self._unreachable = False  # it answered, with an error
             raise SessionStoreError(
                 f"A session database statement failed: {_first_line(exc)}"
             ) from exc
+        except Exception:
+            self._unreachable = False  # ``fn`` raised one of ours: the server answered
+            raise
+        self._unreachable = False
+        return value
 
     def statistics(self) -> DatabaseStatistics:
         stats = self._pool.get_stats()
@@ -255,7 +302,12 @@ async def _in_thread(
             await done.wait()
         if waited.cancelled_caught:
             logger.warning("db.cancel.slow seconds=%s: the statement still runs", bound)
-        raise
+            raise
+        if cancellable:
+            raise
+        # A call that runs to its end returns what it did (a turn stored is stored): the
+        # cancellation stays pending and is raised at the caller's next checkpoint, as
+        # trio.to_thread.run_sync does for a call it may not abandon.
     return box[0]
 
 
@@ -278,7 +330,19 @@ async def open_database(
         min_size=1,
         max_size=pool_size,
         open=False,
-        kwargs={"autocommit": True, "application_name": application_name, "options": options},
+        kwargs={
+            "autocommit": True,
+            "application_name": application_name,
+            "options": options,
+            # A network cut must not hang a call until the kernel gives up (minutes): data
+            # sent and not acknowledged fails after TCP_USER_TIMEOUT_MS, a silent peer after
+            # the keepalive probes (about 11 s).
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+        },
         timeout=CONNECT_SECONDS,
         name="epiloop",
     )

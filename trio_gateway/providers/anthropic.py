@@ -8,7 +8,9 @@ Request mapping: ``system`` and ``developer`` messages are joined into ``system`
 messages of one role are merged (the API wants user and assistant to alternate); assistant tool
 calls become ``tool_use`` blocks with their arguments parsed (arguments that are not a JSON
 object are wrapped as ``{"arguments": ...}``); tool messages become ``tool_result`` blocks of a
-user message; empty text is left out (the API rejects empty blocks). ``max_tokens`` comes from
+user message; a user message's images become ``image`` blocks after its text (bytes as a
+``base64`` source, a remote image as a ``url`` source); empty text is left out (the API rejects
+empty blocks). ``max_tokens`` comes from
 the request or ``defaultMaxTokens``, ``stop`` becomes ``stop_sequences``, ``temperature`` is
 capped at 1 (Anthropic's range), tools get an ``input_schema``, and ``tool_choice`` maps
 ``auto``/``required``/``none``/a named function to ``auto``/``any``/``none``/``tool``.
@@ -26,6 +28,7 @@ Must not import the agent, server or tools layers.
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Mapping, Sequence
 
 import httpx
@@ -33,7 +36,7 @@ import msgspec
 
 from ..config.schema import AnthropicProviderConfig
 from ..errors import UpstreamError
-from ..messages import Message, ToolCall
+from ..messages import Image, Message, ToolCall
 from ..wire.decoding import DECODE_ERRORS
 from ..wire.sse import SSEEvent
 from .base import (
@@ -71,7 +74,20 @@ class _ToolResult(msgspec.Struct, tag="tool_result", tag_field="type"):
     content: str
 
 
-_Block = _Text | _ToolUse | _ToolResult
+class _Base64Source(msgspec.Struct, tag="base64", tag_field="type"):
+    media_type: str
+    data: str
+
+
+class _UrlSource(msgspec.Struct, tag="url", tag_field="type"):
+    url: str
+
+
+class _ImageBlock(msgspec.Struct, tag="image", tag_field="type"):
+    source: _Base64Source | _UrlSource
+
+
+_Block = _Text | _ToolUse | _ToolResult | _ImageBlock
 
 
 class _Message(msgspec.Struct):
@@ -144,11 +160,21 @@ def _blocks(message: Message) -> tuple[str, list[_Block]]:
         return "user", blocks
     if message.content.strip():
         blocks.append(_Text(message.content))
+    blocks.extend(_image_block(image) for image in message.images)
     if message.role == "assistant":
         for call in message.tool_calls:
             blocks.append(_ToolUse(call.id, call.name, _tool_input(call.arguments)))
         return "assistant", blocks
     return "user", blocks
+
+
+def _image_block(image: Image) -> _ImageBlock:
+    """An image block: its bytes as a base64 source, a remote image as a URL source."""
+    if image.url is not None:
+        return _ImageBlock(_UrlSource(image.url))
+    assert image.data is not None, "an inline image has its bytes"
+    data = binascii.b2a_base64(image.data, newline=False).decode("ascii")
+    return _ImageBlock(_Base64Source(image.media_type, data))
 
 
 def _tool_input(arguments: str) -> dict[str, object]:

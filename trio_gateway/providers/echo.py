@@ -4,6 +4,10 @@ It needs no network and no API key, so a fresh install answers right away. Its t
 honest for what it does: a token is a whitespace-separated word, ``prompt_tokens`` counts the
 words of every input message and ``completion_tokens`` the words it streamed. It honours
 ``max_tokens`` (stopping with ``finish_reason: "length"``).
+
+It accepts images, and describes those the last user message carries after its text, one line
+each: ``[image 1: image/png, 1234 bytes, sha256 <first 16 hex digits>]`` (``[image 1: url
+https://...]`` for a remote one), so the offline default shows what a model would have received.
 """
 
 from __future__ import annotations
@@ -12,15 +16,23 @@ import re
 
 import trio
 
+from ..messages import Image
 from .base import Completion, Emit, FinishReason, ModelRequest, TextDelta, TokenUsage
 
-__all__ = ["EchoProvider", "count_words"]
+__all__ = ["EchoProvider", "count_words", "describe_image"]
 
 _WORD = re.compile(r"\S+\s*")
 
 
 def count_words(text: str) -> int:
     return len(text.split())
+
+
+def describe_image(number: int, image: Image) -> str:
+    """How the echo provider describes the ``number``-th image it received."""
+    if image.url is not None:
+        return f"[image {number}: url {image.url}]"
+    return f"[image {number}: {image.media_type}, {image.size} bytes, sha256 {image.sha256[:16]}]"
 
 
 class EchoProvider:
@@ -31,8 +43,12 @@ class EchoProvider:
 
     async def stream(self, request: ModelRequest, emit: Emit) -> Completion:
         prompt_tokens = sum(count_words(message.content) for message in request.messages)
-        last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
-        words = _WORD.findall(last_user.strip())
+        last = next((m for m in reversed(request.messages) if m.role == "user"), None)
+        text = last.content if last is not None else ""
+        if last is not None and last.images:
+            lines = [describe_image(n, image) for n, image in enumerate(last.images, start=1)]
+            text = "\n".join([text, *lines]) if text.strip() else "\n".join(lines)
+        words = _WORD.findall(text.strip())
         limit = request.max_tokens
         sent = 0
         for word in words:

@@ -7,6 +7,10 @@ Two halves. The sans-IO half maps a :class:`ModelRequest` to a request body
 the last ``usage`` seen, ``finish_reason`` as is). The I/O half is
 :class:`~trio_gateway.providers.upstream.UpstreamClient`.
 
+A user message with images is sent as content parts: its text as a ``text`` part, then one
+``image_url`` part per image (bytes as a base64 ``data:`` URL, a remote image as its URL, with
+its ``detail``).
+
 Compatibility choices: ``developer`` messages are sent as ``system`` and the limit as
 ``max_tokens`` (not every server knows ``developer`` or ``max_completion_tokens``); a stream that
 made tool calls but says ``finish_reason: "stop"`` (some local servers do) ends as
@@ -27,6 +31,7 @@ from ..config.schema import OpenAIChatProviderConfig
 from ..errors import UpstreamError
 from ..messages import ToolCall
 from ..wire.decoding import DECODE_ERRORS
+from ..wire.images import data_url
 from ..wire.sse import SSEEvent
 from .base import (
     Completion,
@@ -59,9 +64,22 @@ class _ToolCall(msgspec.Struct):
     type: str = "function"
 
 
+class _TextPart(msgspec.Struct, tag="text", tag_field="type"):
+    text: str
+
+
+class _ImageUrl(msgspec.Struct, omit_defaults=True):
+    url: str
+    detail: str | None = None
+
+
+class _ImagePart(msgspec.Struct, tag="image_url", tag_field="type"):
+    image_url: _ImageUrl
+
+
 class _Message(msgspec.Struct, omit_defaults=True):
     role: str
-    content: str | None
+    content: str | list[_TextPart | _ImagePart] | None
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[_ToolCall] | None = None
@@ -115,6 +133,14 @@ def encode_chat_request(request: ModelRequest) -> bytes:
             messages.append(
                 _Message("tool", message.content, tool_call_id=message.tool_call_id or "")
             )
+        elif message.images:
+            parts: list[_TextPart | _ImagePart] = [_TextPart(message.content)]
+            if not message.content:
+                parts.clear()
+            parts.extend(
+                _ImagePart(_ImageUrl(data_url(image), image.detail)) for image in message.images
+            )
+            messages.append(_Message(message.role, parts, name=message.name))
         else:
             role = "system" if message.role == "developer" else message.role
             messages.append(_Message(role, message.content, name=message.name))

@@ -56,6 +56,7 @@ from ..wire.chunks import (
     encode_completion,
     server_timing,
 )
+from ..wire.images import image_limits
 from .app_state import authorize, request_cleanups
 from .response_log import LiveLog, ResponseLogs
 from .resumable import find_stored, reader_body, sse_response
@@ -219,7 +220,10 @@ def register_chat_routes(
         chat = parse_chat_request(body)
         limits = runtime.config.gateway.http
         check_limits(
-            chat, max_messages=limits.max_messages, max_content_chars=limits.max_content_chars
+            chat,
+            max_messages=limits.max_messages,
+            max_content_chars=limits.max_content_chars,
+            images=image_limits(limits.images),
         )
         prepared = await runtime.prepare(
             run_request(

@@ -41,6 +41,7 @@ from ..errors import (
 )
 from ..providers.base import ReasoningDelta, TextDelta, TokenUsage, ToolCallDelta
 from ..sessions.store import UNFINISHED, StoredResponse, StoredResponseStatus
+from ..wire.images import image_limits
 from ..wire.response_events import (
     FunctionToolOut,
     ResponseEvents,
@@ -350,7 +351,10 @@ def register_responses_routes(
         parsed = parse_responses_request(body)
         http = runtime.config.gateway.http
         check_limits(
-            parsed, max_messages=http.max_messages, max_content_chars=http.max_content_chars
+            parsed,
+            max_messages=http.max_messages,
+            max_content_chars=http.max_content_chars,
+            images=image_limits(http.images),
         )
         header_agent_id = request.headers.get("x-epiloop-agent-id")
         agent_id, _ = named_agent(header_agent_id=header_agent_id, model=parsed.model)

@@ -1,14 +1,28 @@
-"""An in-memory session store: sessions last as long as the process."""
+"""An in-memory session store: sessions last as long as the process.
+
+Images are kept once by their SHA-256 (:attr:`MemorySessionStore.images`), apart from the
+transcripts, whose entries hold them without their bytes; an image no session holds any more is
+dropped by the write that let go of it.
+"""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import trio
 
-from .store import UNFINISHED, LoggedEvent, Session, SessionInfo, StoredResponse, Turn
+from ..messages import Image
+from .store import (
+    UNFINISHED,
+    LoggedEvent,
+    Session,
+    SessionInfo,
+    StoredResponse,
+    TranscriptEntry,
+    Turn,
+)
 
 __all__ = ["MemorySessionStore"]
 
@@ -21,11 +35,47 @@ class MemorySessionStore:
         #: Stored responses and their event logs (by sequence number), by response id.
         self._responses: dict[str, StoredResponse] = {}
         self._events: dict[str, dict[int, LoggedEvent]] = {}
+        #: Every image some session holds, by SHA-256, with its bytes (stored once).
+        self.images: dict[str, Image] = {}
+        #: The SHA-256 of the images each session's transcript holds.
+        self._held: dict[str, set[str]] = {}
 
     async def get(self, key: str) -> Session | None:
         await trio.lowlevel.checkpoint()
         session = self._sessions.get(key)
-        return copy.deepcopy(session) if session is not None else None
+        if session is None:
+            return None
+        copied = copy.deepcopy(session)
+        copied.transcript = [self._with_bytes(entry) for entry in copied.transcript]
+        return copied
+
+    def _with_bytes(self, entry: TranscriptEntry) -> TranscriptEntry:
+        if not entry.images:
+            return entry
+        images = tuple(
+            image if image.url is not None else self.images[image.sha256] for image in entry.images
+        )
+        return dataclasses.replace(entry, images=images)
+
+    def _without_bytes(self, entry: TranscriptEntry) -> TranscriptEntry:
+        """``entry`` as the transcript keeps it: its images' bytes go to :attr:`images`."""
+        if not entry.images:
+            return entry
+        for image in entry.images:
+            if image.url is None:
+                self.images.setdefault(image.sha256, dataclasses.replace(image, param=None))
+        images = tuple(dataclasses.replace(image, data=None) for image in entry.images)
+        return dataclasses.replace(entry, images=images)
+
+    def _release_images(self, key: str, transcript: Iterable[TranscriptEntry]) -> None:
+        """The session now holds the images of ``transcript``: drop those nobody holds."""
+        before = self._held.pop(key, set())
+        now = {i.sha256 for entry in transcript for i in entry.images if i.url is None}
+        if now:
+            self._held[key] = now
+        for sha256 in before - now:
+            if not any(sha256 in held for held in self._held.values()):
+                self.images.pop(sha256, None)
 
     async def record_turn(self, key: str, turn: Turn) -> SessionInfo:
         await trio.lowlevel.checkpoint()
@@ -48,7 +98,8 @@ class MemorySessionStore:
             self._sessions[key] = session
         if turn.keep is not None:
             del session.transcript[turn.keep :]
-        session.transcript.extend(turn.entries)
+        session.transcript.extend(self._without_bytes(entry) for entry in turn.entries)
+        self._release_images(key, session.transcript)
         session.updated_at = turn.at
         session.model = turn.model
         session.last_status = turn.status
@@ -76,12 +127,14 @@ class MemorySessionStore:
         if session is None:
             return False
         session.transcript.clear()
+        self._release_images(key, ())
         session.prompt_tokens = session.completion_tokens = session.message_count = 0
         return True
 
     async def delete(self, key: str) -> bool:
         await trio.lowlevel.checkpoint()
         self._runs.pop(key, None)
+        self._release_images(key, ())
         return self._sessions.pop(key, None) is not None
 
     async def save_response(

@@ -2,7 +2,8 @@
 
 Owns the statements of each store operation over the ``epiloop_sessions``,
 ``epiloop_messages`` and ``epiloop_session_turns`` tables (migration ``0004_sessions``) and the
-stored responses' ``epiloop_responses`` and ``epiloop_response_events`` (``0006_responses``:
+images tables ``epiloop_images`` and ``epiloop_session_images`` (migration ``0006_images``), the
+stored responses' ``epiloop_responses`` and ``epiloop_response_events`` (``0007_responses``:
 a response and a batch of its events are one statement), the
 store's health, and opening the store from ``session.postgres`` (:func:`open_postgres_store`:
 the pool, the migrations, the start-up probe). It keeps exactly the semantics of
@@ -15,6 +16,12 @@ Round trips. :meth:`~PostgresSessionStore.get` is one statement (the session joi
 messages, one snapshot). :meth:`~PostgresSessionStore.record_turn` is one statement too: it
 calls the server-side function ``epiloop_record_turn``, whose single transaction checks the
 fence, upserts the session, truncates (``keep``), appends the entries and updates the totals.
+
+Images. A turn's images are written by ``epiloop_record_turn`` too, once per SHA-256;
+``delete`` (``epiloop_delete_session``), ``reset`` and a turn that truncates remove, in their
+own transaction, the images no session holds any more. ``get`` reads the images' bytes with a
+second statement; should a concurrent write have removed one in between (the session was
+truncated or deleted meanwhile), it reads the session again.
 
 Fencing. A turn whose :attr:`~trio_gateway.sessions.store.Turn.fence` is set is written only
 if, in that same transaction, the session's ``epiloop_lanes`` row (locked ``FOR UPDATE``) has
@@ -65,11 +72,14 @@ from .rows import (
     ENTRY_FIELDS,
     SESSION_FIELDS,
     DamagedRowError,
+    encode_image_refs,
     encode_text,
     encode_tool_calls,
     entry_from_row,
     info_from_row,
     session_of,
+    turn_images,
+    with_image_bytes,
 )
 from .store import UNFINISHED, LoggedEvent, Session, SessionInfo, StoredResponse, Turn
 
@@ -105,7 +115,8 @@ _GET = f"""
 _RECORD_TURN = f"""
     SELECT {_SESSION_COLUMNS} FROM epiloop_record_turn(
         %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-        %s::text[], %s::bytea[], %s::text[], %s::text[], %s::bytea[], %s::bytea[], %s::boolean[]
+        %s::text[], %s::bytea[], %s::text[], %s::text[], %s::bytea[], %s::bytea[], %s::boolean[],
+        %s::text[], %s::text[], %s::text[], %s::bytea[]
     ) AS s
 """
 
@@ -322,16 +333,31 @@ def _storable(text: str) -> bool:
 
 
 def _get(connection: psycopg.Connection, *, key: str) -> Session | None:
-    try:
-        rows = connection.execute(_GET, (key,)).fetchall()
-        if not rows:
-            return None
-        split = len(SESSION_FIELDS)
-        info = info_from_row(rows[0][:split])
-        transcript = [entry_from_row(row[split:]) for row in rows if row[split] is not None]
-    except DamagedRowError as exc:
-        raise SessionStoreError(f"A stored session is damaged: {exc}") from exc
-    return session_of(info, transcript)
+    for attempt in (1, 2):
+        try:
+            rows = connection.execute(_GET, (key,)).fetchall()
+            if not rows:
+                return None
+            split = len(SESSION_FIELDS)
+            info = info_from_row(rows[0][:split])
+            transcript = [entry_from_row(row[split:]) for row in rows if row[split] is not None]
+            hashes = sorted({i.sha256 for e in transcript for i in e.images if i.url is None})
+            if hashes:
+                stored = {
+                    str(sha256): (str(media_type), bytes(data))
+                    for sha256, media_type, data in connection.execute(
+                        "SELECT sha256, media_type, data FROM epiloop_images "
+                        "WHERE sha256 = ANY (%s)",
+                        (hashes,),
+                    )
+                }
+                if attempt == 1 and len(stored) < len(hashes):
+                    continue  # removed by a write in between: read the session again
+                transcript = with_image_bytes(transcript, stored)
+        except DamagedRowError as exc:
+            raise SessionStoreError(f"A stored session is damaged: {exc}") from exc
+        return session_of(info, transcript)
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def _record_turn(connection: psycopg.Connection, *, key: str, turn: Turn) -> SessionInfo:
@@ -357,6 +383,8 @@ def _record_turn(connection: psycopg.Connection, *, key: str, turn: Turn) -> Ses
         [_optional_bytes(entry.tool_call_id) for entry in entries],
         [_optional_bytes(entry.name) for entry in entries],
         [entry.internal for entry in entries],
+        [encode_image_refs(entry.images) for entry in entries],
+        *_image_columns(turn),
     )
     try:
         row = connection.execute(_RECORD_TURN, parameters).fetchone()
@@ -370,6 +398,16 @@ def _record_turn(connection: psycopg.Connection, *, key: str, turn: Turn) -> Ses
     if row is None:
         raise SessionStoreError("The session database stored the turn but returned no session.")
     return info_from_row(row)
+
+
+def _image_columns(turn: Turn) -> tuple[list[str], list[str], list[bytes]]:
+    """The turn's images (each once, in hash order): hashes, types, bytes."""
+    images = sorted(turn_images(turn).items())
+    return (
+        [sha256 for sha256, _ in images],
+        [image.media_type for _, image in images],
+        [image.data or b"" for _, image in images],
+    )
 
 
 def _list(connection: psycopg.Connection, *, agent_id: str | None, limit: int) -> list[SessionInfo]:
@@ -396,13 +434,15 @@ def _reset(connection: psycopg.Connection, *, key: str) -> bool:
         ).rowcount
         if updated:
             connection.execute("DELETE FROM epiloop_messages WHERE session_key = %s", (key,))
+            connection.execute("SELECT epiloop_sync_session_images(%s)", (key,))
     return updated > 0
 
 
 def _delete(connection: psycopg.Connection, *, key: str) -> bool:
-    # The session's messages and its runs go with it (ON DELETE CASCADE).
-    cursor = connection.execute("DELETE FROM epiloop_sessions WHERE key = %s", (key,))
-    return cursor.rowcount > 0
+    # The session's messages, runs and image references go with it (ON DELETE CASCADE); the
+    # images no other session holds too, in the same transaction.
+    row = connection.execute("SELECT epiloop_delete_session(%s)", (key,)).fetchone()
+    return bool(row is not None and row[0])
 
 
 _RESPONSE_SELECT = f"SELECT {', '.join(RESPONSE_COLUMNS)} FROM epiloop_responses"

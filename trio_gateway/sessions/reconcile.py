@@ -6,8 +6,11 @@ compares the request's non-system messages with the *visible* stored entries, th
 ``internal`` (the gateway's own tool traffic, which a client never sees and never resends), and
 says which stored entries to keep and which incoming messages to append.
 
-Two messages match when their roles are equal, their contents are equal (exact strings) and,
-for assistant messages, their tool calls (id, name, arguments) are equal. A partial reply (status
+Two messages match when their roles are equal, their contents are equal (exact strings), their
+images are the same images in the same order (compared by identity: the SHA-256 of the bytes,
+or the URL of a remote image; never by the bytes themselves), and, for assistant messages, their
+tool calls (id, name, arguments) are equal. So a client that resends an image it sent before
+continues the session; the image is not stored twice. A partial reply (status
 ``aborted`` or ``failed``) is stored with the text produced so far, so it matches only a client
 that resent exactly that text.
 
@@ -73,6 +76,8 @@ class Reconciled:
 def matches(entry: TranscriptEntry, message: Message) -> bool:
     """A stored entry and an incoming message are the same message (see the module docs)."""
     if entry.role != message.role or entry.content != message.content:
+        return False
+    if [image.key for image in entry.images] != [image.key for image in message.images]:
         return False
     if entry.role == "assistant":
         return tuple(entry.tool_calls) == tuple(message.tool_calls)

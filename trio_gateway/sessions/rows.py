@@ -8,6 +8,11 @@ the stores' ``SELECT`` statements return, turned back into :class:`SessionInfo` 
 :class:`TranscriptEntry`. Both stores select their columns in the orders
 :data:`SESSION_FIELDS` and :data:`ENTRY_FIELDS` name.
 
+Images: a transcript row's ``images`` column is JSON, the entry's image references in order
+(``{"sha256", "type", "detail"}`` for stored bytes, ``{"url", "detail"}`` for a remote image);
+the bytes live in the store's image table, once per SHA-256 (:func:`turn_images` gives a turn's
+new ones). :func:`with_image_bytes` puts the bytes back into the entries read.
+
 Pure functions; imports ``messages`` and ``sessions.store`` only (no database driver). A row
 that does not decode raises :class:`DamagedRowError`, which each store translates into its
 :class:`~trio_gateway.errors.SessionStoreError`.
@@ -16,25 +21,31 @@ that does not decode raises :class:`DamagedRowError`, which each store translate
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
-from ..messages import ToolCall
+from ..messages import Image, ToolCall
 from .store import Session, SessionInfo, TranscriptEntry, Turn
 
 __all__ = [
     "ENTRY_FIELDS",
     "SESSION_FIELDS",
     "DamagedRowError",
+    "decode_image_refs",
     "decode_tool_calls",
+    "encode_image_refs",
     "encode_text",
     "encode_tool_calls",
     "entry_from_row",
+    "image_hashes",
     "info_from_row",
     "session_of",
     "text_or_bytes",
     "text_value",
     "turn_bytes",
+    "turn_images",
+    "with_image_bytes",
 ]
 
 T = TypeVar("T")
@@ -54,7 +65,16 @@ SESSION_FIELDS = (
 )
 
 #: The columns of a transcript row, in the order :func:`entry_from_row` reads them.
-ENTRY_FIELDS = ("role", "content", "status", "tool_calls", "tool_call_id", "name", "internal")
+ENTRY_FIELDS = (
+    "role",
+    "content",
+    "status",
+    "tool_calls",
+    "tool_call_id",
+    "name",
+    "internal",
+    "images",
+)
 
 
 class DamagedRowError(ValueError):
@@ -130,6 +150,91 @@ def decode_tool_calls(value: object) -> tuple[ToolCall, ...]:
     raise DamagedRowError("malformed tool_calls in the session store")
 
 
+def encode_image_refs(images: Sequence[Image]) -> str | None:
+    """The entry's image references as JSON text (``None`` for none); ASCII, like tool calls."""
+    if not images:
+        return None
+    refs: list[dict[str, str]] = []
+    for image in images:
+        ref = (
+            {"url": image.url}
+            if image.url is not None
+            else {
+                "sha256": image.sha256,
+                "type": image.media_type,
+            }
+        )
+        if image.detail is not None:
+            ref["detail"] = image.detail
+        refs.append(ref)
+    return json.dumps(refs)
+
+
+_DETAILS = ("auto", "low", "high")
+
+
+def decode_image_refs(value: object) -> tuple[Image, ...]:
+    """The references of :func:`encode_image_refs`, as images without their bytes."""
+    if value is None:
+        return ()
+    try:
+        decoded = json.loads(text_value(value))
+    except ValueError as exc:
+        raise DamagedRowError("malformed images in the session store") from exc
+    images: list[Image] = []
+    for ref in decoded if isinstance(decoded, list) else [None]:
+        if not isinstance(ref, dict):
+            raise DamagedRowError("malformed images in the session store")
+        detail = ref.get("detail")
+        if detail is not None and detail not in _DETAILS:
+            raise DamagedRowError("malformed images in the session store")
+        url, sha256, media_type = ref.get("url"), ref.get("sha256"), ref.get("type")
+        if isinstance(url, str):
+            images.append(Image(url=url, detail=detail))
+        elif isinstance(sha256, str) and isinstance(media_type, str):
+            images.append(Image(media_type, sha256, detail=detail))
+        else:
+            raise DamagedRowError("malformed images in the session store")
+    return tuple(images)
+
+
+def image_hashes(entries: Sequence[TranscriptEntry]) -> set[str]:
+    """The SHA-256 of every stored image (not remote ones) ``entries`` reference."""
+    return {image.sha256 for entry in entries for image in entry.images if image.url is None}
+
+
+def turn_images(turn: Turn) -> dict[str, Image]:
+    """The turn's images that carry bytes, once each, by SHA-256."""
+    found: dict[str, Image] = {}
+    for entry in turn.entries:
+        for image in entry.images:
+            if image.url is None and image.data is not None:
+                found.setdefault(image.sha256, image)
+    return found
+
+
+def with_image_bytes(
+    entries: list[TranscriptEntry], stored: Mapping[str, tuple[str, bytes]]
+) -> list[TranscriptEntry]:
+    """``entries`` with their images' bytes from ``stored`` (SHA-256 → type, bytes)."""
+    filled: list[TranscriptEntry] = []
+    for entry in entries:
+        if entry.images:
+            images = []
+            for image in entry.images:
+                if image.url is None:
+                    found = stored.get(image.sha256)
+                    if found is None:
+                        raise DamagedRowError(
+                            f"the image {image.sha256[:16]} is missing from the session store"
+                        )
+                    image = replace(image, data=bytes(found[1]))
+                images.append(image)
+            entry = replace(entry, images=tuple(images))
+        filled.append(entry)
+    return filled
+
+
 def info_from_row(row: Sequence[object]) -> SessionInfo:
     """A row of :data:`SESSION_FIELDS` as a :class:`SessionInfo`."""
     key, agent_id, created_at, updated_at, model, status, run_id, prompt, completion, count = row
@@ -149,7 +254,7 @@ def info_from_row(row: Sequence[object]) -> SessionInfo:
 
 def entry_from_row(row: Sequence[object]) -> TranscriptEntry:
     """A row of :data:`ENTRY_FIELDS` as a :class:`TranscriptEntry`."""
-    role, content, status, tool_calls, tool_call_id, name, internal = row
+    role, content, status, tool_calls, tool_call_id, name, internal, images = row
     return TranscriptEntry(
         role,  # type: ignore[arg-type]  # CHECK constraint: a Role
         text_value(content),
@@ -158,6 +263,7 @@ def entry_from_row(row: Sequence[object]) -> TranscriptEntry:
         tool_call_id=_optional_text(tool_call_id),
         name=_optional_text(name),
         internal=bool(internal),
+        images=decode_image_refs(images),
     )
 
 
@@ -183,4 +289,4 @@ def turn_bytes(turn: Turn) -> int:
     return sum(
         len(entry.content) + sum(len(call.arguments) + 64 for call in entry.tool_calls) + 64
         for entry in turn.entries
-    )
+    ) + sum(image.size + 128 for image in turn_images(turn).values())

@@ -55,6 +55,11 @@ interval ends with ``PRAGMA wal_checkpoint(TRUNCATE)``, which waits briefly
 truncates it to zero bytes; if the readers do not move on in time it is tried again at the next
 write.
 
+Images are stored once by their SHA-256 in the ``images`` table (a message references them);
+``session_images`` records which images each session holds, and a write that lets go of an image
+(a delete, a reset, a turn that truncates past it) removes it in the same transaction when no
+other session holds it.
+
 Text that UTF-8 cannot encode (a lone surrogate, as ``surrogateescape``-decoded tool output may
 contain) is stored as a BLOB of its ``surrogatepass`` encoding and decoded back on read
 (``sessions.rows``), so every string round-trips exactly, as in memory.
@@ -78,12 +83,16 @@ from .response_rows import RESPONSE_COLUMNS, response_from_row, response_values
 from .rows import (
     ENTRY_FIELDS,
     DamagedRowError,
+    decode_image_refs,
+    encode_image_refs,
     encode_tool_calls,
     entry_from_row,
     info_from_row,
     session_of,
     text_or_bytes,
     turn_bytes,
+    turn_images,
+    with_image_bytes,
 )
 from .sqlite_file import (
     BUSY_TIMEOUT_MS,
@@ -147,8 +156,8 @@ _UPSERT_SESSION = """
 
 _INSERT_MESSAGE = """
     INSERT INTO messages (session_key, position, role, content, status, tool_calls, tool_call_id,
-                          name, internal)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                          name, internal, images)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -431,7 +440,19 @@ def _get(connection: sqlite3.Connection, *, key: str) -> Session | None:
         f"SELECT {', '.join(ENTRY_FIELDS)} FROM messages WHERE session_key = ? ORDER BY position",
         (text_or_bytes(key),),
     ).fetchall()
-    return session_of(info, [entry_from_row(row) for row in messages])
+    entries = [entry_from_row(row) for row in messages]
+    hashes = sorted({i.sha256 for entry in entries for i in entry.images if i.url is None})
+    if hashes:
+        stored = {
+            str(sha256): (str(media_type), bytes(data))
+            for sha256, media_type, data in connection.execute(
+                f"SELECT sha256, media_type, data FROM images WHERE sha256 IN "
+                f"({', '.join('?' * len(hashes))})",
+                hashes,
+            )
+        }
+        entries = with_image_bytes(entries, stored)
+    return session_of(info, entries)
 
 
 def _record_turn(connection: sqlite3.Connection, *, key: str, turn: Turn) -> SessionInfo:
@@ -488,12 +509,58 @@ def _store_turn(
                 _bind_optional(entry.tool_call_id),
                 _bind_optional(entry.name),
                 1 if entry.internal else 0,
+                encode_image_refs(entry.images),
             )
             for position, entry in enumerate(turn.entries, start=count)
         ),
     )
     connection.execute(
         "INSERT INTO turns (session_key, run_id) VALUES (?, ?)", (bound_key, bound_run_id)
+    )
+    new_images = turn_images(turn)
+    connection.executemany(
+        "INSERT INTO images (sha256, media_type, size, data) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (sha256) DO NOTHING",
+        (
+            (sha256, image.media_type, image.size, image.data)
+            for sha256, image in sorted(new_images.items())
+        ),
+    )
+    if new_images or turn.keep is not None:
+        _sync_images(connection, bound_key)
+
+
+def _sync_images(connection: sqlite3.Connection, bound_key: str | bytes) -> None:
+    """Record which images the session's transcript holds now; remove those nobody holds."""
+    now: set[str] = set()
+    for (refs,) in connection.execute(
+        "SELECT images FROM messages WHERE session_key = ? AND images IS NOT NULL", (bound_key,)
+    ):
+        now.update(image.sha256 for image in decode_image_refs(refs) if image.url is None)
+    before = {
+        str(sha256)
+        for (sha256,) in connection.execute(
+            "SELECT sha256 FROM session_images WHERE session_key = ?", (bound_key,)
+        )
+    }
+    connection.executemany(
+        "INSERT INTO session_images (session_key, sha256) VALUES (?, ?)",
+        ((bound_key, sha256) for sha256 in sorted(now - before)),
+    )
+    gone = sorted(before - now)
+    connection.executemany(
+        "DELETE FROM session_images WHERE session_key = ? AND sha256 = ?",
+        ((bound_key, sha256) for sha256 in gone),
+    )
+    _collect_images(connection, gone)
+
+
+def _collect_images(connection: sqlite3.Connection, candidates: list[str]) -> None:
+    """Remove the ``candidates`` no session holds any more."""
+    connection.executemany(
+        "DELETE FROM images WHERE sha256 = ? "
+        "AND NOT EXISTS (SELECT 1 FROM session_images WHERE session_images.sha256 = images.sha256)",
+        ((sha256,) for sha256 in candidates),
     )
 
 
@@ -525,14 +592,22 @@ def _reset(connection: sqlite3.Connection, *, key: str) -> bool:
     if not updated:
         return False
     connection.execute("DELETE FROM messages WHERE session_key = ?", (text_or_bytes(key),))
+    _sync_images(connection, text_or_bytes(key))
     return True
 
 
 def _delete(connection: sqlite3.Connection, *, key: str) -> bool:
-    # The session's messages go with it (ON DELETE CASCADE).
-    return (
-        connection.execute("DELETE FROM sessions WHERE key = ?", (text_or_bytes(key),)).rowcount > 0
-    )
+    bound_key = text_or_bytes(key)
+    held = [
+        str(sha256)
+        for (sha256,) in connection.execute(
+            "SELECT sha256 FROM session_images WHERE session_key = ?", (bound_key,)
+        )
+    ]
+    # The session's messages and image references go with it (ON DELETE CASCADE).
+    deleted = connection.execute("DELETE FROM sessions WHERE key = ?", (bound_key,)).rowcount > 0
+    _collect_images(connection, held)
+    return deleted
 
 
 _RESPONSE_SELECT = f"SELECT {', '.join(RESPONSE_COLUMNS)} FROM responses"

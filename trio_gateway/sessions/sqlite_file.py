@@ -97,6 +97,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "INSERT INTO turns (session_key, run_id) SELECT key, last_run_id FROM sessions",
     ),
     (
+        # Images, stored once by their SHA-256; a message references its images by hash (JSON
+        # in messages.images); session_images says which images each session holds, so an
+        # image no session holds any more can be removed.
+        "ALTER TABLE messages ADD COLUMN images TEXT",
+        """
+        CREATE TABLE images (
+            sha256 TEXT NOT NULL PRIMARY KEY,
+            media_type TEXT NOT NULL,
+            size INTEGER NOT NULL CHECK (size >= 0),
+            data BLOB NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE session_images (
+            session_key TEXT NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
+            sha256 TEXT NOT NULL REFERENCES images (sha256),
+            PRIMARY KEY (session_key, sha256)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX session_images_by_image ON session_images (sha256)",
+    ),
+    (
         # Stored responses (the Responses API, resumable chat completion streams) and their
         # event logs, kept for a while after their runs end (expires_at).
         """

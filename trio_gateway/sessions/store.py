@@ -6,10 +6,10 @@ its stream on any instance that shares the store)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
-from ..messages import Message, Role, ToolCall
+from ..messages import Image, Message, Role, ToolCall
 
 __all__ = [
     "UNFINISHED",
@@ -35,6 +35,9 @@ class TranscriptEntry:
     ``status`` marks a partial assistant reply (``aborted``: the client went away; ``failed``:
     the run failed). ``internal`` marks the gateway's own tool traffic (assistant messages that
     call agent tools, and their results), which an OpenAI client never sees and never resends.
+    ``images``: a user message's images, with their bytes. Every store keeps an image's bytes
+    once, by content hash, outside the transcript rows; an entry references them, and
+    :meth:`SessionStore.get` gives them back whole.
     """
 
     role: Role
@@ -44,6 +47,7 @@ class TranscriptEntry:
     tool_call_id: str | None = None
     name: str | None = None
     internal: bool = False
+    images: tuple[Image, ...] = ()
 
     def to_message(self) -> Message:
         return Message(
@@ -52,6 +56,7 @@ class TranscriptEntry:
             name=self.name,
             tool_call_id=self.tool_call_id,
             tool_calls=self.tool_calls,
+            images=self.images,
         )
 
     @classmethod
@@ -66,6 +71,7 @@ class TranscriptEntry:
             tool_call_id=message.tool_call_id,
             name=message.name,
             internal=internal,
+            images=tuple(replace(image, param=None) for image in message.images),
         )
 
 
@@ -181,6 +187,10 @@ class SessionStore(Protocol):
     A session stores a run's turn once: recording a turn whose ``run_id`` the session already
     holds changes nothing and returns the session as it is (so a write is safe to retry). A
     reset keeps that memory; a delete forgets it with the session.
+
+    Images are stored once by their SHA-256, however many entries and sessions hold them; an
+    image no session's transcript holds any more (the last one deleted, reset or truncated
+    past it) is removed in the same transaction.
     """
 
     async def get(self, key: str) -> Session | None: ...
@@ -198,7 +208,8 @@ class SessionStore(Protocol):
         ...
 
     async def delete(self, key: str) -> bool:
-        """Remove the session; ``False`` if there is none."""
+        """Remove the session, and the images no other session holds; ``False`` if there is
+        none."""
         ...
 
     async def save_response(

@@ -7,6 +7,11 @@ not a boolean); the few rules a schema cannot say are checked afterwards. Unknow
 are ignored, as OpenAI-compatible servers do, so stock clients that send extra options still work.
 ``to_messages`` and ``to_tool_specs`` give the request's messages and tools as the neutral values
 of :mod:`trio_gateway.messages`, which is what the runtime takes.
+
+Content parts: ``text``, and ``image_url`` in user messages (``{"url", "detail"}``; a ``data:``
+URL with base64 bytes or an ``https:`` URL, see :mod:`~trio_gateway.wire.images`).
+:func:`check_limits` counts the images against ``gateway.http.images`` before anything is
+decoded; :func:`to_messages` decodes and checks their bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .decoding import (
     lower_first,
     schema_violation,
 )
+from .images import ImageBudget, ImageLimits, read_image_url
 
 __all__ = [
     "AssistantMessage",
@@ -34,6 +40,7 @@ __all__ = [
     "DeveloperMessage",
     "FunctionCall",
     "FunctionDefinition",
+    "ImageUrl",
     "Message",
     "StreamOptions",
     "SystemMessage",
@@ -42,6 +49,7 @@ __all__ = [
     "ToolMessage",
     "UserMessage",
     "check_limits",
+    "image_parts",
     "message_text",
     "parse_chat_request",
     "to_messages",
@@ -49,11 +57,26 @@ __all__ = [
 ]
 
 
+class ImageUrl(msgspec.Struct, frozen=True):
+    """An ``image_url`` part's image: a ``data:`` or ``https:`` URL, and OpenAI's ``detail``."""
+
+    url: str
+    detail: str | None = None
+
+
 class ContentPart(msgspec.Struct, frozen=True):
-    """One element of an array ``content``. Only ``{"type": "text", "text": ...}`` is accepted."""
+    """One element of an array ``content``: ``{"type": "text", "text": ...}`` or, in a user
+    message, ``{"type": "image_url", "image_url": {"url": ..., "detail": ...}}``. (A bare
+    string ``image_url``, as some clients send, is read as its ``url``.)"""
 
     type: str
     text: str | None = None
+    image_url: ImageUrl | str | None = None
+
+    @property
+    def image(self) -> ImageUrl | None:
+        value = self.image_url
+        return ImageUrl(value) if isinstance(value, str) else value
 
 
 Content = str | list[ContentPart]
@@ -214,10 +237,13 @@ def _check_rules(request: ChatRequest) -> None:
         if isinstance(content, list):
             for part_index, part in enumerate(content):
                 param = f"messages[{index}].content[{part_index}]"
+                if part.type == "image_url":
+                    _check_image_part(message, part, param)
+                    continue
                 if part.type != "text":
                     raise InvalidRequestError(
                         f"Unsupported content part type {part.type!r} at '{param}.type': "
-                        "this gateway accepts only 'text' parts.",
+                        "this gateway accepts only 'text' and 'image_url' parts.",
                         param=f"{param}.type",
                         code="unsupported_value",
                     )
@@ -233,6 +259,20 @@ def _check_rules(request: ChatRequest) -> None:
             )
 
 
+def _check_image_part(message: Message, part: ContentPart, param: str) -> None:
+    if not isinstance(message, UserMessage):
+        raise InvalidRequestError(
+            f"Unsupported content part type 'image_url' at '{param}.type': images are accepted "
+            "in user messages only.",
+            param=f"{param}.type",
+            code="unsupported_value",
+        )
+    if part.image_url is None:
+        raise InvalidRequestError(
+            f"Missing required parameter: '{param}.image_url'.", param=f"{param}.image_url"
+        )
+
+
 def message_text(message: Message) -> str:
     """The message's text: a string content as is, text parts joined with newlines."""
     content = message.content
@@ -240,11 +280,33 @@ def message_text(message: Message) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "\n".join(part.text or "" for part in content)
+    return "\n".join(part.text or "" for part in content if part.type == "text")
 
 
-def check_limits(request: ChatRequest, *, max_messages: int, max_content_chars: int) -> None:
-    """Refuse a request with more messages, or more content, than the gateway accepts."""
+def image_parts(request: ChatRequest) -> list[tuple[str, ImageUrl]]:
+    """The request's ``image_url`` parts, with their paths, in order."""
+    found: list[tuple[str, ImageUrl]] = []
+    for index, message in enumerate(request.messages):
+        if isinstance(message, UserMessage) and isinstance(message.content, list):
+            for part_index, part in enumerate(message.content):
+                image = part.image if part.type == "image_url" else None
+                if image is not None:
+                    found.append((f"messages[{index}].content[{part_index}]", image))
+    return found
+
+
+def check_limits(
+    request: ChatRequest,
+    *,
+    max_messages: int,
+    max_content_chars: int,
+    images: ImageLimits | None = None,
+) -> None:
+    """Refuse a request with more messages, more content, or more or larger images than the
+    gateway accepts (``images``: the defaults of :class:`ImageLimits` when ``None``)."""
+    budget = ImageBudget(images or ImageLimits())
+    for param, image in image_parts(request):
+        budget.add(image.url, param=param)
     if len(request.messages) > max_messages:
         raise InvalidRequestError(
             f"Too many messages: {len(request.messages)} (at most {max_messages}; "
@@ -276,12 +338,27 @@ _EMPTY_SCHEMA: dict[str, object] = {"type": "object", "properties": {}}
 
 
 def to_messages(messages: list[Message]) -> tuple[neutral.Message, ...]:
-    """The request's messages as neutral :class:`~trio_gateway.messages.Message` values."""
-    return tuple([_to_message(message) for message in messages])
+    """The request's messages as neutral :class:`~trio_gateway.messages.Message` values, their
+    images decoded and checked (call :func:`check_limits` first: it bounds their sizes)."""
+    return tuple([_to_message(index, message) for index, message in enumerate(messages)])
 
 
-def _to_message(message: Message) -> neutral.Message:
+def _images(index: int, message: UserMessage) -> tuple[neutral.Image, ...]:
+    if not isinstance(message.content, list):
+        return ()
+    images = []
+    for part_index, part in enumerate(message.content):
+        image = part.image if part.type == "image_url" else None
+        if image is not None:
+            param = f"messages[{index}].content[{part_index}]"
+            images.append(read_image_url(image.url, image.detail, param=param))
+    return tuple(images)
+
+
+def _to_message(index: int, message: Message) -> neutral.Message:
     text = message_text(message)
+    if isinstance(message, UserMessage):
+        return neutral.Message("user", text, name=message.name, images=_images(index, message))
     if isinstance(message, ToolMessage):
         return neutral.Message("tool", text, tool_call_id=message.tool_call_id)
     if isinstance(message, AssistantMessage) and message.tool_calls:

@@ -11,7 +11,10 @@ The input items are decoded one by one (each kept as raw JSON by the first pass)
 inside an item names its index; the messages without a ``type`` (the easy form,
 ``{"role": "user", "content": "hi"}``) and the typed items are told apart by their ``type``.
 ``to_messages`` and ``to_tool_specs`` give the request as the neutral values of
-:mod:`trio_gateway.messages`, which is what the runtime takes. Sans-IO: msgspec only.
+:mod:`trio_gateway.messages`, which is what the runtime takes. A user message's ``input_image``
+parts (``image_url``: a ``data:`` or ``https:`` URL) are images, under the same limits and checks
+as chat completions' ``image_url`` parts (:mod:`~trio_gateway.wire.images`). Sans-IO: msgspec
+only.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .decoding import (
     lower_first,
     schema_violation,
 )
+from .images import ImageBudget, ImageLimits, read_image_url
 
 __all__ = [
     "FunctionCallItem",
@@ -59,11 +63,15 @@ MessageRole = Literal["user", "assistant", "system", "developer"]
 
 
 class ContentPart(msgspec.Struct, frozen=True):
-    """One part of a message's ``content`` array: ``input_text`` (any role) or ``output_text``
-    (an assistant message sent back as history). Other fields (``annotations``...) are ignored."""
+    """One part of a message's ``content`` array: ``input_text`` (any role), ``input_image`` (a
+    user message) or ``output_text`` (an assistant message sent back as history). Other fields
+    (``annotations``...) are ignored."""
 
     type: str
     text: str | None = None
+    image_url: str | None = None
+    detail: str | None = None
+    file_id: str | None = None
 
 
 class MessageItem(msgspec.Struct, frozen=True):
@@ -290,16 +298,30 @@ def _parse_item(index: int, raw: msgspec.Raw) -> InputItem:
     except DECODE_ERRORS as exc:
         raise _translate_decode_error(exc, bytes(raw), prefix=prefix) from exc
     if isinstance(item, MessageItem) and isinstance(item.content, list):
-        _check_parts(item.content, f"{prefix}.content", assistant=item.role == "assistant")
+        _check_parts(item.content, f"{prefix}.content", role=item.role)
     elif isinstance(item, FunctionCallOutputItem) and isinstance(item.output, list):
-        _check_parts(item.output, f"{prefix}.output", assistant=False)
+        _check_parts(item.output, f"{prefix}.output", role="tool")
     return item
 
 
-def _check_parts(parts: list[ContentPart], param: str, *, assistant: bool) -> None:
-    allowed = ("input_text", "output_text") if assistant else ("input_text",)
+_ALLOWED_PARTS: dict[str, tuple[str, ...]] = {
+    "assistant": ("input_text", "output_text"),
+    "user": ("input_text", "input_image"),
+}
+
+
+def _check_parts(parts: list[ContentPart], param: str, *, role: str) -> None:
+    allowed = _ALLOWED_PARTS.get(role, ("input_text",))
     for index, part in enumerate(parts):
         where = f"{param}[{index}]"
+        if part.type == "input_image" and part.type in allowed:
+            if part.image_url is None:
+                detail = " (file ids are not supported)" if part.file_id is not None else ""
+                raise InvalidRequestError(
+                    f"Missing required parameter: '{where}.image_url'{detail}.",
+                    param=f"{where}.image_url",
+                )
+            continue
         if part.type not in allowed:
             names = " and ".join(repr(name) for name in allowed)
             raise _unsupported(
@@ -394,12 +416,33 @@ def _translate_validation_error(violation: SchemaViolation, prefix: str) -> Inva
 def _text(content: str | list[ContentPart]) -> str:
     if isinstance(content, str):
         return content
-    return "\n".join(part.text or "" for part in content)
+    return "\n".join(part.text or "" for part in content if part.type != "input_image")
 
 
-def check_limits(request: ResponsesRequest, *, max_messages: int, max_content_chars: int) -> None:
-    """Refuse a request with more input items, or more content, than the gateway accepts (the
-    same limits as chat completions)."""
+def _image_parts(request: ResponsesRequest) -> list[tuple[str, ContentPart]]:
+    """The request's ``input_image`` parts with their paths, in order."""
+    found: list[tuple[str, ContentPart]] = []
+    for index, item in enumerate(request.input):
+        if isinstance(item, MessageItem) and isinstance(item.content, list):
+            for part_index, part in enumerate(item.content):
+                if part.type == "input_image" and part.image_url is not None:
+                    found.append((f"input[{index}].content[{part_index}]", part))
+    return found
+
+
+def check_limits(
+    request: ResponsesRequest,
+    *,
+    max_messages: int,
+    max_content_chars: int,
+    images: ImageLimits | None = None,
+) -> None:
+    """Refuse a request with more input items, more content, or more or larger images than the
+    gateway accepts (the same limits as chat completions)."""
+    budget = ImageBudget(images or ImageLimits())
+    for param, part in _image_parts(request):
+        assert part.image_url is not None
+        budget.add(part.image_url, param=param)
     items = len(request.input) + (request.instructions is not None)
     if items > max_messages:
         raise InvalidRequestError(
@@ -450,7 +493,14 @@ def to_messages(request: ResponsesRequest) -> tuple[neutral.Message, ...]:
         calls.clear()
         calls_owner = None
 
-    for item in request.input:
+    images: dict[int, list[neutral.Image]] = {}
+    for param, part in _image_parts(request):
+        assert part.image_url is not None
+        index = int(param[6 : param.index("]")])
+        images.setdefault(index, []).append(
+            read_image_url(part.image_url, part.detail, param=param)
+        )
+    for index, item in enumerate(request.input):
         if isinstance(item, FunctionCallItem):
             if not calls and messages and _is_plain_assistant(messages[-1]):
                 calls_owner = messages[-1]
@@ -458,7 +508,8 @@ def to_messages(request: ResponsesRequest) -> tuple[neutral.Message, ...]:
             continue
         flush()
         if isinstance(item, MessageItem):
-            messages.append(neutral.Message(item.role, _text(item.content)))
+            pictures = tuple(images.get(index, ()))
+            messages.append(neutral.Message(item.role, _text(item.content), images=pictures))
         elif isinstance(item, FunctionCallOutputItem):
             messages.append(neutral.Message("tool", _text(item.output), tool_call_id=item.call_id))
     flush()
@@ -491,6 +542,23 @@ def chat_tool_choice(request: ResponsesRequest) -> str | Mapping[str, object] | 
     return request.tool_choice
 
 
+def _listed_part(part: ContentPart) -> dict[str, object]:
+    """A content part as ``input_items`` lists it. An image given inline (a ``data:`` URL) is
+    listed without its bytes (``image_url`` null): they are not kept twice."""
+    if part.type == "input_image":
+        url = part.image_url
+        return {
+            "type": "input_image",
+            "image_url": None if url is None or url.startswith("data:") else url,
+            "file_id": part.file_id,
+            "detail": part.detail or "auto",
+        }
+    listed: dict[str, object] = {"type": part.type, "text": part.text or ""}
+    if part.type == "output_text":
+        listed["annotations"] = []
+    return listed
+
+
 def input_items(request: ResponsesRequest, stem: str) -> list[dict[str, object]]:
     """The request's input items as ``GET /v1/responses/{id}/input_items`` lists them (in
     order, each with an id made of the response's ``stem``; reasoning items are not kept)."""
@@ -504,11 +572,7 @@ def input_items(request: ResponsesRequest, stem: str) -> list[dict[str, object]]
                 if isinstance(item.content, str)
                 else item.content
             )
-            content: list[dict[str, object]] = [
-                {"type": part.type, "text": part.text or ""}
-                | ({"annotations": []} if part.type == "output_text" else {})
-                for part in parts
-            ]
+            content = [_listed_part(part) for part in parts]
             listed.append(
                 {
                     "id": f"msg_{stem}_in{index}",

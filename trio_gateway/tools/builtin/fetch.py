@@ -26,7 +26,7 @@ from ...errors import ToolError
 from ..base import Arguments, StructTool, ToolContext
 from .text import decode_text
 
-__all__ = ["HttpFetchArguments", "HttpFetchTool", "host_allowed"]
+__all__ = ["HttpFetchArguments", "HttpFetchTool", "host_allowed", "read_bounded"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _is_text(content_type: str) -> bool:
     return kind == "text" or any(marker in subtype for marker in _TEXT_SUBTYPES)
 
 
-async def _read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+async def read_bounded(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
     """At most ``limit`` bytes of the (decoded) body, and whether there was more."""
     body = bytearray()
     # aiter_bytes is an async generator: close it even when reading stops early.
@@ -138,7 +138,7 @@ async def _fetch(method: str, url: httpx.URL, config: HttpFetchToolConfig) -> st
             return head
         if not _is_text(content_type):
             return f"{head}\n\n[binary content not shown]"
-        body, truncated = await _read_bounded(response, config.max_bytes)
+        body, truncated = await read_bounded(response, config.max_bytes)
         text = decode_text(body, complete=not truncated, encoding=response.charset_encoding)
         if truncated:
             text += (
