@@ -46,6 +46,7 @@ from .http_client import (
 from .upstream_server import TAG_PREFIX
 
 __all__ = [
+    "RESPONSES_TOKEN_MARK",
     "TOKEN_MARK",
     "LoadClient",
     "LoadResult",
@@ -58,6 +59,8 @@ __all__ = [
 ]
 
 TOKEN_MARK = b"~"
+#: A token of a Responses stream: the event line of each text delta.
+RESPONSES_TOKEN_MARK = b"event: response.output_text.delta\n"
 _tags = itertools.count(1)
 
 
@@ -71,17 +74,33 @@ class Target:
     model: str
     path: str = "/v1/chat/completions"
     headers: dict[str, str] = field(default_factory=dict)
+    #: ``"chat"`` (chat completions) or ``"responses"`` (``POST /v1/responses``: ``input``
+    #: instead of ``messages``; a token is a ``response.output_text.delta`` event, the end is
+    #: ``response.completed``: the final events repeat the whole text).
+    api: str = "chat"
+    #: More fields of the request body (``{"store": False}``...).
+    extra_body: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def token_mark(self) -> bytes:
+        return RESPONSES_TOKEN_MARK if self.api == "responses" else TOKEN_MARK
+
+    @property
+    def done_mark(self) -> bytes:
+        return b"event: response.completed" if self.api == "responses" else b"[DONE]"
+
     #: Each request names a session of its own (``x-epiloop-session-key: <tag>``): a stateful
     #: run, whose turn the gateway stores.
     stateful: bool = False
 
     def request(self, tag: str, *, stream: bool) -> bytes:
+        conversation: dict[str, object] = (
+            {"input": tag}
+            if self.api == "responses"
+            else {"messages": [{"role": "user", "content": tag}]}
+        )
         body = msgspec.json.encode(
-            {
-                "model": self.model,
-                "messages": [{"role": "user", "content": tag}],
-                "stream": stream,
-            }
+            {"model": self.model, **conversation, "stream": stream, **self.extra_body}
         )
         headers = {"Content-Type": "application/json", **self.headers}
         if self.stateful:
@@ -198,6 +217,8 @@ class _Run:
         self.client = client
         self.target = client.target
         self.spec = spec
+        self._token_mark = client.target.token_mark
+        self._done_mark = client.target.done_mark
         self.epoll = select.epoll()
         self.slots: dict[int, _Slot] = {}
         self.results: list[RequestResult] = []
@@ -327,7 +348,10 @@ class _Run:
             result.head_seconds = now - result.started_at
             result.status = parser.status
         if payload:
-            count = payload.count(TOKEN_MARK)
+            # A mark split between two reads counts once: the part of it in the last read's
+            # tail (shorter than the mark, so never a whole one) is searched again.
+            mark = self._token_mark
+            count = (slot.tail[len(slot.tail) - len(mark) + 1 :] + payload).count(mark)
             if count:
                 if slot.tokens == 0:
                     result.ttft_seconds = now - result.started_at
@@ -346,11 +370,11 @@ class _Run:
                     return
             if self.spec.stream:
                 window = slot.tail + payload
-                if not slot.done_seen and b"[DONE]" in window:
+                if not slot.done_seen and self._done_mark in window:
                     slot.done_seen = True
                 if not slot.error_seen and b'{"error"' in window:
                     slot.error_seen = True
-                slot.tail = window[-16:]
+                slot.tail = window[-32:]
         if parser.complete or not data:
             self._complete(slot, now)
 

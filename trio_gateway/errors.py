@@ -18,7 +18,8 @@ this tree once, at the boundary where they are caught, with ``raise X(...) from 
     │   ├── HeadersTooLargeError      431  headers_too_large
     │   ├── NotFoundError             404  no such route
     │   │   ├── EndpointDisabledError 404  the endpoint is switched off in config
-    │   │   └── ModelNotFoundError    404  model_not_found: no such agent
+    │   │   ├── ModelNotFoundError    404  model_not_found: no such agent
+    │   │   └── ResponseNotFoundError 404  response_not_found: no such stored response
     │   ├── MethodNotAllowedError     405  carries the allowed methods
     │   ├── SessionBusyError          409  session_busy: the session's lane stayed busy
     │   ├── PayloadTooLargeError      413  the request body is over the limit
@@ -33,7 +34,9 @@ this tree once, at the boundary where they are caught, with ``raise X(...) from 
     │   ├── ProviderError             502 upstream_error: the model provider failed
     │   │   └── UpstreamError         502  the upstream answered with an error or broke off
     │   ├── RunTimeoutError           504 timeout: the run passed its deadline
-    │   └── RunAbortedError           409 run_aborted: agent.abort stopped the run
+    │   ├── RunAbortedError           409 run_aborted: agent.abort stopped the run
+    │   ├── EventLogFullError         500 event_log_full: the run's stored events hit their bound
+    │   └── RunLostError              500 run_lost: the instance running it went away
     ├── ToolError                     a tool failed; its message goes back to the model
     └── ControlPlaneError             502  client side: a control-plane call or connection failed
 
@@ -52,6 +55,7 @@ __all__ = [
     "ControlPlaneError",
     "DrainingError",
     "EndpointDisabledError",
+    "EventLogFullError",
     "ForbiddenOriginError",
     "GatewayError",
     "HeadersTooLargeError",
@@ -64,8 +68,10 @@ __all__ = [
     "PayloadTooLargeError",
     "ProviderError",
     "RequestError",
+    "ResponseNotFoundError",
     "RunAbortedError",
     "RunError",
+    "RunLostError",
     "RunTimeoutError",
     "ServiceUnavailableError",
     "SessionBusyError",
@@ -167,6 +173,13 @@ class ModelNotFoundError(NotFoundError):
     """The requested agent (the OpenAI ``model``) is not configured."""
 
     code = "model_not_found"
+
+
+class ResponseNotFoundError(NotFoundError):
+    """No stored response (or resumable stream) with this id for this agent: never stored,
+    deleted, past its retention, or another agent's."""
+
+    code = "response_not_found"
 
 
 class MethodNotAllowedError(RequestError):
@@ -312,6 +325,20 @@ class RunAbortedError(RunError):
     http_status = 409
     error_type = "invalid_request_error"
     code = "run_aborted"
+
+
+class EventLogFullError(RunError):
+    """A stored run produced more events than its log keeps
+    (``gateway.http.endpoints.responses.maxEventsPerRun`` / ``maxEventBytesPerRun``)."""
+
+    code = "event_log_full"
+
+
+class RunLostError(RunError):
+    """The gateway instance that ran a stored response stopped (a restart, a crash) before the
+    run ended."""
+
+    code = "run_lost"
 
 
 class ToolError(GatewayError):

@@ -35,6 +35,8 @@ __all__ = [
     "DISCONNECT_CANCELLED_RUNS",
     "HTTP_REQUESTS",
     "QUEUE_DEPTH",
+    "RESPONSE_LOG_EVENTS",
+    "RESPONSE_LOG_WRITES",
     "RUN_DURATION",
     "SESSION_RECORD_FAILURES",
     "TOKENS",
@@ -83,6 +85,14 @@ RUN_DURATION = Histogram(
     "Duration of agent runs, by agent and outcome.",
     ["agent", "status"],
     buckets=_DURATION_BUCKETS,
+)
+RESPONSE_LOG_WRITES = Counter(
+    "epiloop_response_log_writes",
+    "Writes of stored responses' event logs to the session store (one per batch).",
+)
+RESPONSE_LOG_EVENTS = Counter(
+    "epiloop_response_log_events",
+    "Events of stored responses written to the session store.",
 )
 TOKENS = Counter(
     "epiloop_tokens",

@@ -369,8 +369,7 @@ async def test_responses_needs_the_bearer_credential(nursery: trio.Nursery) -> N
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
         ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
         ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
-        ({"input": "hi", "background": True}, "background"),
-        ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"input": "hi", "background": True, "store": False}, "background"),
         ({"input": "hi", "temperature": "hot"}, "temperature"),
         (
             {"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]},

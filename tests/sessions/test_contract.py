@@ -23,9 +23,12 @@ from trio_gateway.messages import Image, ToolCall
 from trio_gateway.sessions import MemorySessionStore, SqliteSessionStore, open_session_store
 from trio_gateway.sessions.postgres import PostgresSessionStore
 from trio_gateway.sessions.store import (
+    LoggedEvent,
     RunStatus,
     SessionInfo,
     SessionStore,
+    StoredResponse,
+    StoredResponseStatus,
     TranscriptEntry,
     Turn,
 )
@@ -376,6 +379,100 @@ async def test_store_probe_reads_and_writes_and_leaves_nothing(store: SessionSto
     assert await store.list_sessions() == before
     await store.record_turn("j", turn(user("c"), at=0.5))
     assert [info.key for info in await store.list_sessions()] == ["k", "j"]
+
+
+# --- stored responses -------------------------------------------------------------------------
+
+
+def stored(
+    response_id: str = "resp_1",
+    *,
+    status: StoredResponseStatus = "in_progress",
+    body: bytes = b'{"status":"in_progress"}',
+    expires_at: float | None = None,
+    instance_id: str = "host-1",
+    session_position: int | None = None,
+    truncated: bool = False,
+) -> StoredResponse:
+    return StoredResponse(
+        id=response_id,
+        kind="response",
+        agent_id="main",
+        run_id="chatcmpl-1",
+        status=status,
+        instance_id=instance_id,
+        created_at=1000.5,
+        body=body,
+        input=b'[{"role":"user","content":"hi"}]',
+        session_key="agent:main:run:abc",
+        session_position=session_position,
+        ended_at=None if expires_at is None else expires_at - 600,
+        expires_at=expires_at,
+        event_count=3,
+        events_truncated=truncated,
+    )
+
+
+def events(*numbers: int) -> list[LoggedEvent]:
+    return [LoggedEvent(n, b'event: x\ndata: {"n":%d}\n\n' % n) for n in numbers]
+
+
+async def test_store_saves_and_gets_a_response(store: SessionStore) -> None:
+    assert await store.get_response("resp_1") is None
+    record = stored(session_position=4, truncated=True, expires_at=2000.25)
+    await store.save_response(record)
+    assert await store.get_response("resp_1") == record
+
+
+async def test_store_appends_response_events_in_batches_and_reads_after_n(
+    store: SessionStore,
+) -> None:
+    await store.save_response(stored(), events(0, 1, 2))
+    await store.save_response(stored(status="completed", body=b"{}"), events(3, 4))
+    assert await store.response_events("resp_1", after=-1, limit=100) == events(0, 1, 2, 3, 4)
+    assert await store.response_events("resp_1", after=1, limit=2) == events(2, 3)
+    assert await store.response_events("resp_1", after=4, limit=100) == []
+    assert await store.response_events("resp_other", after=-1, limit=100) == []
+    again = await store.get_response("resp_1")
+    assert again is not None
+    assert (again.status, again.body) == ("completed", b"{}")
+
+
+async def test_store_ignores_a_retried_batch_of_response_events(store: SessionStore) -> None:
+    await store.save_response(stored(), events(0, 1))
+    await store.save_response(stored(), [LoggedEvent(1, b"other"), *events(2)])
+    assert await store.response_events("resp_1", after=-1, limit=100) == events(0, 1, 2)
+
+
+async def test_store_deletes_a_response_with_its_events(store: SessionStore) -> None:
+    await store.save_response(stored(), events(0, 1))
+    await store.save_response(stored("resp_2"), events(0))
+    assert await store.delete_response("resp_1") is True
+    assert await store.delete_response("resp_1") is False
+    assert await store.get_response("resp_1") is None
+    assert await store.response_events("resp_1", after=-1, limit=100) == []
+    assert await store.response_events("resp_2", after=-1, limit=100) == events(0)
+
+
+async def test_store_sweeps_expired_responses_only(store: SessionStore) -> None:
+    await store.save_response(stored("resp_old", status="completed", expires_at=1500.0), events(0))
+    await store.save_response(stored("resp_new", status="completed", expires_at=2500.0))
+    await store.save_response(stored("resp_live"))
+    assert await store.sweep_responses(2000.0) == 1
+    assert await store.get_response("resp_old") is None
+    assert await store.response_events("resp_old", after=-1, limit=100) == []
+    assert await store.get_response("resp_new") is not None
+    assert await store.get_response("resp_live") is not None
+    assert await store.sweep_responses(2000.0) == 0
+
+
+async def test_store_lists_unfinished_responses(store: SessionStore) -> None:
+    await store.save_response(stored("resp_a", status="queued"))
+    await store.save_response(stored("resp_b"))
+    await store.save_response(stored("resp_c", status="completed", expires_at=9e9))
+    await store.save_response(stored("resp_d", status="cancelled", expires_at=9e9))
+    unfinished = await store.unfinished_responses()
+    assert sorted(response.id for response in unfinished) == ["resp_a", "resp_b"]
 
 
 # -- images --------------------------------------------------------------------------------

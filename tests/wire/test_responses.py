@@ -211,12 +211,8 @@ def test_parse_function_tools_and_tool_choice() -> None:
             "unsupported_value",
         ),
         ({"input": "hi", "tool_choice": {"type": "function"}}, "tool_choice.name", None),
-        ({"input": "hi", "background": True}, "background", "unsupported_value"),
-        (
-            {"input": "hi", "previous_response_id": "resp_1"},
-            "previous_response_id",
-            "unsupported_value",
-        ),
+        ({"input": "hi", "background": True, "store": False}, "background", None),
+        ({"input": "hi", "previous_response_id": ""}, "previous_response_id", None),
         ({"input": "hi", "conversation": "conv_1"}, "conversation", "unsupported_value"),
         ({"input": "hi", "prompt": {"id": "p"}}, "prompt", "unsupported_value"),
         (
@@ -246,6 +242,12 @@ def test_parse_refuses_with_the_path(body: dict[str, Any], param: str, code: str
     if code is not None:
         assert error.code == code
     assert error.http_status == 400
+
+
+def test_parse_accepts_background_and_previous_response_id() -> None:
+    request = parse({"input": "hi", "background": True, "previous_response_id": "resp_1"})
+    assert (request.background, request.store) == (True, True)
+    assert request.previous_response_id == "resp_1"
 
 
 def test_parse_accepts_background_false_and_ignores_unknown_fields() -> None:
@@ -411,3 +413,43 @@ def test_parse_fuzz_any_bytes_parse_or_are_a_400(data: bytes) -> None:
     result = outcome(data)
     if isinstance(result, InvalidRequestError):
         assert result.http_status == 400
+
+
+def test_input_items_list_messages_calls_and_images_without_inline_bytes() -> None:
+    from trio_gateway.wire.responses import input_items
+
+    request = parse(
+        {
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "look"},
+                        {"type": "input_image", "image_url": "https://example.com/a.png"},
+                        {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="},
+                    ],
+                },
+                {"role": "assistant", "content": "seen"},
+                {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+            ]
+        }
+    )
+    listed = input_items(request, "abc")
+    assert [item["id"] for item in listed] == [
+        "msg_abc_in0",
+        "msg_abc_in1",
+        "fc_abc_in2",
+        "fco_abc_in3",
+    ]
+    first = listed[0]["content"]
+    assert isinstance(first, list)
+    assert first[1] == {
+        "type": "input_image",
+        "image_url": "https://example.com/a.png",
+        "file_id": None,
+        "detail": "auto",
+    }
+    assert first[2]["image_url"] is None  # inline bytes are not kept twice
+    assert listed[1]["content"] == [{"type": "output_text", "text": "seen", "annotations": []}]
+    assert listed[3]["output"] == "ok"

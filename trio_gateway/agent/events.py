@@ -112,3 +112,6 @@ class RunResult:
     timings: RunTimings = RunTimings()
     #: The text (and tool calls) were dropped when the run's result was kept after it finished.
     text_dropped: bool = False
+    #: How many entries the session's transcript held once this run's turn was stored
+    #: (``None``: not stored).
+    session_position: int | None = None

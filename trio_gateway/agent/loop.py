@@ -107,6 +107,8 @@ class _RunState:
     new_entries: list[TranscriptEntry] = field(default_factory=list)
     produced: list[TranscriptEntry] = field(default_factory=list)
     keep: int | None = None
+    #: The transcript's length once the turn was stored (``None``: not stored).
+    position: int | None = None
     #: Agent tool calls whose results are not in ``produced`` yet.
     pending_calls: tuple[ToolCall, ...] = ()
     #: Characters of model output received so far in the run (see :class:`OutputLimits`).
@@ -221,6 +223,7 @@ class RunLoop:
                 tool_calls=client_calls,
                 reasoning="".join(state.reasoning),
                 timings=timings,
+                session_position=state.position,
             )
         # Only an abort gets here: the scope caught its own cancellation (the partial turn was
         # recorded as aborted on the way out).
@@ -228,7 +231,15 @@ class RunLoop:
         logger.info("run.aborted run_id=%s agent=%s", prepared.run_id, target.agent.id)
         await emit(RunFailed(error, state.usage))
         timings = state.timings(started)
-        return RunResult("aborted", state.text(), None, state.usage, error, timings=timings)
+        return RunResult(
+            "aborted",
+            state.text(),
+            None,
+            state.usage,
+            error,
+            timings=timings,
+            session_position=state.position,
+        )
 
     async def _failed(
         self,
@@ -249,7 +260,15 @@ class RunLoop:
         )
         await emit(RunFailed(error, state.usage))
         timings = state.timings(started)
-        return RunResult("failed", state.text(), None, state.usage, error, timings=timings)
+        return RunResult(
+            "failed",
+            state.text(),
+            None,
+            state.usage,
+            error,
+            timings=timings,
+            session_position=state.position,
+        )
 
     async def _loop(self, prepared: PreparedRun, emit: EmitEvent, state: _RunState) -> FinishReason:
         history, new = await self._conversation(prepared, state)
@@ -308,7 +327,7 @@ class RunLoop:
         session = None
         if state.lane is not None:
             session = state.lane.session  # read under the lane already
-        elif not prepared.target.stateless:
+        elif not prepared.target.stateless and not prepared.target.fresh:
             session = await self.sessions.get(prepared.target.session_key)
         if session is None:
             state.new_entries = [TranscriptEntry.of(m) for m in conversation]
@@ -318,6 +337,12 @@ class RunLoop:
             # another agent's run may have created the session in between.
             raise session_mismatch()
         check_session_images(session.transcript, conversation, self.config)
+        if prepared.continue_at is not None:
+            # Continuing a stored response: right after its turn, whatever came later.
+            at = prepared.continue_at
+            state.keep = at if at < len(session.transcript) else None
+            state.new_entries = [TranscriptEntry.of(m) for m in conversation]
+            return history_messages(session.transcript[:at]), conversation
         reconciled = reconcile(session.transcript, conversation)
         kept = (
             session.transcript if reconciled.keep is None else session.transcript[: reconciled.keep]
@@ -468,7 +493,8 @@ class RunLoop:
         reason = "timeout"
         with trio.move_on_after(RECORD_BOUND_SECONDS, shield=True):
             try:
-                await self.sessions.record_turn(prepared.target.session_key, turn)
+                info = await self.sessions.record_turn(prepared.target.session_key, turn)
+                state.position = info.message_count
             except LeaseLostError as exc:
                 # Fenced off: another run holds the session now. The client learns why.
                 logger.warning(

@@ -84,6 +84,9 @@ class PreparedRun:
     #: The run's use of the providers in ``chain``, released when the run (or its admission
     #: ticket) ends: a reload closes the providers it replaced only once every lease is gone.
     lease: ProviderLease | None = None
+    #: Continue the session after this many stored entries, appending the conversation as is
+    #: (see :attr:`~trio_gateway.agent.request.RunRequest.continue_at`).
+    continue_at: int | None = None
 
     @property
     def model_ref(self) -> str:

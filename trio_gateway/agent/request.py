@@ -33,8 +33,14 @@ class RunRequest:
     #: A caller's stable identity: without ``session_key`` it derives a session of its own.
     user: str | None = None
     #: Without ``session_key`` and ``user``: ``"stateless"`` runs in a fresh session of its own,
-    #: ``"main"`` continues the agent's main session (``agent:<id>:main``).
-    default_session: Literal["stateless", "main"] = "stateless"
+    #: ``"main"`` continues the agent's main session (``agent:<id>:main``), ``"own"`` runs in a
+    #: fresh session of its own that is recorded (a stored response, which a later request may
+    #: continue).
+    default_session: Literal["stateless", "main", "own"] = "stateless"
+    #: Continue the session right after its first ``continue_at`` transcript entries (what a
+    #: stored response's turn left), appending ``messages`` as they are (no reconciling):
+    #: ``previous_response_id``. ``None``: reconcile the messages with the stored transcript.
+    continue_at: int | None = None
     #: Tools the client runs itself: a call of one ends the run with ``tool_calls``.
     client_tools: Sequence[ToolSpec] = ()
     #: ``"auto"``, ``"none"``, ``"required"`` or a function object, for the first model call.

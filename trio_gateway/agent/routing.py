@@ -46,6 +46,9 @@ class RunTarget:
     session_key: str
     #: ``True`` when the session key was made up for this request alone.
     stateless: bool
+    #: ``True`` when the key was made up for this request and is recorded: nothing is stored
+    #: under it yet, so there is nothing to read.
+    fresh: bool = False
 
 
 def default_agent(config: Config) -> AgentConfig:
@@ -114,6 +117,9 @@ def resolve_target(config: Config, request: RunRequest) -> RunTarget:
         return RunTarget(agent, f"agent:{agent.id.lower()}:user:{digest}", stateless=False)
     if request.default_session == "main":
         return RunTarget(agent, f"agent:{agent.id.lower()}:main", stateless=False)
+    if request.default_session == "own":
+        key = f"agent:{agent.id.lower()}:run:{uuid.uuid4().hex}"
+        return RunTarget(agent, key, stateless=False, fresh=True)
     return RunTarget(agent, f"agent:{agent.id.lower()}:run:{uuid.uuid4().hex}", stateless=True)
 
 

@@ -338,7 +338,7 @@ class AgentRuntime:
         chain = check_image_input(request.messages, chains[agent.id], agent.id)
         messages = await fetch_remote_images(request.messages, config)
         instructions, conversation = split_messages(messages)
-        if not target.stateless and self.cluster is None:
+        if not target.stateless and not target.fresh and self.cluster is None:
             # (In PostgreSQL mode the session is read once, under its lane: see admit.)
             session = await self.sessions.get(target.session_key)
             if session is not None and session.agent_id.lower() != agent.id.lower():
@@ -385,6 +385,7 @@ class AgentRuntime:
             record=not target.stateless or config.session.persist_stateless,
             source=request.source,
             idempotency_key=request.idempotency_key,
+            continue_at=request.continue_at,
             limits=OutputLimits(
                 max_output_chars=defaults.max_output_chars,
                 max_calls_per_turn=config.tools.max_calls_per_turn,

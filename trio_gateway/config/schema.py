@@ -62,6 +62,18 @@ class ChatCompletionsEndpoint(_Section, frozen=True):
 
 class ResponsesEndpoint(_Section, frozen=True):
     enabled: bool = False
+    #: How long a stored response (and its events) is kept after its run ends.
+    retention_seconds: Annotated[float, msgspec.Meta(ge=1, le=7 * 86400)] = 600.0
+    #: At most this many events of one run are kept (a resume past them is refused).
+    max_events_per_run: Annotated[int, msgspec.Meta(ge=16, le=10_000_000)] = 100_000
+    #: At most this many bytes of events of one run are kept (likewise).
+    max_event_bytes_per_run: Annotated[int, msgspec.Meta(ge=65536, le=1 << 31)] = 16 * 1024 * 1024
+    #: The event log is written at most this often per run (a batch), or when it holds
+    #: ``flushEvents`` new events, and once at the end: never once per token.
+    flush_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    flush_events: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 512
+    #: How often a reader whose run is on another instance looks for new events.
+    poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.25
 
 
 class MetricsEndpoint(_Section, frozen=True):

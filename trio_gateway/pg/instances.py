@@ -29,6 +29,7 @@ __all__ = [
     "beat",
     "default_instance_id",
     "deregister",
+    "live_instance_ids",
     "register",
     "serve_heartbeat",
 ]
@@ -102,6 +103,14 @@ def beat(connection: psycopg.Connection, instance_id: str, lease_seconds: float)
         (lease_seconds, instance_id),
     )
     return cursor.rowcount == 1
+
+
+def live_instance_ids(connection: psycopg.Connection) -> frozenset[str]:
+    """The instances whose lease has not expired (by the database's clock)."""
+    rows = connection.execute(
+        "SELECT instance_id FROM epiloop_instances WHERE expires_at > now()"
+    ).fetchall()
+    return frozenset(str(row[0]) for row in rows)
 
 
 def deregister(connection: psycopg.Connection, instance_id: str) -> None:

@@ -40,12 +40,14 @@ from ..errors import (
     UnprotectedError,
 )
 from ..logs import accepted_request_id, bind_request_id
+from ..pg.instances import live_instance_ids
 from ..wire.error_body import encode_error
 from .app_state import CLEANUPS_KEY, on_loopback
 from .chat_routes import register_chat_routes
 from .control import register_control_plane
 from .control_ui import register_ui_routes
 from .ops import register_ops_routes
+from .response_log import ResponseLogs
 from .responses_routes import register_responses_routes
 from .streaming import KeepAliveClock
 from .wslimits import MESSAGE_LIMIT_KEY, install_message_limit
@@ -343,8 +345,34 @@ def create_app(runtime: AgentRuntime) -> GatewayApp:
     async def stop_keep_alive_clock() -> None:
         clock.stop()
 
-    register_chat_routes(app, runtime, clock)
-    register_responses_routes(app, runtime, clock)
+    # The stored responses' live logs, and their upkeep (retention, runs lost in a restart).
+    logs = ResponseLogs(
+        lambda: runtime.sessions, lambda: runtime.config, instance_id=runtime.instance_id
+    )
+    tidy_scope = trio.CancelScope()
+
+    async def live_instances() -> frozenset[str]:
+        cluster = runtime.cluster
+        assert cluster is not None
+        return await cluster.db.run(live_instance_ids)
+
+    async def serve_tidy(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with tidy_scope:
+            await logs.serve(
+                live_instances if runtime.cluster is not None else None, task_status=task_status
+            )
+
+    @app.before_serving
+    async def start_response_upkeep() -> None:
+        # At start: the responses of a run this instance lost in a restart are marked failed.
+        await app.nursery.start(serve_tidy)
+
+    @app.after_serving
+    async def stop_response_upkeep() -> None:
+        tidy_scope.cancel(reason="the app stopped serving")
+
+    register_chat_routes(app, runtime, clock, logs)
+    register_responses_routes(app, runtime, clock, logs)
     register_ops_routes(app, runtime)
     register_control_plane(app, runtime)
     register_ui_routes(app, runtime)

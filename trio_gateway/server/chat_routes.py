@@ -5,19 +5,42 @@ agent runtime, encode.
 ``gateway.http.endpoints.chatCompletions.enabled`` is true; both need the bearer credential.
 Everything that can fail is checked before the first byte of the answer, so those failures are
 real HTTP errors; what fails later is reported inside the stream.
+
+A streamed chat completion started with ``x-epiloop-resumable: true`` is a stored run: its
+chunks are numbered (SSE ``id:`` lines) into an event log
+(:mod:`~trio_gateway.server.response_log`), the run lives in the runtime's background nursery
+and goes on when its client goes, and ``GET /v1/chat/completions/{id}/stream`` with
+``Last-Event-ID`` continues it. Without that header a client that goes away cancels the run at
+once, as always.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import msgspec
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from ..agent import AgentRuntime, RunEvent, RunRequest
+from ..agent import (
+    AdmittedRun,
+    AgentRuntime,
+    RunEvent,
+    RunFailed,
+    RunFinished,
+    RunRequest,
+)
 from ..agent.routing import agent_id_from_model, named_agent, select_agent
-from ..errors import EndpointDisabledError, ModelNotFoundError
+from ..errors import (
+    EndpointDisabledError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    RunAbortedError,
+    RunLostError,
+)
+from ..providers.base import ReasoningDelta, TextDelta, ToolCallDelta
+from ..sessions.store import StoredResponse, StoredResponseStatus
 from ..wire.chat import (
     ChatRequest,
     check_limits,
@@ -26,6 +49,7 @@ from ..wire.chat import (
     to_tool_specs,
 )
 from ..wire.chunks import (
+    ChunkEncoder,
     FunctionCallOut,
     ToolCallOut,
     Usage,
@@ -34,9 +58,15 @@ from ..wire.chunks import (
 )
 from ..wire.images import image_limits
 from .app_state import authorize, request_cleanups
-from .streaming import ChatStreamBody, KeepAliveClock
+from .response_log import LiveLog, ResponseLogs
+from .resumable import find_stored, reader_body, sse_response
+from .streaming import ChatRenderer, ChatStreamBody, KeepAliveClock
 
 __all__ = ["register_chat_routes"]
+
+logger = logging.getLogger(__name__)
+
+_RESUMABLE_HEADER = "x-epiloop-resumable"
 
 _ENABLE_KEY = "gateway.http.endpoints.chatCompletions.enabled"
 _SSE_HEADERS = {
@@ -93,8 +123,86 @@ def run_request(
     )
 
 
-def register_chat_routes(app: QuartTrio, runtime: AgentRuntime, clock: KeepAliveClock) -> None:
-    """The chat routes; ``clock`` sends the keep-alives of their streams (the app runs it)."""
+class _LoggedChat:
+    """A resumable chat stream's chunks, each its own numbered SSE event in ``log``."""
+
+    def __init__(self, log: LiveLog, renderer: ChatRenderer) -> None:
+        self.log = log
+        self.renderer = renderer
+        self.sequence = 0
+        #: The run's end was logged (a ``[DONE]`` or an error event).
+        self.ended: StoredResponseStatus | None = None
+
+    def add(self, out: bytes) -> None:
+        log = self.log
+        for block in out.split(b"\n\n")[:-1]:
+            number = self.sequence
+            self.sequence = number + 1
+            log.add(number, b"id: %d\n%s\n\n" % (number, block))
+
+    async def emit(self, event: RunEvent) -> None:
+        kind = type(event)
+        renderer = self.renderer
+        if kind is TextDelta:
+            assert isinstance(event, TextDelta)
+            self.log.check_room()
+            self.add(renderer.text(event.text))
+        elif kind is ReasoningDelta:
+            assert isinstance(event, ReasoningDelta)
+            self.log.check_room()
+            self.add(renderer.reasoning(event.text))
+        elif isinstance(event, ToolCallDelta):
+            self.log.check_room()
+            self.add(renderer.tool_call(event.index, event.id, event.name, event.arguments))
+        elif isinstance(event, RunFinished):
+            self.add(renderer.finished(event))
+            self.ended = "completed"
+        elif isinstance(event, RunFailed):
+            self.add(renderer.failed(event))
+            aborted = isinstance(event.error, RunAbortedError)
+            self.ended = "cancelled" if aborted else "failed"
+
+    async def run(self, logs: ResponseLogs, admitted: AdmittedRun) -> None:
+        """The run, in the runtime's background nursery (it outlives the request)."""
+        try:
+            async with logs.running(self.log):
+                try:
+                    with admitted:
+                        await admitted.run(self.emit)
+                finally:
+                    if self.ended is None:  # cancelled from outside: the gateway is closing
+                        self.add(
+                            self.renderer.failed(
+                                RunFailed(RunLostError("The gateway stopped before the run ended."))
+                            )
+                        )
+                        self.ended = "failed"
+                    self.log.end(status=self.ended)
+        except Exception:
+            logger.exception("chat.resumable_run.crashed id=%s", self.log.id)
+
+
+def _last_event_id() -> int:
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None or not raw.strip():
+        return -1
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise InvalidRequestError(
+            "Invalid 'Last-Event-ID': expected the number of the last event received.",
+            param="Last-Event-ID",
+        )
+    return value
+
+
+def register_chat_routes(
+    app: QuartTrio, runtime: AgentRuntime, clock: KeepAliveClock, logs: ResponseLogs
+) -> None:
+    """The chat routes; ``clock`` sends the keep-alives of their streams (the app runs it);
+    ``logs`` keeps the resumable ones."""
     started = int(time.time())
 
     # The config is read per request: a reload applies to the next one.
@@ -128,6 +236,43 @@ def register_chat_routes(app: QuartTrio, runtime: AgentRuntime, clock: KeepAlive
         admitted = await runtime.admit(prepared)  # a 409 or 429 comes before the first byte
         queue_seconds = time.monotonic() - queue_started
         http = runtime.config.gateway.http
+        resumable = request.headers.get(_RESUMABLE_HEADER, "").strip().lower() == "true"
+        if chat.stream and resumable:
+            log = logs.create(
+                StoredResponse(
+                    id=prepared.run_id,
+                    kind="chat",
+                    agent_id=prepared.target.agent.id,
+                    run_id=prepared.run_id,
+                    status="in_progress",
+                    instance_id=logs.instance_id,
+                    created_at=time.time(),
+                    body=b"{}",
+                    session_key=prepared.target.session_key,
+                )
+            )
+            encoder = ChunkEncoder(
+                completion_id=prepared.run_id, created=prepared.created, model=chat.model
+            )
+            logged = _LoggedChat(
+                log,
+                ChatRenderer(
+                    encoder, include_usage=chat.include_usage, queue_seconds=queue_seconds
+                ),
+            )
+            logged.add(logged.renderer.opening())
+            try:
+                await log.write()  # stored before the first byte: any instance can find it
+            except BaseException:
+                logs.discard(log)
+                admitted.release()
+                raise
+
+            async def run() -> None:
+                await logged.run(logs, admitted)
+
+            runtime.start_background(run)
+            return sse_response(reader_body(runtime, logs, log.record, -1))
         if chat.stream:
             # The body releases the admission when its run ends; the app releases it after the
             # response in any case (a client gone before the body started, say).
@@ -175,6 +320,24 @@ def register_chat_routes(app: QuartTrio, runtime: AgentRuntime, clock: KeepAlive
             gateway=timings.gateway,
         )
         return response
+
+    @app.route(
+        "/v1/chat/completions/<completion_id>/stream",
+        methods=["GET"],
+        provide_automatic_options=False,
+    )
+    async def resume_chat_stream(completion_id: str) -> Response:
+        check_enabled_and_authorized(_CHAT_DISABLED)
+        after = _last_event_id()
+        record = await find_stored(
+            runtime,
+            logs,
+            completion_id,
+            kind="chat",
+            header_agent_id=request.headers.get("x-epiloop-agent-id"),
+            what="resumable chat completion stream",
+        )
+        return sse_response(reader_body(runtime, logs, record, after))
 
     @app.route("/v1/models", methods=["GET"], provide_automatic_options=False)
     async def list_models() -> Response:

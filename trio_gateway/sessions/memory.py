@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import trio
 
 from ..messages import Image
-from .store import Session, SessionInfo, TranscriptEntry, Turn
+from .store import (
+    UNFINISHED,
+    LoggedEvent,
+    Session,
+    SessionInfo,
+    StoredResponse,
+    TranscriptEntry,
+    Turn,
+)
 
 __all__ = ["MemorySessionStore"]
 
@@ -24,6 +32,9 @@ class MemorySessionStore:
         self._sessions: dict[str, Session] = {}
         #: The runs whose turns each session holds (a turn is stored once).
         self._runs: dict[str, set[str]] = {}
+        #: Stored responses and their event logs (by sequence number), by response id.
+        self._responses: dict[str, StoredResponse] = {}
+        self._events: dict[str, dict[int, LoggedEvent]] = {}
         #: Every image some session holds, by SHA-256, with its bytes (stored once).
         self.images: dict[str, Image] = {}
         #: The SHA-256 of the images each session's transcript holds.
@@ -125,6 +136,47 @@ class MemorySessionStore:
         self._runs.pop(key, None)
         self._release_images(key, ())
         return self._sessions.pop(key, None) is not None
+
+    async def save_response(
+        self, response: StoredResponse, events: Sequence[LoggedEvent] = ()
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        self._responses[response.id] = response
+        log = self._events.setdefault(response.id, {})
+        for event in events:
+            log.setdefault(event.sequence, event)
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        await trio.lowlevel.checkpoint()
+        return self._responses.get(response_id)
+
+    async def response_events(
+        self, response_id: str, *, after: int, limit: int
+    ) -> list[LoggedEvent]:
+        await trio.lowlevel.checkpoint()
+        log = self._events.get(response_id, {})
+        return [log[number] for number in sorted(log) if number > after][:limit]
+
+    async def delete_response(self, response_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        self._events.pop(response_id, None)
+        return self._responses.pop(response_id, None) is not None
+
+    async def sweep_responses(self, now: float) -> int:
+        await trio.lowlevel.checkpoint()
+        expired = [
+            response.id
+            for response in self._responses.values()
+            if response.expires_at is not None and response.expires_at <= now
+        ]
+        for response_id in expired:
+            del self._responses[response_id]
+            self._events.pop(response_id, None)
+        return len(expired)
+
+    async def unfinished_responses(self) -> list[StoredResponse]:
+        await trio.lowlevel.checkpoint()
+        return [r for r in self._responses.values() if r.status in UNFINISHED]
 
     async def probe(self) -> None:
         """Memory always answers."""

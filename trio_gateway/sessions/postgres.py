@@ -3,6 +3,8 @@
 Owns the statements of each store operation over the ``epiloop_sessions``,
 ``epiloop_messages`` and ``epiloop_session_turns`` tables (migration ``0004_sessions``) and the
 images tables ``epiloop_images`` and ``epiloop_session_images`` (migration ``0006_images``), the
+stored responses' ``epiloop_responses`` and ``epiloop_response_events`` (``0007_responses``:
+a response and a batch of its events are one statement), the
 store's health, and opening the store from ``session.postgres`` (:func:`open_postgres_store`:
 the pool, the migrations, the start-up probe). It keeps exactly the semantics of
 :class:`~trio_gateway.sessions.memory.MemorySessionStore`; one contract test suite runs against
@@ -62,7 +64,7 @@ turn, not a lost lease); the next success clears it. There is no size limit of o
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TypeVar
@@ -72,6 +74,7 @@ import psycopg
 from ..config.schema import PostgresConfig
 from ..errors import LeaseLostError, SessionStoreError, SessionStoreUnavailableError
 from ..pg import Database, migrate, open_database
+from .response_rows import RESPONSE_COLUMNS, response_from_row, response_values
 from .rows import (
     ENTRY_FIELDS,
     SESSION_FIELDS,
@@ -85,7 +88,7 @@ from .rows import (
     turn_images,
     with_image_bytes,
 )
-from .store import Session, SessionInfo, Turn
+from .store import UNFINISHED, LoggedEvent, Session, SessionInfo, StoredResponse, Turn
 
 __all__ = ["LANE_CHANNEL", "PostgresSessionStore", "open_postgres_store"]
 
@@ -177,6 +180,47 @@ class PostgresSessionStore:
         if not _storable(key):
             return False
         return await self._write("delete", partial(_delete, key=key), idempotent=False)
+
+    async def save_response(
+        self, response: StoredResponse, events: Sequence[LoggedEvent] = ()
+    ) -> None:
+        """Store ``response`` and append ``events``: one statement (idempotent, so retried
+        once when its connection was lost)."""
+        await self._write(
+            "save_response",
+            partial(_save_response, response=response, events=tuple(events)),
+            idempotent=True,
+        )
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        if not _storable(response_id):
+            return None
+        return await self._read("get_response", partial(_get_response, response_id=response_id))
+
+    async def response_events(
+        self, response_id: str, *, after: int, limit: int
+    ) -> list[LoggedEvent]:
+        if not _storable(response_id):
+            return []
+        return await self._read(
+            "response_events",
+            partial(_response_events, response_id=response_id, after=after, limit=limit),
+        )
+
+    async def delete_response(self, response_id: str) -> bool:
+        if not _storable(response_id):
+            return False
+        return await self._write(
+            "delete_response", partial(_delete_response, response_id=response_id), idempotent=False
+        )
+
+    async def sweep_responses(self, now: float) -> int:
+        return await self._write(
+            "sweep_responses", partial(_sweep_responses, now=now), idempotent=True
+        )
+
+    async def unfinished_responses(self) -> list[StoredResponse]:
+        return await self._read("unfinished_responses", _unfinished_responses)
 
     async def probe(self) -> None:
         """A real read and a real write (a row inserted and deleted again in one committed
@@ -419,6 +463,73 @@ def _delete(connection: psycopg.Connection, *, key: str) -> bool:
         # the images no other session holds too, in the same transaction.
         row = connection.execute("SELECT epiloop_delete_session(%s)", (key,)).fetchone()
     return bool(row is not None and row[0])
+
+
+_RESPONSE_SELECT = f"SELECT {', '.join(RESPONSE_COLUMNS)} FROM epiloop_responses"
+
+# The response upserted and its events appended in one statement (one transaction): the
+# events' foreign key sees the row the CTE wrote.
+_SAVE_RESPONSE = f"""
+    WITH saved AS (
+        INSERT INTO epiloop_responses ({", ".join(RESPONSE_COLUMNS)})
+        VALUES ({", ".join(["%s"] * len(RESPONSE_COLUMNS))})
+        ON CONFLICT (id) DO UPDATE SET
+            {", ".join(f"{name} = excluded.{name}" for name in RESPONSE_COLUMNS[1:])}
+        RETURNING id
+    )
+    INSERT INTO epiloop_response_events (response_id, sequence, data)
+    SELECT saved.id, e.sequence, e.data
+      FROM saved, unnest(%s::integer[], %s::bytea[]) AS e(sequence, data)
+    ON CONFLICT (response_id, sequence) DO NOTHING
+"""
+
+
+def _save_response(
+    connection: psycopg.Connection, *, response: StoredResponse, events: tuple[LoggedEvent, ...]
+) -> None:
+    connection.execute(
+        _SAVE_RESPONSE,
+        (
+            *response_values(response),
+            [event.sequence for event in events],
+            [event.data for event in events],
+        ),
+    )
+
+
+def _get_response(connection: psycopg.Connection, *, response_id: str) -> StoredResponse | None:
+    row = connection.execute(f"{_RESPONSE_SELECT} WHERE id = %s", (response_id,)).fetchone()
+    return None if row is None else response_from_row(row)
+
+
+def _response_events(
+    connection: psycopg.Connection, *, response_id: str, after: int, limit: int
+) -> list[LoggedEvent]:
+    rows = connection.execute(
+        "SELECT sequence, data FROM epiloop_response_events WHERE response_id = %s "
+        "AND sequence > %s ORDER BY sequence LIMIT %s",
+        (response_id, after, limit),
+    ).fetchall()
+    return [LoggedEvent(sequence, bytes(data)) for sequence, data in rows]
+
+
+def _delete_response(connection: psycopg.Connection, *, response_id: str) -> bool:
+    cursor = connection.execute("DELETE FROM epiloop_responses WHERE id = %s", (response_id,))
+    return cursor.rowcount > 0
+
+
+def _sweep_responses(connection: psycopg.Connection, *, now: float) -> int:
+    cursor = connection.execute(
+        "DELETE FROM epiloop_responses WHERE expires_at IS NOT NULL AND expires_at <= %s", (now,)
+    )
+    return cursor.rowcount
+
+
+def _unfinished_responses(connection: psycopg.Connection) -> list[StoredResponse]:
+    rows = connection.execute(
+        f"{_RESPONSE_SELECT} WHERE status = ANY(%s) ORDER BY created_at", (sorted(UNFINISHED),)
+    ).fetchall()
+    return [response_from_row(row) for row in rows]
 
 
 def _probe_read(connection: psycopg.Connection) -> None:

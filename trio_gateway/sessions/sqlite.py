@@ -70,7 +70,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -79,6 +79,7 @@ from typing import TypeVar
 import trio
 
 from ..errors import SessionStoreError
+from .response_rows import RESPONSE_COLUMNS, response_from_row, response_values
 from .rows import (
     ENTRY_FIELDS,
     DamagedRowError,
@@ -103,7 +104,7 @@ from .sqlite_file import (
     in_write_transaction,
     integrity_problems,
 )
-from .store import Session, SessionInfo, Turn
+from .store import UNFINISHED, LoggedEvent, Session, SessionInfo, StoredResponse, Turn
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -209,6 +210,39 @@ class SqliteSessionStore:
     async def delete(self, key: str) -> bool:
         """Remove the session; ``False`` if there is none."""
         return await self._write("delete", partial(_delete, key=key))
+
+    async def save_response(
+        self, response: StoredResponse, events: Sequence[LoggedEvent] = ()
+    ) -> None:
+        """Store ``response`` and append ``events``: one transaction."""
+        size = len(response.body) + sum(len(event.data) for event in events)
+        await self._write(
+            "save_response",
+            partial(_save_response, response=response, events=tuple(events)),
+            size=size,
+        )
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        return await self._read("get_response", partial(_get_response, response_id=response_id))
+
+    async def response_events(
+        self, response_id: str, *, after: int, limit: int
+    ) -> list[LoggedEvent]:
+        return await self._read(
+            "response_events",
+            partial(_response_events, response_id=response_id, after=after, limit=limit),
+        )
+
+    async def delete_response(self, response_id: str) -> bool:
+        return await self._write(
+            "delete_response", partial(_delete_response, response_id=response_id)
+        )
+
+    async def sweep_responses(self, now: float) -> int:
+        return await self._write("sweep_responses", partial(_sweep_responses, now=now))
+
+    async def unfinished_responses(self) -> list[StoredResponse]:
+        return await self._read("unfinished_responses", _unfinished_responses)
 
     def health(self) -> str | None:
         """``None`` while the last read and the last write succeeded; else what failed."""
@@ -574,6 +608,67 @@ def _delete(connection: sqlite3.Connection, *, key: str) -> bool:
     deleted = connection.execute("DELETE FROM sessions WHERE key = ?", (bound_key,)).rowcount > 0
     _collect_images(connection, held)
     return deleted
+
+
+_RESPONSE_SELECT = f"SELECT {', '.join(RESPONSE_COLUMNS)} FROM responses"
+_UPSERT_RESPONSE = (
+    f"INSERT OR REPLACE INTO responses ({', '.join(RESPONSE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(RESPONSE_COLUMNS))})"
+)
+
+
+def _save_response(
+    connection: sqlite3.Connection, *, response: StoredResponse, events: tuple[LoggedEvent, ...]
+) -> None:
+    # INSERT OR REPLACE would delete the row first (and its events with it, by the cascade):
+    # update in place when it exists.
+    values = response_values(response)
+    updated = connection.execute(
+        f"UPDATE responses SET ({', '.join(RESPONSE_COLUMNS[1:])}) = "
+        f"({', '.join('?' * (len(RESPONSE_COLUMNS) - 1))}) WHERE id = ?",
+        (*values[1:], response.id),
+    ).rowcount
+    if not updated:
+        connection.execute(_UPSERT_RESPONSE, values)
+    connection.executemany(
+        "INSERT OR IGNORE INTO response_events (response_id, sequence, data) VALUES (?, ?, ?)",
+        [(response.id, event.sequence, event.data) for event in events],
+    )
+
+
+def _get_response(connection: sqlite3.Connection, *, response_id: str) -> StoredResponse | None:
+    row = connection.execute(f"{_RESPONSE_SELECT} WHERE id = ?", (response_id,)).fetchone()
+    return None if row is None else response_from_row(row)
+
+
+def _response_events(
+    connection: sqlite3.Connection, *, response_id: str, after: int, limit: int
+) -> list[LoggedEvent]:
+    rows = connection.execute(
+        "SELECT sequence, data FROM response_events WHERE response_id = ? AND sequence > ? "
+        "ORDER BY sequence LIMIT ?",
+        (response_id, after, limit),
+    ).fetchall()
+    return [LoggedEvent(sequence, bytes(data)) for sequence, data in rows]
+
+
+def _delete_response(connection: sqlite3.Connection, *, response_id: str) -> bool:
+    # Its events go with it (ON DELETE CASCADE).
+    return connection.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+
+
+def _sweep_responses(connection: sqlite3.Connection, *, now: float) -> int:
+    return connection.execute(
+        "DELETE FROM responses WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+    ).rowcount
+
+
+def _unfinished_responses(connection: sqlite3.Connection) -> list[StoredResponse]:
+    marks = ", ".join("?" * len(UNFINISHED))
+    rows = connection.execute(
+        f"{_RESPONSE_SELECT} WHERE status IN ({marks}) ORDER BY created_at", tuple(UNFINISHED)
+    ).fetchall()
+    return [response_from_row(row) for row in rows]
 
 
 def _bind_optional(text: str | None) -> str | bytes | None:

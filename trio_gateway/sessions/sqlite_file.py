@@ -118,6 +118,41 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX session_images_by_image ON session_images (sha256)",
     ),
+    (
+        # Stored responses (the Responses API, resumable chat completion streams) and their
+        # event logs, kept for a while after their runs end (expires_at).
+        """
+        CREATE TABLE responses (
+            id TEXT NOT NULL PRIMARY KEY,
+            kind TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN
+                ('queued', 'in_progress', 'completed', 'incomplete', 'failed', 'cancelled')),
+            instance_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            body BLOB NOT NULL,
+            input BLOB NOT NULL,
+            session_key TEXT,
+            session_position INTEGER,
+            ended_at REAL,
+            expires_at REAL,
+            event_count INTEGER NOT NULL DEFAULT 0,
+            events_truncated INTEGER NOT NULL DEFAULT 0 CHECK (events_truncated IN (0, 1))
+        )
+        """,
+        "CREATE INDEX responses_by_expiry ON responses (expires_at) WHERE expires_at IS NOT NULL",
+        "CREATE INDEX responses_unfinished ON responses (status) "
+        "WHERE status IN ('queued', 'in_progress')",
+        """
+        CREATE TABLE response_events (
+            response_id TEXT NOT NULL REFERENCES responses (id) ON DELETE CASCADE,
+            sequence INTEGER NOT NULL CHECK (sequence >= 0),
+            data BLOB NOT NULL,
+            PRIMARY KEY (response_id, sequence)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 
 #: The schema version this code reads and writes.

@@ -1,4 +1,7 @@
-"""The session store protocol and the records it keeps."""
+"""The session store protocol and the records it keeps: sessions (transcripts and totals) and
+stored responses (a Responses API response or a resumable chat completion stream, with its
+numbered event log, kept for a while after its run ends so that a client can poll it or resume
+its stream on any instance that shares the store)."""
 
 from __future__ import annotations
 
@@ -9,11 +12,15 @@ from typing import Literal, Protocol
 from ..messages import Image, Message, Role, ToolCall
 
 __all__ = [
+    "UNFINISHED",
     "Fence",
+    "LoggedEvent",
     "RunStatus",
     "Session",
     "SessionInfo",
     "SessionStore",
+    "StoredResponse",
+    "StoredResponseStatus",
     "TranscriptEntry",
     "Turn",
 ]
@@ -124,6 +131,56 @@ class Session(SessionInfo):
     transcript: list[TranscriptEntry] = field(default_factory=list)
 
 
+StoredResponseStatus = Literal[
+    "queued", "in_progress", "completed", "incomplete", "failed", "cancelled"
+]
+
+#: The statuses of a stored response whose run has not ended (yet, or ever: see ``orphans``).
+UNFINISHED: frozenset[str] = frozenset({"queued", "in_progress"})
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A stored response: what ``GET /v1/responses/{id}`` answers and what resuming its stream
+    needs. Its events are kept apart (:class:`LoggedEvent`), appended in batches.
+
+    ``body`` is the response object (JSON) as it stood at the last write; ``input`` the
+    request's input items (JSON array). ``session_key`` and ``session_position`` (the number of
+    transcript entries once the run's turn was stored) let ``previous_response_id`` continue
+    the conversation right after this response. ``expires_at`` is set when the run ends (its
+    end plus the retention); a sweep then deletes it.
+    """
+
+    id: str
+    #: ``"response"`` (the Responses API) or ``"chat"`` (a resumable chat completion stream).
+    kind: str
+    agent_id: str
+    run_id: str
+    status: StoredResponseStatus
+    #: The gateway instance that runs it (``gateway.instanceId``).
+    instance_id: str
+    created_at: float
+    body: bytes
+    input: bytes = b"[]"
+    session_key: str | None = None
+    session_position: int | None = None
+    ended_at: float | None = None
+    expires_at: float | None = None
+    #: How many events the log holds with this record (their numbers are 0 to n - 1).
+    event_count: int = 0
+    #: The run was stopped because it produced more events than its log keeps.
+    events_truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """One event of a stored response: its sequence number (0, 1, 2... with no gap) and its
+    bytes as sent on the wire (a framed SSE event)."""
+
+    sequence: int
+    data: bytes
+
+
 class SessionStore(Protocol):
     """Where sessions live. ``record_turn`` is atomic: a turn is stored whole or not at all.
 
@@ -153,6 +210,36 @@ class SessionStore(Protocol):
     async def delete(self, key: str) -> bool:
         """Remove the session, and the images no other session holds; ``False`` if there is
         none."""
+        ...
+
+    async def save_response(
+        self, response: StoredResponse, events: Sequence[LoggedEvent] = ()
+    ) -> None:
+        """Store (or replace) ``response`` and append ``events`` to its log, in one write. An
+        event whose sequence number the log already holds is ignored (a retried batch)."""
+        ...
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        """The stored response ``response_id`` (expired or not: the caller checks)."""
+        ...
+
+    async def response_events(
+        self, response_id: str, *, after: int, limit: int
+    ) -> list[LoggedEvent]:
+        """At most ``limit`` events of the response's log with a sequence number above
+        ``after`` (``-1``: from the start), in order."""
+        ...
+
+    async def delete_response(self, response_id: str) -> bool:
+        """Remove a stored response and its events; ``False`` if there is none."""
+        ...
+
+    async def sweep_responses(self, now: float) -> int:
+        """Delete the responses whose ``expires_at`` is past ``now``; return how many."""
+        ...
+
+    async def unfinished_responses(self) -> list[StoredResponse]:
+        """The stored responses whose status is ``queued`` or ``in_progress``."""
         ...
 
     async def probe(self) -> None:

@@ -19,14 +19,16 @@ each with its ``sequence_number``, strictly increasing from 0:
   a cancelled run ends with ``response.failed`` whose response has the status ``cancelled``
   (the API has no event of its own for it). Every ending carries the usage so far.
 
-Without streaming the same calls only collect, and :meth:`ResponseEvents.response` renders the
-final object. A text delta is rendered between two byte strings built when its message began,
-with only the delta text and the sequence number encoded per token (as the chat chunk encoder
-does). Sans-IO: imports msgspec and ``errors`` only.
+With ``on_event`` each event is also handed over one by one, with its sequence number, as it is
+made (a stored response's event log). Without streaming the same calls only collect, and
+:meth:`ResponseEvents.response` renders the final object. A text delta is rendered between two
+byte strings built when its message began, with only the delta text and the sequence number
+encoded per token (as the chat chunk encoder does). Sans-IO: imports msgspec and ``errors`` only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
@@ -41,12 +43,13 @@ __all__ = [
     "ResponseMeta",
     "ResponseStatus",
     "Usage",
+    "lost_response",
     "response_id",
 ]
 
 _encode = msgspec.json.encode
 
-ResponseStatus = Literal["completed", "incomplete", "failed", "cancelled", "in_progress"]
+ResponseStatus = Literal["completed", "incomplete", "failed", "cancelled", "in_progress", "queued"]
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
@@ -84,6 +87,8 @@ class ResponseMeta(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     user: str | None = None
     store: bool = True
+    background: bool = False
+    previous_response_id: str | None = None
 
 
 class OutputText(msgspec.Struct, frozen=True, tag="output_text", tag_field="type"):
@@ -178,7 +183,7 @@ class _Response(msgspec.Struct, frozen=True, kw_only=True):
     user: str | None
     store: bool
     background: bool = False
-    previous_response_id: None = None
+    previous_response_id: str | None = None
     text: dict[str, dict[str, str]] = msgspec.field(
         default_factory=lambda: {"format": {"type": "text"}}
     )
@@ -230,9 +235,16 @@ class ResponseEvents:
     returns the framed SSE events it caused (``b""`` when not streaming).
     """
 
-    def __init__(self, meta: ResponseMeta, *, stream: bool) -> None:
+    def __init__(
+        self,
+        meta: ResponseMeta,
+        *,
+        stream: bool,
+        on_event: Callable[[int, bytes], None] | None = None,
+    ) -> None:
         self.meta = meta
         self.stream = stream
+        self._on_event = on_event
         self.sequence_number = 0
         self._items: list[_Item] = []
         #: The item that text, reasoning and argument pieces go to now.
@@ -260,9 +272,12 @@ class ResponseEvents:
 
     def _event(self, kind: str, fields: dict[str, object]) -> bytes:
         fields["type"] = kind
-        fields["sequence_number"] = self.sequence_number
-        self.sequence_number += 1
-        return _frame(kind.encode(), _encode(fields))
+        number = fields["sequence_number"] = self.sequence_number
+        self.sequence_number = number + 1
+        framed = _frame(kind.encode(), _encode(fields))
+        if self._on_event is not None:
+            self._on_event(number, framed)
+        return framed
 
     def start(self) -> bytes:
         """``response.created`` and ``response.in_progress``."""
@@ -282,14 +297,12 @@ class ResponseEvents:
             return out
         number = self.sequence_number
         self.sequence_number = number + 1
-        return (
-            out
-            + self._delta_head
-            + _encode(delta)
-            + self._delta_mid
-            + str(number).encode()
-            + b"}\n\n"
+        framed = (
+            self._delta_head + _encode(delta) + self._delta_mid + str(number).encode() + b"}\n\n"
         )
+        if self._on_event is not None:
+            self._on_event(number, framed)
+        return out + framed
 
     def reasoning(self, delta: str) -> bytes:
         """A piece of the model's reasoning."""
@@ -387,6 +400,8 @@ class ResponseEvents:
             metadata=meta.metadata,
             user=meta.user,
             store=meta.store,
+            background=meta.background,
+            previous_response_id=meta.previous_response_id,
         )
 
     def _final_output(self) -> list[OutputItem]:
@@ -497,3 +512,17 @@ def _openai_code(error: GatewayError) -> str:
     if error.http_status == 429 or (isinstance(error, UpstreamError) and error.status == 429):
         return "rate_limit_exceeded"
     return "server_error"
+
+
+def lost_response(body: bytes, message: str) -> bytes:
+    """A stored response object (``body``) whose run was lost, as ``failed`` with ``message``
+    (``response.error.code`` ``server_error``); a body that does not decode becomes a bare
+    failed object."""
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        decoded = None
+    response: dict[str, object] = decoded if isinstance(decoded, dict) else {"object": "response"}
+    response["status"] = "failed"
+    response["error"] = {"code": "server_error", "message": message}
+    return _encode(response)

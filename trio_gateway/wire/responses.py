@@ -4,8 +4,8 @@
 :class:`~trio_gateway.errors.InvalidRequestError` whose ``param`` names the offending field
 (``input[2].content[0].type``), the way OpenAI does. As for chat completions, msgspec decodes
 and type-checks strictly and unknown top-level fields are ignored; what the gateway knows but
-does not support (another tool type, an input item it cannot run, ``background``,
-``previous_response_id``) is refused with a 400 naming the field, never silently dropped.
+does not support (another tool type, an input item it cannot run, ``conversation``) is refused
+with a 400 naming the field, never silently dropped. ``background`` needs ``store``.
 
 The input items are decoded one by one (each kept as raw JSON by the first pass), so an error
 inside an item names its index; the messages without a ``type`` (the easy form,
@@ -45,6 +45,7 @@ __all__ = [
     "ResponsesRequest",
     "chat_tool_choice",
     "check_limits",
+    "input_items",
     "parse_responses_request",
     "to_messages",
     "to_tool_specs",
@@ -180,6 +181,8 @@ class ResponsesRequest(msgspec.Struct, frozen=True):
     store: bool
     stream: bool
     user: str | None
+    background: bool = False
+    previous_response_id: str | None = None
 
 
 _decoder = msgspec.json.Decoder(_RawRequest)
@@ -227,6 +230,8 @@ def parse_responses_request(body: bytes) -> ResponsesRequest:
         store=raw.store is not False,
         stream=raw.stream is True,
         user=raw.user,
+        background=raw.background is True,
+        previous_response_id=raw.previous_response_id,
     )
 
 
@@ -235,18 +240,16 @@ def _unsupported(message: str, param: str) -> InvalidRequestError:
 
 
 def _refuse_unsupported(raw: _RawRequest) -> None:
-    if raw.background:
-        raise _unsupported(
-            "Background responses ('background': true) are not supported by this gateway yet; "
-            "send the request without it (streamed or not).",
-            "background",
+    if raw.background and raw.store is False:
+        raise InvalidRequestError(
+            "Background responses ('background': true) are stored: they cannot be sent with "
+            "'store': false.",
+            param="background",
         )
-    if raw.previous_response_id is not None:
-        raise _unsupported(
-            "'previous_response_id' is not supported by this gateway yet: send the whole "
-            "conversation in 'input', or continue a session with the x-epiloop-session-key "
-            "header.",
-            "previous_response_id",
+    if raw.previous_response_id is not None and not raw.previous_response_id:
+        raise InvalidRequestError(
+            "Invalid value for 'previous_response_id': expected a response id ('resp_...').",
+            param="previous_response_id",
         )
     if raw.conversation is not None:
         raise _unsupported(
@@ -537,3 +540,67 @@ def chat_tool_choice(request: ResponsesRequest) -> str | Mapping[str, object] | 
     if request.tool_choice_function is not None:
         return {"type": "function", "function": {"name": request.tool_choice_function}}
     return request.tool_choice
+
+
+def _listed_part(part: ContentPart) -> dict[str, object]:
+    """A content part as ``input_items`` lists it. An image given inline (a ``data:`` URL) is
+    listed without its bytes (``image_url`` null): they are not kept twice."""
+    if part.type == "input_image":
+        url = part.image_url
+        return {
+            "type": "input_image",
+            "image_url": None if url is None or url.startswith("data:") else url,
+            "file_id": part.file_id,
+            "detail": part.detail or "auto",
+        }
+    listed: dict[str, object] = {"type": part.type, "text": part.text or ""}
+    if part.type == "output_text":
+        listed["annotations"] = []
+    return listed
+
+
+def input_items(request: ResponsesRequest, stem: str) -> list[dict[str, object]]:
+    """The request's input items as ``GET /v1/responses/{id}/input_items`` lists them (in
+    order, each with an id made of the response's ``stem``; reasoning items are not kept)."""
+    listed: list[dict[str, object]] = []
+    for index, item in enumerate(request.input):
+        if isinstance(item, MessageItem):
+            # An assistant message lists as the model's output (``output_text`` parts).
+            assistant = item.role == "assistant"
+            parts = (
+                [ContentPart("output_text" if assistant else "input_text", item.content)]
+                if isinstance(item.content, str)
+                else item.content
+            )
+            content = [_listed_part(part) for part in parts]
+            listed.append(
+                {
+                    "id": f"msg_{stem}_in{index}",
+                    "type": "message",
+                    "role": item.role,
+                    "content": content,
+                    "status": "completed",
+                }
+            )
+        elif isinstance(item, FunctionCallItem):
+            listed.append(
+                {
+                    "id": f"fc_{stem}_in{index}",
+                    "type": "function_call",
+                    "call_id": item.call_id,
+                    "name": item.name,
+                    "arguments": item.arguments,
+                    "status": "completed",
+                }
+            )
+        elif isinstance(item, FunctionCallOutputItem):
+            listed.append(
+                {
+                    "id": f"fco_{stem}_in{index}",
+                    "type": "function_call_output",
+                    "call_id": item.call_id,
+                    "output": _text(item.output),
+                    "status": "completed",
+                }
+            )
+    return listed
